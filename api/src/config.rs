@@ -1,0 +1,90 @@
+//! Settings from flags and environment, validated at start-up.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then serve the api and the admin port (the default).
+    Serve,
+    /// Run pending migrations and exit.
+    Migrate,
+}
+
+#[derive(Clone, Parser)]
+pub struct Settings {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true)]
+    pub database_url: String,
+
+    /// Redis connection string of the read-through cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Kafka bootstrap brokers, comma-separated. Not used by the api itself; accepted so
+    /// that one environment serves all three processes.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Address of the REST api.
+    #[arg(long, env = "API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_addr: SocketAddr,
+
+    /// Address of the admin port: /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Bearer token for admin endpoints (creating events, deleting rsvps); at least 16 characters.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+
+    /// Largest number of pooled Postgres connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
+    pub database_max_connections: u32,
+
+    /// How long a cache command may take before the read falls back to Postgres.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How long one request may take before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    /// Rejects settings the process cannot run with, before anything is started.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.admin_token.len() >= 16,
+            "ADMIN_TOKEN must be at least 16 characters"
+        );
+        anyhow::ensure!(
+            self.database_max_connections >= 1,
+            "DATABASE_MAX_CONNECTIONS must be at least 1"
+        );
+        Ok(())
+    }
+}
+
+// Connection strings and the admin token carry secrets: never print them.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("api_addr", &self.api_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,158 @@
+//! The api's one error type: each variant maps to one status and one JSON body shape.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::rejection::{JsonRejection, PathRejection},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Serialize;
+
+/// Per-field validation messages, keyed by the request field's name.
+pub type FieldErrors = BTreeMap<&'static str, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The body is not declared as `application/json`.
+    #[error("expected a request with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// The body is larger than the api accepts.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The body is JSON of the wrong shape, or a field's value is not allowed.
+    #[error("the request is not valid")]
+    Validation(FieldErrors),
+    /// No such resource.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request carries no bearer token.
+    #[error("a bearer token is required")]
+    Unauthorized,
+    /// The bearer token does not grant this request.
+    #[error("the bearer token does not grant this request")]
+    Forbidden,
+    /// The request conflicts with the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A fault of ours or of a dependency; the cause is logged, never returned.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    code: &'static str,
+    /// Human-readable explanation.
+    message: String,
+    /// Per-field messages, for `validation_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<BTreeMap<&'static str, String>>,
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unexpected(_) => "internal_error",
+        }
+    }
+
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Validation(FieldErrors::from([(field, message.into())]))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let message = match &self {
+            ApiError::Unexpected(cause) => {
+                tracing::error!(error = ?cause, "request failed");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let fields = match &self {
+            ApiError::Validation(fields) => Some(fields.clone()),
+            _ => None,
+        };
+        let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message, fields } });
+        if status == StatusCode::UNAUTHORIZED {
+            return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::field("body", e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge { limit: crate::startup::MAX_BODY_BYTES }
+            }
+            other => ApiError::MalformedJson(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    // A path segment that is not a UUID names no resource.
+    fn from(_: PathRejection) -> Self {
+        ApiError::NotFound("resource")
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Unexpected(anyhow::Error::new(error).context("database query failed"))
+    }
+}
+
+/// Turns a violation of one named constraint into a client error.
+pub trait OnConstraint<T> {
+    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
+        self.map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.constraint() == Some(name) => map(),
+            _ => error.into(),
+        })
+    }
+}

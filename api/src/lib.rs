@@ -1,0 +1,14 @@
+//! The rsvp api: events and rsvps over REST, each write committing its row and an
+//! outbox row in one PostgreSQL transaction.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http_metrics;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod writes;

@@ -1,0 +1,81 @@
+//! HTTP routes, one module per resource, merged in [`router`].
+
+pub mod events;
+pub mod health;
+pub mod rsvps;
+
+use axum::{
+    extract::{FromRequest, FromRequestParts},
+    http::HeaderMap,
+    Router,
+};
+use rsvp_contract::EventType;
+
+use crate::{error::ApiError, startup::AppState, store::Tx};
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(events::router()).merge(rsvps::router()).merge(health::router())
+}
+
+/// `Json` whose rejections are [`ApiError`]s: 400, 413, 415 or 422 with a JSON body.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for ApiJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `Path` whose rejection is a 404: a malformed id names no resource.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The request's W3C `traceparent`, when it is well-formed.
+pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let valid = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2);
+    valid.then_some(value)
+}
+
+/// Commits a write and counts the outbox row it appended.
+pub async fn commit(tx: Tx<'_>, event_type: Option<EventType>) -> Result<(), ApiError> {
+    tx.commit().await?;
+    if let Some(event_type) = event_type {
+        metrics::counter!("outbox_rows_written_total", "type" => event_type.as_str()).increment(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_well_formed_traceparents_are_kept() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (value, kept) in [
+            (good, true),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", false),
+            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", false),
+            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false),
+            ("garbage", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_static(value));
+            assert_eq!(traceparent(&headers).is_some(), kept, "{value}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `/rsvps`: reading one rsvp, and changing, cancelling or deleting it.
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+    Router,
+};
+use rsvp_contract::cache_keys;
+use uuid::Uuid;
+
+use super::{commit, traceparent, ApiJson, ApiPath};
+use crate::{
+    auth::bearer_token,
+    domain::{CancelRsvpRequest, RsvpChanges, UpdateRsvpRequest},
+    error::{ApiError, ErrorBody},
+    startup::AppState,
+    store::{rsvps, rsvps::RsvpView},
+    writes,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rsvps/cancel", post(cancel_rsvp))
+        .route("/rsvps/{id}", get(get_rsvp).patch(update_rsvp).delete(delete_rsvp))
+}
+
+/// One rsvp; never its token.
+#[utoipa::path(
+    get, path = "/rsvps/{id}", tag = "rsvps",
+    params(("id" = Uuid, Path, description = "Rsvp id")),
+    responses((status = 200, body = RsvpView), (status = 404, body = ErrorBody))
+)]
+pub async fn get_rsvp(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<ApiJson<RsvpView>, ApiError> {
+    let rsvp = state
+        .cache
+        .read_through(
+            &cache_keys::rsvp_generation(id),
+            |generation| cache_keys::rsvp(id, generation),
+            || rsvps::find(&state.db, id),
+        )
+        .await?;
+    rsvp.map(ApiJson).ok_or(ApiError::NotFound("rsvp"))
+}
+
+/// Changes an rsvp; authorized by the rsvp's own token. A request that changes
+/// nothing answers the rsvp as it is and writes nothing.
+#[utoipa::path(
+    patch, path = "/rsvps/{id}", tag = "rsvps",
+    params(("id" = Uuid, Path, description = "Rsvp id")),
+    request_body = UpdateRsvpRequest,
+    security(("rsvp_token" = [])),
+    responses(
+        (status = 200, body = RsvpView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn update_rsvp(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<UpdateRsvpRequest>,
+) -> Result<ApiJson<RsvpView>, ApiError> {
+    let token = bearer_token(&headers)?;
+    let changes = RsvpChanges::parse(request)?;
+    let mut tx = state.db.begin().await?;
+    let written = writes::update_rsvp(&mut tx, id, token, &changes, traceparent(&headers)).await?;
+    commit(tx, written.event_type).await?;
+    Ok(ApiJson(written.rsvp.view()))
+}
+
+/// Cancels the rsvp that `token` belongs to; the row is kept with status `cancelled`.
+#[utoipa::path(
+    post, path = "/rsvps/cancel", tag = "rsvps",
+    request_body = CancelRsvpRequest,
+    responses(
+        (status = 200, body = RsvpView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn cancel_rsvp(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<CancelRsvpRequest>,
+) -> Result<ApiJson<RsvpView>, ApiError> {
+    if request.token.trim().is_empty() {
+        return Err(ApiError::field("token", "must not be empty"));
+    }
+    let mut tx = state.db.begin().await?;
+    let written = writes::cancel_rsvp(&mut tx, request.token.trim(), traceparent(&headers)).await?;
+    commit(tx, written.event_type).await?;
+    Ok(ApiJson(written.rsvp.view()))
+}
+
+/// Deletes an rsvp.
+#[utoipa::path(
+    delete, path = "/rsvps/{id}", tag = "rsvps",
+    params(("id" = Uuid, Path, description = "Rsvp id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub async fn delete_rsvp(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    state.admin.authorize(&headers)?;
+    let mut tx = state.db.begin().await?;
+    let written = writes::delete_rsvp(&mut tx, id, traceparent(&headers)).await?;
+    commit(tx, written.event_type).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

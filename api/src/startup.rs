@@ -1,0 +1,132 @@
+//! Building the application: pool, migrations, cache, listeners and the router.
+
+use std::{future::Future, sync::Arc, time::Duration, time::Instant};
+
+use anyhow::Context;
+use axum::{
+    extract::{DefaultBodyLimit, Request},
+    http::StatusCode,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use rsvp_contract::admin::{self, Readiness, ReadinessCheck};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::net::TcpListener;
+use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+
+use crate::{auth::AdminToken, cache::Cache, config::Settings, error::ApiError, http_metrics, openapi, routes};
+
+/// Largest request body accepted: 16 KiB.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The one state every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub cache: Cache,
+    pub admin: AdminToken,
+}
+
+impl AppState {
+    pub async fn readiness(&self) -> Readiness {
+        let postgres = async {
+            let ping = sqlx::query("select 1").execute(&self.db);
+            matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
+        };
+        let (postgres, redis) = tokio::join!(postgres, self.cache.ping());
+        Readiness::default().with("postgres", postgres).with("redis", redis)
+    }
+}
+
+pub struct Application {
+    api_listener: TcpListener,
+    admin_listener: TcpListener,
+    state: AppState,
+    request_timeout: Duration,
+}
+
+impl Application {
+    /// Connects, migrates and binds; `Settings` with port 0 bind free ports (tests).
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let db = connect_database(settings).await?;
+        MIGRATOR.run(&db).await.context("running migrations")?;
+        let cache = Cache::connect(&settings.redis_url, settings.redis_timeout).context("configuring redis")?;
+        let api_listener = TcpListener::bind(settings.api_addr)
+            .await
+            .with_context(|| format!("binding API_ADDR {}", settings.api_addr))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?;
+        let state = AppState { db, cache, admin: AdminToken::new(&settings.admin_token) };
+        Ok(Self { api_listener, admin_listener, state, request_timeout: settings.request_timeout })
+    }
+
+    pub fn api_port(&self) -> u16 {
+        self.api_listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves both ports until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        tokio::spawn(async move {
+            shutdown.await;
+            drop(stop_tx);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+            while rx.changed().await.is_ok() {}
+        };
+        let readiness_state = self.state.clone();
+        let readiness: ReadinessCheck = Arc::new(move || {
+            let state = readiness_state.clone();
+            Box::pin(async move { state.readiness().await })
+        });
+        let admin = admin::serve(self.admin_listener, readiness, stopped(stop_rx.clone()));
+        let app = router(self.state, self.request_timeout);
+        let api = axum::serve(self.api_listener, app).with_graceful_shutdown(stopped(stop_rx));
+        tracing::info!("rsvp-api serving");
+        let (api, admin) = tokio::join!(api, admin);
+        api.context("serving the api")?;
+        admin.context("serving the admin port")?;
+        Ok(())
+    }
+}
+
+async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&settings.database_url)
+        .await
+        .context("connecting to DATABASE_URL")
+}
+
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    routes::router()
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(middleware::from_fn(http_metrics::track))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> Response {
+    let started = Instant::now();
+    let response = ApiError::NotFound("route").into_response();
+    http_metrics::record_unmatched(request.method(), &response, started);
+    response
+}

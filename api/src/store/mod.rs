@@ -1,0 +1,8 @@
+//! SQL for events, rsvps and the outbox. Functions that write take the caller's
+//! transaction, so that a handler composes them and commits once.
+
+pub mod events;
+pub mod outbox;
+pub mod rsvps;
+
+pub type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;

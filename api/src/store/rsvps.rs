@@ -1,0 +1,208 @@
+//! Rsvp rows. Every change bumps `version` and returns the row as it now is.
+
+use chrono::{DateTime, Utc};
+use rsvp_contract::{RsvpData, RsvpStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::Tx;
+use crate::{auth::TokenHash, domain::NewRsvp};
+
+const COLUMNS: &str = "id, event_id, name, email, status, guests, token_hash, version, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RsvpRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub name: String,
+    pub email: String,
+    #[sqlx(try_from = "String")]
+    pub status: StoredStatus,
+    pub guests: i16,
+    pub token_hash: Vec<u8>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A status column value; the table's check constraint admits only valid ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredStatus(pub RsvpStatus);
+
+impl TryFrom<String> for StoredStatus {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RsvpStatus::parse(&value).map(StoredStatus).ok_or(value)
+    }
+}
+
+/// An rsvp as reads return it: never its token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RsvpView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub status: RsvpStatus,
+    pub guests: i16,
+    /// Incremented by every change.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RsvpRow {
+    pub fn status(&self) -> RsvpStatus {
+        self.status.0
+    }
+
+    pub fn seats(&self) -> i32 {
+        self.status().seats(self.guests)
+    }
+
+    pub fn token_hash(&self) -> Option<TokenHash> {
+        TokenHash::from_stored(&self.token_hash)
+    }
+
+    pub fn view(&self) -> RsvpView {
+        RsvpView {
+            id: self.id,
+            event_id: self.event_id,
+            name: self.name.clone(),
+            email: self.email.clone(),
+            status: self.status(),
+            guests: self.guests,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// The event payload: the rsvp after the change.
+    pub fn event_data(&self, previous_status: Option<RsvpStatus>) -> RsvpData {
+        RsvpData {
+            id: self.id,
+            event_id: self.event_id,
+            name: self.name.clone(),
+            email: self.email.clone(),
+            status: self.status(),
+            guests: self.guests,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            previous_status,
+        }
+    }
+}
+
+/// Whether an insert hit a constraint the client can fix.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Inserted(RsvpRow),
+    DuplicateEmail,
+    UnknownEvent,
+}
+
+#[tracing::instrument(skip_all, fields(%event_id), err)]
+pub async fn insert(
+    tx: &mut Tx<'_>,
+    event_id: Uuid,
+    rsvp: &NewRsvp,
+    token_hash: &TokenHash,
+) -> Result<InsertOutcome, sqlx::Error> {
+    let result = sqlx::query_as(&format!(
+        "insert into rsvps (id, event_id, name, email, status, guests, token_hash)
+         values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(event_id)
+    .bind(rsvp.name.as_str())
+    .bind(rsvp.email.as_str())
+    .bind(rsvp.status.as_str())
+    .bind(rsvp.guests.value())
+    .bind(token_hash.as_bytes())
+    .fetch_one(&mut **tx)
+    .await;
+    match result {
+        Ok(row) => Ok(InsertOutcome::Inserted(row)),
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("rsvps_event_email_key") => {
+            Ok(InsertOutcome::DuplicateEmail)
+        }
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("rsvps_event_id_fkey") => {
+            Ok(InsertOutcome::UnknownEvent)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The rsvp, locked until the transaction ends.
+#[tracing::instrument(skip(tx), err)]
+pub async fn lock_by_id(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<RsvpRow>, sqlx::Error> {
+    sqlx::query_as(&format!("select {COLUMNS} from rsvps where id = $1 for update"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// The rsvp whose token hashes to `hash`, locked until the transaction ends.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_by_token(tx: &mut Tx<'_>, hash: &TokenHash) -> Result<Option<RsvpRow>, sqlx::Error> {
+    sqlx::query_as(&format!("select {COLUMNS} from rsvps where token_hash = $1 for update"))
+        .bind(hash.as_bytes())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Writes the new field values and bumps the version.
+#[tracing::instrument(skip(tx), err)]
+pub async fn update(
+    tx: &mut Tx<'_>,
+    id: Uuid,
+    status: RsvpStatus,
+    name: &str,
+    guests: i16,
+) -> Result<RsvpRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "update rsvps set status = $2, name = $3, guests = $4, version = version + 1, updated_at = now()
+         where id = $1 returning {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .bind(name)
+    .bind(guests)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Deletes the rsvp and returns it as it was.
+#[tracing::instrument(skip(tx), err)]
+pub async fn delete(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<RsvpRow>, sqlx::Error> {
+    sqlx::query_as(&format!("delete from rsvps where id = $1 returning {COLUMNS}"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+#[tracing::instrument(skip(pool), err)]
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<RsvpView>, sqlx::Error> {
+    let row: Option<RsvpRow> = sqlx::query_as(&format!("select {COLUMNS} from rsvps where id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(RsvpRow::view))
+}
+
+/// The event's rsvps, oldest first.
+#[tracing::instrument(skip(pool), err)]
+pub async fn list_for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<RsvpView>, sqlx::Error> {
+    let rows: Vec<RsvpRow> = sqlx::query_as(&format!(
+        "select {COLUMNS} from rsvps where event_id = $1 order by created_at, id"
+    ))
+    .bind(event_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(RsvpRow::view).collect())
+}

@@ -1,0 +1,112 @@
+//! The api's writes: each changes an rsvp and appends its outbox row inside the
+//! caller's transaction, locking the rsvp row before the outbox row is inserted, so
+//! that one rsvp's outbox rows and versions follow commit order. The caller commits.
+
+use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
+use uuid::Uuid;
+
+use crate::{
+    auth::{new_rsvp_token, TokenHash},
+    domain::{NewRsvp, RsvpChanges},
+    error::ApiError,
+    store::{events, outbox, rsvps, rsvps::InsertOutcome, rsvps::RsvpRow, Tx},
+};
+
+/// What a write did: the rsvp as it now is, and the outbox event it appended (none
+/// when the request changed nothing).
+#[derive(Debug)]
+pub struct Written {
+    pub rsvp: RsvpRow,
+    pub event_type: Option<EventType>,
+}
+
+fn not_enough_seats() -> ApiError {
+    ApiError::Conflict("not enough seats left at this event".into())
+}
+
+async fn append(
+    tx: &mut Tx<'_>,
+    event_type: EventType,
+    rsvp: &RsvpRow,
+    previous_status: Option<RsvpStatus>,
+    traceparent: Option<&str>,
+) -> Result<Option<EventType>, ApiError> {
+    let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
+    outbox::append(tx, &event, traceparent).await?;
+    Ok(Some(event_type))
+}
+
+/// Creates an rsvp; returns it with its token, the only time the token is seen.
+pub async fn create_rsvp(
+    tx: &mut Tx<'_>,
+    event_id: Uuid,
+    rsvp: &NewRsvp,
+    traceparent: Option<&str>,
+) -> Result<(Written, String), ApiError> {
+    let (token, token_hash) = new_rsvp_token();
+    let row = match rsvps::insert(tx, event_id, rsvp, &token_hash).await? {
+        InsertOutcome::Inserted(row) => row,
+        InsertOutcome::DuplicateEmail => {
+            return Err(ApiError::Conflict("this email has already answered this event".into()))
+        }
+        InsertOutcome::UnknownEvent => return Err(ApiError::NotFound("event")),
+    };
+    if !events::adjust_seats(tx, event_id, row.seats()).await? {
+        return Err(not_enough_seats());
+    }
+    let event_type = append(tx, EventType::RsvpCreated, &row, None, traceparent).await?;
+    Ok((Written { rsvp: row, event_type }, token))
+}
+
+/// Applies `changes` for the holder of the rsvp's `token`.
+pub async fn update_rsvp(
+    tx: &mut Tx<'_>,
+    id: Uuid,
+    token: &str,
+    changes: &RsvpChanges,
+    traceparent: Option<&str>,
+) -> Result<Written, ApiError> {
+    let current = rsvps::lock_by_id(tx, id).await?.ok_or(ApiError::NotFound("rsvp"))?;
+    let presented = TokenHash::of(token);
+    if !current.token_hash().is_some_and(|stored| stored.matches(&presented)) {
+        return Err(ApiError::Forbidden);
+    }
+    let status = changes.status.unwrap_or(current.status());
+    let name = changes.name.as_ref().map_or(current.name.as_str(), |n| n.as_str());
+    let guests = changes.guests.map_or(current.guests, |g| g.value());
+    if status == current.status() && name == current.name && guests == current.guests {
+        return Ok(Written { rsvp: current, event_type: None });
+    }
+    let delta = status.seats(guests) - current.seats();
+    if !events::adjust_seats(tx, current.event_id, delta).await? {
+        return Err(not_enough_seats());
+    }
+    let updated = rsvps::update(tx, id, status, name, guests).await?;
+    let event_type = append(tx, EventType::RsvpUpdated, &updated, Some(current.status()), traceparent).await?;
+    Ok(Written { rsvp: updated, event_type })
+}
+
+/// Cancels the rsvp whose token is `token`; cancelling twice is a conflict.
+pub async fn cancel_rsvp(tx: &mut Tx<'_>, token: &str, traceparent: Option<&str>) -> Result<Written, ApiError> {
+    let current = rsvps::lock_by_token(tx, &TokenHash::of(token))
+        .await?
+        .ok_or(ApiError::NotFound("rsvp"))?;
+    if current.status() == RsvpStatus::Cancelled {
+        return Err(ApiError::Conflict("this rsvp is already cancelled".into()));
+    }
+    events::adjust_seats(tx, current.event_id, -current.seats()).await?;
+    let cancelled = rsvps::update(tx, current.id, RsvpStatus::Cancelled, &current.name, current.guests).await?;
+    let event_type =
+        append(tx, EventType::RsvpCancelled, &cancelled, Some(current.status()), traceparent).await?;
+    Ok(Written { rsvp: cancelled, event_type })
+}
+
+/// Deletes the rsvp; its event carries the rsvp as it was, one version on.
+pub async fn delete_rsvp(tx: &mut Tx<'_>, id: Uuid, traceparent: Option<&str>) -> Result<Written, ApiError> {
+    let mut deleted = rsvps::delete(tx, id).await?.ok_or(ApiError::NotFound("rsvp"))?;
+    events::adjust_seats(tx, deleted.event_id, -deleted.seats()).await?;
+    deleted.version += 1;
+    deleted.updated_at = chrono::Utc::now();
+    let event_type = append(tx, EventType::RsvpDeleted, &deleted, None, traceparent).await?;
+    Ok(Written { rsvp: deleted, event_type })
+}

@@ -1,0 +1,15 @@
+//! The contract between the api, the relay and the consumers.
+//!
+//! Everything here crosses a process boundary: the CloudEvents envelope in the
+//! outbox and on the topic, the Kafka header names, the Redis cache keys that the
+//! api fills and the cache consumer invalidates, and the admin endpoint shape.
+
+pub mod admin;
+pub mod cache_keys;
+pub mod event;
+pub mod headers;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use event::{CloudEvent, EventType, RsvpData, RsvpStatus};

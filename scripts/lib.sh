@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Shared by run.sh and test.sh: make sure every service and tool the system needs is
+# installed and running, installing what is missing. Safe to run again.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS_DIR=${RSVP_TOOLS_DIR:-$HOME/.cache/rsvp-outbox}
+VENV=$TOOLS_DIR/venv
+TANSU_VERSION=0.6.0
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port seconds what
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        port_open "$1" "$2" && return 0
+        sleep 0.1
+    done
+    echo "$4 did not listen on $1:$2 within $3 s" >&2
+    return 1
+}
+
+apt_install() {
+    log "installing Debian packages: $*"
+    if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+    if ! command -v pg_ctlcluster >/dev/null; then apt_install postgresql; fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        log "starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+        wait_port 127.0.0.1 5432 30 PostgreSQL
+        until pg_isready -q -h 127.0.0.1 -p 5432; do sleep 0.2; done
+    fi
+    if ! psql -h 127.0.0.1 -U root -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+        log "creating the PostgreSQL role root"
+        su postgres -c "psql -c 'create role root superuser login'" >/dev/null
+    fi
+}
+
+ensure_database() { # name
+    if [ "$(psql -h 127.0.0.1 -U root -d postgres -Atc "select 1 from pg_database where datname = '$1'")" != 1 ]; then
+        psql -h 127.0.0.1 -U root -d postgres -qc "create database \"$1\"" >/dev/null
+    fi
+}
+
+ensure_redis() {
+    if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+    if ! port_open 127.0.0.1 6379; then
+        log "starting Redis"
+        mkdir -p /var/lib/redis /var/log/redis
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        wait_port 127.0.0.1 6379 30 Redis
+    fi
+}
+
+ensure_tansu() {
+    if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        log "installing the Tansu broker $TANSU_VERSION (about 20 minutes on a new machine)"
+        cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore
+    fi
+}
+
+# Starts a Tansu broker on 127.0.0.1:$1 with in-memory storage unless one listens there.
+ensure_broker() {
+    local port=${1:-9092}
+    ensure_tansu
+    if ! port_open 127.0.0.1 "$port"; then
+        log "starting Tansu on 127.0.0.1:$port"
+        mkdir -p "$ROOT/.run"
+        nohup tansu broker --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine memory://tansu/ >"$ROOT/.run/tansu.log" 2>&1 &
+        echo $! >"$ROOT/.run/tansu.pid"
+        wait_port 127.0.0.1 "$port" 60 Tansu
+    fi
+}
+
+ensure_python_tools() {
+    local wanted=(confluent-kafka==2.16.1 schemathesis==4.32.5 check-jsonschema==0.39.0)
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating a Python venv for the test tools in $VENV"
+        mkdir -p "$TOOLS_DIR"
+        python3 -m venv "$VENV"
+    fi
+    if ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "schemathesis==4.32.5" ||
+        ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "confluent-kafka==2.16.1" ||
+        ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "check-jsonschema==0.39.0"; then
+        log "installing ${wanted[*]}"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "${wanted[@]}"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+}
