@@ -39,6 +39,12 @@ impl Cache {
         Ok(Self { client, timeout })
     }
 
+    /// Waits up to `within` for the first connection, so that a process that starts
+    /// with Redis up serves its first reads from the cache; returns whether it connected.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        matches!(tokio::time::timeout(within, self.client.wait_for_connect()).await, Ok(Ok(())))
+    }
+
     fn options(&self) -> Options {
         Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() }
     }

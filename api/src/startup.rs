@@ -56,6 +56,9 @@ impl Application {
         let db = connect_database(settings).await?;
         MIGRATOR.run(&db).await.context("running migrations")?;
         let cache = Cache::connect(&settings.redis_url, settings.redis_timeout).context("configuring redis")?;
+        if !cache.wait_connected(Duration::from_secs(2)).await {
+            tracing::warn!("redis is unreachable: serving reads from postgres until it answers");
+        }
         let api_listener = TcpListener::bind(settings.api_addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.api_addr))?;

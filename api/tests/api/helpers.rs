@@ -1,0 +1,159 @@
+//! `spawn_app`: the real api on free ports, with its own fresh database.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use rsvp_api::{cache::Cache, config::Settings, startup::{Application, MIGRATOR}};
+use rsvp_contract::testing::fresh_database;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub db: PgPool,
+    pub cache: Cache,
+    pub client: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with_redis(REDIS_URL).await
+}
+
+/// The api with its cache at `redis_url`: a closed port or a cut proxy is "Redis down".
+pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
+    rsvp_contract::telemetry::init_logging();
+    let (db, database_url) = fresh_database(&MIGRATOR).await;
+    let settings = Settings {
+        database_url,
+        redis_url: redis_url.to_owned(),
+        kafka_brokers: "127.0.0.1:9092".into(),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_token: ADMIN_TOKEN.into(),
+        database_max_connections: 8,
+        redis_timeout: Duration::from_millis(250),
+        request_timeout: Duration::from_secs(10),
+    };
+    let app = Application::build(&settings).await.expect("build the api");
+    let address = format!("http://127.0.0.1:{}", app.api_port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
+    let cache = app.state().cache.clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp { address, admin_address, db, cache, client: reqwest::Client::new() }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn create_event_with(&self, body: &Value) -> Response {
+        self.client
+            .post(self.url("/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A new event starting in a year; `capacity` null for unlimited.
+    pub async fn create_event(&self, capacity: Option<i64>) -> Uuid {
+        let response = self
+            .create_event_with(&json!({"title": "Rust meetup", "starts_at": in_a_year(), "capacity": capacity}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        id_of(&response.json::<Value>().await.unwrap())
+    }
+
+    pub async fn create_rsvp_with(&self, event_id: Uuid, body: &Value) -> Response {
+        self.post_json(&format!("/events/{event_id}/rsvps"), body).await
+    }
+
+    /// A going rsvp with `guests`; returns the response body (with its token).
+    pub async fn create_rsvp(&self, event_id: Uuid, email: &str, guests: i64) -> Value {
+        let response = self
+            .create_rsvp_with(event_id, &json!({"name": "Ada", "email": email, "status": "going", "guests": guests}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+        response.json().await.unwrap()
+    }
+
+    pub async fn patch_rsvp(&self, rsvp_id: Uuid, token: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(&format!("/rsvps/{rsvp_id}")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn cancel_rsvp(&self, token: &str) -> Response {
+        self.post_json("/rsvps/cancel", &json!({"token": token})).await
+    }
+
+    pub async fn delete_rsvp(&self, rsvp_id: Uuid, token: Option<&str>) -> Response {
+        let mut request = self.client.delete(self.url(&format!("/rsvps/{rsvp_id}")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn outbox_payloads(&self) -> Vec<Value> {
+        sqlx::query_scalar("select payload from outbox order by id")
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Row counts of the tables a write touches, to prove a rejected request wrote nothing.
+    pub async fn written_rows(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "select (select count(*) from outbox), (select count(*) from rsvps),
+                    (select coalesce(sum(seats_taken), 0)::bigint from events)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// What the cache consumer does after publishing a change of `event_id`/`rsvp_id`.
+    pub async fn invalidate(&self, event_id: Uuid, rsvp_id: Option<Uuid>) {
+        let mut keys = vec![rsvp_contract::cache_keys::event_generation(event_id)];
+        keys.extend(rsvp_id.map(rsvp_contract::cache_keys::rsvp_generation));
+        self.cache.invalidate(&keys).await.expect("invalidate");
+    }
+}
+
+pub fn in_a_year() -> String {
+    (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339()
+}
+
+pub fn id_of(body: &Value) -> Uuid {
+    body["id"].as_str().and_then(|id| id.parse().ok()).expect("a uuid id")
+}
+
+/// Asserts the standard error body and returns its `fields`.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    body["error"]["fields"].clone()
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the api against real PostgreSQL and Redis.
+#![allow(unreachable_pub)]
+
+mod cache;
+mod events;
+mod health;
+mod helpers;
+mod metrics;
+mod outbox;
+mod rsvps;
