@@ -98,6 +98,14 @@ ensure_python_tools() {
     export PATH="$VENV/bin:$PATH"
 }
 
+ensure_cli_tools() {
+    local missing=()
+    command -v curl >/dev/null || missing+=(curl)
+    command -v jq >/dev/null || missing+=(jq)
+    command -v psql >/dev/null || missing+=(postgresql-client)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
 ensure_rust() {
     command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
 }
