@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use crate::coalesce::CoalescingSettings;
+
 #[derive(Debug, Parser)]
 #[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
 pub struct Cli {
@@ -56,6 +58,22 @@ pub struct Settings {
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Group concurrent writes into shared transactions (one commit for many rsvps).
+    #[arg(long, env = "WRITE_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_coalescing: bool,
+
+    /// Most writes in one coalesced transaction.
+    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 64)]
+    pub write_batch_max: usize,
+
+    /// Longest a write waits for others to share its transaction.
+    #[arg(long, env = "WRITE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub write_batch_wait: Duration,
+
+    /// Transactions of coalesced writes in flight at once.
+    #[arg(long, env = "WRITE_WORKERS", default_value_t = 4)]
+    pub write_workers: usize,
+
     /// How long one request may take before it is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -72,7 +90,22 @@ impl Settings {
             self.database_max_connections >= 1,
             "DATABASE_MAX_CONNECTIONS must be at least 1"
         );
+        anyhow::ensure!(self.write_batch_max >= 1, "WRITE_BATCH_MAX must be at least 1");
+        anyhow::ensure!(self.write_workers >= 1, "WRITE_WORKERS must be at least 1");
+        anyhow::ensure!(
+            self.write_workers as u32 <= self.database_max_connections,
+            "WRITE_WORKERS must not exceed DATABASE_MAX_CONNECTIONS"
+        );
         Ok(())
+    }
+
+    pub fn coalescing(&self) -> CoalescingSettings {
+        CoalescingSettings {
+            enabled: self.write_coalescing,
+            max_batch: self.write_batch_max,
+            max_wait: self.write_batch_wait,
+            workers: self.write_workers,
+        }
     }
 }
 
@@ -85,6 +118,7 @@ impl std::fmt::Debug for Settings {
             .field("database_max_connections", &self.database_max_connections)
             .field("redis_timeout", &self.redis_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("coalescing", &self.coalescing())
             .finish_non_exhaustive()
     }
 }

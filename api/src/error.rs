@@ -142,17 +142,3 @@ impl From<sqlx::Error> for ApiError {
         ApiError::Unexpected(anyhow::Error::new(error).context("database query failed"))
     }
 }
-
-/// Turns a violation of one named constraint into a client error.
-pub trait OnConstraint<T> {
-    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
-}
-
-impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
-    fn on_constraint(self, name: &str, map: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
-        self.map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.constraint() == Some(name) => map(),
-            _ => error.into(),
-        })
-    }
-}

@@ -16,7 +16,7 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
-use crate::{auth::AdminToken, cache::Cache, config::Settings, error::ApiError, http_metrics, openapi, routes};
+use crate::{auth::AdminToken, cache::Cache, coalesce::Writer, config::Settings, error::ApiError, http_metrics, openapi, routes};
 
 /// Largest request body accepted: 16 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -29,6 +29,7 @@ pub struct AppState {
     pub db: PgPool,
     pub cache: Cache,
     pub admin: AdminToken,
+    pub writer: Writer,
 }
 
 impl AppState {
@@ -65,7 +66,8 @@ impl Application {
         let admin_listener = TcpListener::bind(settings.admin_addr)
             .await
             .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?;
-        let state = AppState { db, cache, admin: AdminToken::new(&settings.admin_token) };
+        let writer = Writer::start(db.clone(), settings.coalescing());
+        let state = AppState { db, cache, admin: AdminToken::new(&settings.admin_token), writer };
         Ok(Self { api_listener, admin_listener, state, request_timeout: settings.request_timeout })
     }
 

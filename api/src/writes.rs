@@ -1,6 +1,10 @@
 //! The api's writes: each changes an rsvp and appends its outbox row inside the
 //! caller's transaction, locking the rsvp row before the outbox row is inserted, so
 //! that one rsvp's outbox rows and versions follow commit order. The caller commits.
+//!
+//! A write refused for a client mistake (404, 403, 409) returns before writing, or
+//! undoes what it wrote, and never leaves the transaction aborted: many writes can
+//! share one transaction (see `coalesce`) and each keeps its own outcome.
 
 use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
 use uuid::Uuid;
@@ -52,6 +56,8 @@ pub async fn create_rsvp(
         InsertOutcome::UnknownEvent => return Err(ApiError::NotFound("event")),
     };
     if !events::adjust_seats(tx, event_id, row.seats()).await? {
+        // A refused write leaves nothing behind, even inside a shared transaction.
+        rsvps::discard(tx, row.id).await?;
         return Err(not_enough_seats());
     }
     let event_type = append(tx, EventType::RsvpCreated, &row, None, traceparent).await?;
@@ -109,4 +115,35 @@ pub async fn delete_rsvp(tx: &mut Tx<'_>, id: Uuid, traceparent: Option<&str>) -
     deleted.updated_at = chrono::Utc::now();
     let event_type = append(tx, EventType::RsvpDeleted, &deleted, None, traceparent).await?;
     Ok(Written { rsvp: deleted, event_type })
+}
+
+/// One write, as the coalescer queues it.
+#[derive(Debug)]
+pub enum WriteOp {
+    Create { event_id: Uuid, rsvp: NewRsvp },
+    Update { id: Uuid, token: String, changes: RsvpChanges },
+    Cancel { token: String },
+    Delete { id: Uuid },
+}
+
+/// What a write returns to its request.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub written: Written,
+    /// The new rsvp's token, for `Create` only.
+    pub token: Option<String>,
+}
+
+/// Applies `op` inside `tx`; the caller commits.
+pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+    let (written, token) = match op {
+        WriteOp::Create { event_id, rsvp } => {
+            let (written, token) = create_rsvp(tx, *event_id, rsvp, traceparent).await?;
+            (written, Some(token))
+        }
+        WriteOp::Update { id, token, changes } => (update_rsvp(tx, *id, token, changes, traceparent).await?, None),
+        WriteOp::Cancel { token } => (cancel_rsvp(tx, token, traceparent).await?, None),
+        WriteOp::Delete { id } => (delete_rsvp(tx, *id, traceparent).await?, None),
+    };
+    Ok(WriteOutcome { written, token })
 }

@@ -38,10 +38,10 @@ fn chosen_status(value: &str) -> Result<RsvpStatus, String> {
 #[serde(deny_unknown_fields)]
 pub struct CreateEventRequest {
     /// 1 to 200 characters.
-    #[schema(example = "Rust meetup")]
+    #[schema(example = "Rust meetup", min_length = 1, max_length = 200)]
     pub title: String,
     /// RFC 3339, in the future.
-    #[schema(example = "2030-01-31T18:00:00Z")]
+    #[schema(example = "2030-01-31T18:00:00Z", format = DateTime)]
     pub starts_at: String,
     /// Seats: each going rsvp takes one plus its guests. Absent means unlimited.
     #[schema(minimum = 1, maximum = 1_000_000)]
@@ -72,13 +72,13 @@ impl NewEvent {
 #[serde(deny_unknown_fields)]
 pub struct CreateRsvpRequest {
     /// 1 to 100 characters.
-    #[schema(example = "Ada Lovelace")]
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     pub name: String,
     /// One rsvp per address and event; compared without case.
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// `going`, `maybe` or `declined`.
-    #[schema(example = "going")]
+    #[schema(example = "going", pattern = "^(going|maybe|declined)$")]
     pub status: String,
     /// 0 to 10 guests; default 0.
     #[schema(minimum = 0, maximum = 10)]
@@ -110,8 +110,10 @@ impl NewRsvp {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRsvpRequest {
     /// `going`, `maybe` or `declined`.
+    #[schema(pattern = "^(going|maybe|declined)$")]
     pub status: Option<String>,
     /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// 0 to 10.
     #[schema(minimum = 0, maximum = 10)]
@@ -149,6 +151,7 @@ impl RsvpChanges {
 #[serde(deny_unknown_fields)]
 pub struct CancelRsvpRequest {
     /// The token returned when the rsvp was created.
+    #[schema(min_length = 1, max_length = 200)]
     pub token: String,
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{commit, traceparent, ApiJson, ApiPath};
+use super::{traceparent, ApiJson, ApiPath};
 use crate::{
     domain::{
         CreateEventRequest, CreateRsvpRequest,
@@ -21,7 +21,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     startup::AppState,
     store::{events, events::EventView, rsvps, rsvps::RsvpView},
-    writes,
+    writes::WriteOp,
 };
 
 pub fn router() -> Router<AppState> {
@@ -129,8 +129,7 @@ pub async fn create_rsvp(
     ApiJson(request): ApiJson<CreateRsvpRequest>,
 ) -> Result<(StatusCode, ApiJson<CreatedRsvp>), ApiError> {
     let rsvp = NewRsvp::parse(request)?;
-    let mut tx = state.db.begin().await?;
-    let (written, token) = writes::create_rsvp(&mut tx, event_id, &rsvp, traceparent(&headers)).await?;
-    commit(tx, written.event_type).await?;
-    Ok((StatusCode::CREATED, ApiJson(CreatedRsvp { rsvp: written.rsvp.view(), token })))
+    let outcome = state.writer.run(WriteOp::Create { event_id, rsvp }, traceparent(&headers)).await?;
+    let token = outcome.token.ok_or_else(|| anyhow::anyhow!("a created rsvp came back without its token"))?;
+    Ok((StatusCode::CREATED, ApiJson(CreatedRsvp { rsvp: outcome.written.rsvp.view(), token })))
 }

@@ -9,9 +9,7 @@ use axum::{
     http::HeaderMap,
     Router,
 };
-use rsvp_contract::EventType;
-
-use crate::{error::ApiError, startup::AppState, store::Tx};
+use crate::{error::ApiError, startup::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().merge(events::router()).merge(rsvps::router()).merge(health::router())
@@ -47,15 +45,6 @@ pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
         && parts[2].bytes().any(|b| b != b'0')
         && hex(parts[3], 2);
     valid.then_some(value)
-}
-
-/// Commits a write and counts the outbox row it appended.
-pub async fn commit(tx: Tx<'_>, event_type: Option<EventType>) -> Result<(), ApiError> {
-    tx.commit().await?;
-    if let Some(event_type) = event_type {
-        metrics::counter!("outbox_rows_written_total", "type" => event_type.as_str()).increment(1);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

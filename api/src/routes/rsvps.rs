@@ -9,14 +9,14 @@ use axum::{
 use rsvp_contract::cache_keys;
 use uuid::Uuid;
 
-use super::{commit, traceparent, ApiJson, ApiPath};
+use super::{traceparent, ApiJson, ApiPath};
 use crate::{
     auth::bearer_token,
     domain::{CancelRsvpRequest, RsvpChanges, UpdateRsvpRequest},
     error::{ApiError, ErrorBody},
     startup::AppState,
     store::{rsvps, rsvps::RsvpView},
-    writes,
+    writes::WriteOp,
 };
 
 pub fn router() -> Router<AppState> {
@@ -68,10 +68,9 @@ pub async fn update_rsvp(
 ) -> Result<ApiJson<RsvpView>, ApiError> {
     let token = bearer_token(&headers)?;
     let changes = RsvpChanges::parse(request)?;
-    let mut tx = state.db.begin().await?;
-    let written = writes::update_rsvp(&mut tx, id, token, &changes, traceparent(&headers)).await?;
-    commit(tx, written.event_type).await?;
-    Ok(ApiJson(written.rsvp.view()))
+    let op = WriteOp::Update { id, token: token.to_owned(), changes };
+    let outcome = state.writer.run(op, traceparent(&headers)).await?;
+    Ok(ApiJson(outcome.written.rsvp.view()))
 }
 
 /// Cancels the rsvp that `token` belongs to; the row is kept with status `cancelled`.
@@ -92,10 +91,9 @@ pub async fn cancel_rsvp(
     if request.token.trim().is_empty() {
         return Err(ApiError::field("token", "must not be empty"));
     }
-    let mut tx = state.db.begin().await?;
-    let written = writes::cancel_rsvp(&mut tx, request.token.trim(), traceparent(&headers)).await?;
-    commit(tx, written.event_type).await?;
-    Ok(ApiJson(written.rsvp.view()))
+    let op = WriteOp::Cancel { token: request.token.trim().to_owned() };
+    let outcome = state.writer.run(op, traceparent(&headers)).await?;
+    Ok(ApiJson(outcome.written.rsvp.view()))
 }
 
 /// Deletes an rsvp.
@@ -114,8 +112,6 @@ pub async fn delete_rsvp(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     state.admin.authorize(&headers)?;
-    let mut tx = state.db.begin().await?;
-    let written = writes::delete_rsvp(&mut tx, id, traceparent(&headers)).await?;
-    commit(tx, written.event_type).await?;
+    state.writer.run(WriteOp::Delete { id }, traceparent(&headers)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

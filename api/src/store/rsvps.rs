@@ -98,7 +98,7 @@ impl RsvpRow {
     }
 }
 
-/// Whether an insert hit a constraint the client can fix.
+/// Why an insert wrote nothing, or the row it wrote.
 #[derive(Debug)]
 pub enum InsertOutcome {
     Inserted(RsvpRow),
@@ -106,6 +106,8 @@ pub enum InsertOutcome {
     UnknownEvent,
 }
 
+/// Inserts without ever failing on a client mistake (duplicate email, unknown event),
+/// so that a coalesced transaction survives a neighbour's mistake without a savepoint.
 #[tracing::instrument(skip_all, fields(%event_id), err)]
 pub async fn insert(
     tx: &mut Tx<'_>,
@@ -113,9 +115,12 @@ pub async fn insert(
     rsvp: &NewRsvp,
     token_hash: &TokenHash,
 ) -> Result<InsertOutcome, sqlx::Error> {
-    let result = sqlx::query_as(&format!(
+    // Events are never deleted, so the existence check cannot race the foreign key.
+    let inserted: Option<RsvpRow> = sqlx::query_as(&format!(
         "insert into rsvps (id, event_id, name, email, status, guests, token_hash)
-         values ($1, $2, $3, $4, $5, $6, $7) returning {COLUMNS}"
+         select $1, $2, $3, $4, $5, $6, $7 where exists (select 1 from events where id = $2)
+         on conflict do nothing
+         returning {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(event_id)
@@ -124,18 +129,22 @@ pub async fn insert(
     .bind(rsvp.status.as_str())
     .bind(rsvp.guests.value())
     .bind(token_hash.as_bytes())
-    .fetch_one(&mut **tx)
-    .await;
-    match result {
-        Ok(row) => Ok(InsertOutcome::Inserted(row)),
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some("rsvps_event_email_key") => {
-            Ok(InsertOutcome::DuplicateEmail)
-        }
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some("rsvps_event_id_fkey") => {
-            Ok(InsertOutcome::UnknownEvent)
-        }
-        Err(other) => Err(other),
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok(InsertOutcome::Inserted(row));
     }
+    let event_exists: bool = sqlx::query_scalar("select exists (select 1 from events where id = $1)")
+        .bind(event_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(if event_exists { InsertOutcome::DuplicateEmail } else { InsertOutcome::UnknownEvent })
+}
+
+/// Removes a row this transaction just inserted, when a later check refuses it.
+pub async fn discard(tx: &mut Tx<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from rsvps where id = $1").bind(id).execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// The rsvp, locked until the transaction ends.

@@ -26,11 +26,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// The api with its cache at `redis_url`: a closed port or a cut proxy is "Redis down".
 pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
+    spawn_app_with(|settings| settings.redis_url = redis_url.to_owned()).await
+}
+
+/// The api with settings changed by `configure`; writes are coalesced as in production.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     rsvp_contract::telemetry::init_logging();
     let (db, database_url) = fresh_database(&MIGRATOR).await;
-    let settings = Settings {
+    let mut settings = Settings {
         database_url,
-        redis_url: redis_url.to_owned(),
+        redis_url: REDIS_URL.to_owned(),
         kafka_brokers: "127.0.0.1:9092".into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
@@ -38,7 +43,12 @@ pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
         database_max_connections: 8,
         redis_timeout: Duration::from_millis(250),
         request_timeout: Duration::from_secs(10),
+        write_coalescing: true,
+        write_batch_max: 64,
+        write_batch_wait: Duration::from_millis(2),
+        write_workers: 4,
     };
+    configure(&mut settings);
     let app = Application::build(&settings).await.expect("build the api");
     let address = format!("http://127.0.0.1:{}", app.api_port());
     let admin_address = format!("http://127.0.0.1:{}", app.admin_port());

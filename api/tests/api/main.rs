@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 
 mod cache;
+mod coalescing;
 mod events;
 mod health;
 mod helpers;

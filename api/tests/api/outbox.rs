@@ -28,6 +28,9 @@ async fn a_failure_after_the_rsvp_write_leaves_neither_the_rsvp_nor_an_outbox_ro
     assert_eq!(app.written_rows().await, (0, 0, 0), "neither row nor the seats were kept");
 }
 
+/// aggregate_type, kafka_key, aggregate_id, event_type, rsvp_version, payload, traceparent
+type OutboxRow = (String, String, uuid::Uuid, String, i64, Value, Option<String>);
+
 #[tokio::test]
 async fn every_write_appends_one_valid_cloudevent_row_in_commit_order_per_rsvp() {
     let app = spawn_app().await;
@@ -51,7 +54,7 @@ async fn every_write_appends_one_valid_cloudevent_row_in_commit_order_per_rsvp()
     app.cancel_rsvp(&token).await;
     app.delete_rsvp(rsvp_id, Some(ADMIN_TOKEN)).await;
 
-    let rows: Vec<(String, String, uuid::Uuid, String, i64, Value, Option<String>)> = sqlx::query_as(
+    let rows: Vec<OutboxRow> = sqlx::query_as(
         "select aggregate_type, kafka_key, aggregate_id, event_type, rsvp_version, payload, traceparent
          from outbox order by id",
     )

@@ -1,0 +1,153 @@
+//! Write coalescing: concurrent writes share one transaction, so that one commit
+//! (one WAL flush) makes many rsvps durable.
+//!
+//! Handlers queue a [`WriteOp`]; a few workers each take what is queued (up to
+//! `max_batch`, waiting at most `max_wait` for more), apply the writes one after the
+//! other in one transaction, commit, and only then answer each request with its own
+//! outcome. Writes refused for a client mistake leave the transaction usable (see
+//! `writes`), so a neighbour's 409 never fails a batch. Should the batch transaction
+//! fail for any other reason (a deadlock between two batches, a lost connection),
+//! every write of it is retried alone, so each request gets the answer it would have
+//! had without coalescing.
+
+use std::{sync::Arc, time::Duration};
+
+use metrics::counter;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::{
+    error::ApiError,
+    writes::{apply, WriteOp, WriteOutcome},
+};
+
+/// How writes are committed.
+#[derive(Debug, Clone, Copy)]
+pub struct CoalescingSettings {
+    /// Off: each request commits its own transaction.
+    pub enabled: bool,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub workers: usize,
+}
+
+struct Pending {
+    op: WriteOp,
+    traceparent: Option<String>,
+    reply: oneshot::Sender<Result<WriteOutcome, ApiError>>,
+}
+
+/// Runs writes, coalesced or one transaction each.
+#[derive(Clone)]
+pub struct Writer {
+    db: PgPool,
+    queue: Option<mpsc::Sender<Pending>>,
+}
+
+impl Writer {
+    /// Starts the workers (when coalescing); they stop when the last `Writer` is dropped.
+    pub fn start(db: PgPool, settings: CoalescingSettings) -> Self {
+        if !settings.enabled {
+            return Self { db, queue: None };
+        }
+        let (sender, receiver) = mpsc::channel(settings.max_batch * settings.workers * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..settings.workers.max(1) {
+            tokio::spawn(work(db.clone(), receiver.clone(), settings));
+        }
+        Self { db, queue: Some(sender) }
+    }
+
+    /// Applies `op` and answers once its transaction has committed.
+    pub async fn run(&self, op: WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+        let Some(queue) = &self.queue else {
+            return run_alone(&self.db, &op, traceparent).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { op, traceparent: traceparent.map(str::to_owned), reply };
+        queue
+            .send(pending)
+            .await
+            .map_err(|_| anyhow::anyhow!("the write workers have stopped"))?;
+        answer.await.map_err(|_| anyhow::anyhow!("a write worker dropped a request"))?
+    }
+}
+
+async fn work(db: PgPool, queue: Arc<Mutex<mpsc::Receiver<Pending>>>, settings: CoalescingSettings) {
+    while let Some(batch) = next_batch(&queue, settings).await {
+        run_batch(&db, batch).await;
+    }
+}
+
+/// Takes the next batch; one worker gathers at a time while the others commit.
+async fn next_batch(queue: &Mutex<mpsc::Receiver<Pending>>, settings: CoalescingSettings) -> Option<Vec<Pending>> {
+    let mut queue = queue.lock().await;
+    let first = queue.recv().await?;
+    let mut batch = Vec::with_capacity(settings.max_batch);
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + settings.max_wait;
+    while batch.len() < settings.max_batch {
+        match queue.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(pending)) => batch.push(pending),
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    Some(batch)
+}
+
+#[tracing::instrument(skip_all, fields(size = batch.len()))]
+async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
+    counter!("api_write_batches_total").increment(1);
+    counter!("api_write_batched_requests_total").increment(batch.len() as u64);
+    match run_together(db, &batch).await {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                if let Ok(outcome) = &outcome {
+                    count_outbox_row(outcome);
+                }
+                let _ = pending.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            counter!("api_write_batch_retries_total").increment(1);
+            tracing::warn!(error = ?error, "batch transaction failed; retrying each write alone");
+            for pending in batch {
+                let outcome = run_alone(db, &pending.op, pending.traceparent.as_deref()).await;
+                let _ = pending.reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch: client mistakes become that write's outcome,
+/// anything else fails the batch.
+async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Result<WriteOutcome, ApiError>>> {
+    let mut tx = db.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for pending in batch {
+        match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
+            Err(ApiError::Unexpected(error)) => return Err(error),
+            outcome => outcomes.push(outcome),
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn run_alone(db: &PgPool, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+    let mut tx = db.begin().await?;
+    let outcome = apply(&mut tx, op, traceparent).await?;
+    tx.commit().await?;
+    count_outbox_row(&outcome);
+    Ok(outcome)
+}
+
+fn count_outbox_row(outcome: &WriteOutcome) {
+    if let Some(event_type) = outcome.written.event_type {
+        counter!("outbox_rows_written_total", "type" => event_type.as_str()).increment(1);
+    }
+}

@@ -1,0 +1,124 @@
+//! `GET /events/{id}/stats`: an event's statistics as the analytics consumer keeps
+//! them (`analytics` schema, see migration 20261128000003). Eventually consistent:
+//! they trail the rsvps table by the relay's and the consumer's latency.
+
+use axum::{extract::State, routing::get, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{ApiJson, ApiPath};
+use crate::{
+    error::{ApiError, ErrorBody},
+    startup::AppState,
+    store::events::{self, RsvpCounts},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/events/{id}/stats", get(get_stats))
+}
+
+/// An event's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventStats {
+    pub event_id: Uuid,
+    /// Current rsvps by status.
+    pub counts: RsvpCounts,
+    /// Guests brought by going rsvps.
+    pub guests_going: i64,
+    /// Changes applied so far, by type.
+    pub totals: EventTotals,
+    /// Per hour of the change's time, oldest first; hours without changes are absent.
+    pub rsvps_per_hour: Vec<HourlyRsvps>,
+    /// Time of the newest applied change; null before the first.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventTotals {
+    pub created: i64,
+    pub updated: i64,
+    pub cancelled: i64,
+    pub deleted: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct HourlyRsvps {
+    pub hour: DateTime<Utc>,
+    /// Rsvps created in this hour.
+    pub created: i64,
+    /// Changes of any type in this hour.
+    pub changes: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatsRow {
+    going: i64,
+    maybe: i64,
+    declined: i64,
+    cancelled: i64,
+    guests_going: i64,
+    created_total: i64,
+    updated_total: i64,
+    cancelled_total: i64,
+    deleted_total: i64,
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Statistics of an event: current counts, guests going, totals per change type and
+/// rsvps per hour. Zeros for an event with no rsvp change applied yet.
+#[utoipa::path(
+    get, path = "/events/{id}/stats", tag = "events",
+    params(("id" = Uuid, Path, description = "Event id")),
+    responses((status = 200, body = EventStats), (status = 404, body = ErrorBody))
+)]
+pub async fn get_stats(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<ApiJson<EventStats>, ApiError> {
+    if !events::event_exists(&state.db, id).await? {
+        return Err(ApiError::NotFound("event"));
+    }
+    Ok(ApiJson(load_stats(&state.db, id).await?))
+}
+
+#[tracing::instrument(skip(pool), err)]
+pub async fn load_stats(pool: &PgPool, event_id: Uuid) -> Result<EventStats, sqlx::Error> {
+    let row: Option<StatsRow> = sqlx::query_as(
+        "select going, maybe, declined, cancelled, guests_going, created_total, updated_total,
+                cancelled_total, deleted_total, last_event_at
+         from analytics.event_stats where event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_optional(pool)
+    .await?;
+    let rsvps_per_hour: Vec<HourlyRsvps> = sqlx::query_as(
+        "select hour, created, changes from analytics.rsvps_per_hour where event_id = $1 order by hour",
+    )
+    .bind(event_id)
+    .fetch_all(pool)
+    .await?;
+    let stats = match row {
+        None => EventStats {
+            event_id,
+            counts: RsvpCounts::default(),
+            guests_going: 0,
+            totals: EventTotals::default(),
+            rsvps_per_hour,
+            last_event_at: None,
+        },
+        Some(r) => EventStats {
+            event_id,
+            counts: RsvpCounts { going: r.going, maybe: r.maybe, declined: r.declined, cancelled: r.cancelled },
+            guests_going: r.guests_going,
+            totals: EventTotals {
+                created: r.created_total,
+                updated: r.updated_total,
+                cancelled: r.cancelled_total,
+                deleted: r.deleted_total,
+            },
+            rsvps_per_hour,
+            last_event_at: r.last_event_at,
+        },
+    };
+    Ok(stats)
+}

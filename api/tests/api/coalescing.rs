@@ -1,0 +1,126 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app_with, TestApp};
+
+/// One worker that waits long enough for every request of a test to join its batch.
+async fn spawn_app_with_one_wide_batch() -> TestApp {
+    spawn_app_with(|settings| {
+        settings.write_workers = 1;
+        settings.write_batch_max = 64;
+        settings.write_batch_wait = Duration::from_millis(400);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn writes_sharing_one_transaction_keep_their_own_outcomes() {
+    let app = spawn_app_with_one_wide_batch().await;
+    let event_id = app.create_event(Some(3)).await;
+    app.create_rsvp(event_id, "first@example.com", 0).await;
+    let last_id: i64 = sqlx::query_scalar("select max(id) from outbox").fetch_one(&app.db).await.unwrap();
+
+    let requests = [
+        (event_id, "a@example.com", "going"),
+        (event_id, "b@example.com", "going"),
+        (event_id, "c@example.com", "going"),
+        (event_id, "FIRST@example.com", "maybe"),
+        (Uuid::now_v7(), "d@example.com", "going"),
+        (event_id, "e@example.com", "declined"),
+    ];
+    let mut pending = tokio::task::JoinSet::new();
+    for (i, (event, email, status)) in requests.into_iter().enumerate() {
+        let (client, url) = (app.client.clone(), app.url(&format!("/events/{event}/rsvps")));
+        let body = json!({"name": "P", "email": email, "status": status});
+        pending.spawn(async move { (i, client.post(url).json(&body).send().await.unwrap().status()) });
+    }
+    let mut statuses = pending.join_all().await;
+    statuses.sort();
+    let statuses: Vec<StatusCode> = statuses.into_iter().map(|(_, s)| s).collect();
+
+    let going = &statuses[..3];
+    assert_eq!(going.iter().filter(|s| **s == StatusCode::CREATED).count(), 2, "two seats were left: {going:?}");
+    assert_eq!(going.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 1);
+    assert_eq!(statuses[3], StatusCode::CONFLICT, "duplicate email");
+    assert_eq!(statuses[4], StatusCode::NOT_FOUND, "unknown event");
+    assert_eq!(statuses[5], StatusCode::CREATED);
+    let (rows, transactions): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct xid) from outbox where id > $1")
+            .bind(last_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, 3, "one outbox row per accepted write");
+    assert_eq!(transactions, 1, "the accepted writes committed in one transaction");
+    let seats: i32 = sqlx::query_scalar("select seats_taken from events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(seats, 3);
+}
+
+#[tokio::test]
+async fn no_request_is_answered_before_its_transaction_commits() {
+    let app = spawn_app_with(|_| {}).await;
+    let event_id = app.create_event(None).await;
+    // Hold a lock that a deferred trigger needs at commit time: the write's commit blocks.
+    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql(
+        "create function wait_at_commit() returns trigger language plpgsql as
+           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
+         create constraint trigger wait_at_commit after insert on outbox
+           deferrable initially deferred for each row execute function wait_at_commit();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
+    let request = tokio::spawn(async move {
+        let body = json!({"name": "Ada", "email": "ada@example.com", "status": "going"});
+        client.post(url).json(&body).send().await.unwrap().status()
+    });
+    let blocked_at_commit = async {
+        loop {
+            let waiting: i64 =
+                sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+                    .fetch_one(&app.db)
+                    .await
+                    .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), blocked_at_commit).await.expect("the commit never blocked");
+
+    assert!(!request.is_finished(), "answered while its commit was still pending");
+    let (committed,): (i64,) = sqlx::query_as("select count(*) from outbox").fetch_one(&app.db).await.unwrap();
+    assert_eq!(committed, 0);
+    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    assert_eq!(request.await.unwrap(), StatusCode::CREATED);
+    let (committed,): (i64,) = sqlx::query_as("select count(*) from outbox").fetch_one(&app.db).await.unwrap();
+    assert_eq!(committed, 1, "visible to others by the time the client had its answer");
+}
+
+#[tokio::test]
+async fn with_coalescing_off_each_write_commits_alone() {
+    let app = spawn_app_with(|settings| settings.write_coalescing = false).await;
+    let event_id = app.create_event(None).await;
+
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
+        let body = json!({"name": "P", "email": format!("p{i}@example.com"), "status": "going"});
+        pending.spawn(async move { client.post(url).json(&body).send().await.unwrap().status() });
+    }
+    let statuses = pending.join_all().await;
+
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED));
+    let transactions: i64 =
+        sqlx::query_scalar("select count(distinct xid) from outbox").fetch_one(&app.db).await.unwrap();
+    assert_eq!(transactions, 5);
+}
