@@ -17,7 +17,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::{
+    auth::TokenHash,
     error::ApiError,
+    store::Tx,
     writes::{apply, WriteOp, WriteOutcome},
 };
 
@@ -127,6 +129,7 @@ async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
 /// anything else fails the batch.
 async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Result<WriteOutcome, ApiError>>> {
     let mut tx = db.begin().await?;
+    lock_events(&mut tx, batch).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for pending in batch {
         match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
@@ -136,6 +139,32 @@ async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Resu
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Locks every event the batch writes to, in id order, before any write: batches
+/// running side by side then take event locks in one global order and cannot deadlock.
+/// An rsvp's event never changes, so it can be looked up before the rsvp is locked.
+async fn lock_events(tx: &mut Tx<'_>, batch: &[Pending]) -> Result<(), sqlx::Error> {
+    let (mut event_ids, mut rsvp_ids, mut token_hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for pending in batch {
+        match &pending.op {
+            WriteOp::Create { event_id, .. } => event_ids.push(*event_id),
+            WriteOp::Update { id, .. } | WriteOp::Delete { id } => rsvp_ids.push(*id),
+            WriteOp::Cancel { token } => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
+        }
+    }
+    sqlx::query(
+        "select id from events
+         where id = any($1) or id in (select event_id from rsvps where id = any($2) or token_hash = any($3))
+         order by id
+         for no key update",
+    )
+    .bind(&event_ids)
+    .bind(&rsvp_ids)
+    .bind(&token_hashes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn run_alone(db: &PgPool, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {

@@ -1,0 +1,38 @@
+//! `rsvp-bench`: measures the api, the relay and the pipeline next to their limits and
+//! writes docs/BENCHMARKS.md. Run it through `scripts/bench.sh`, which builds the
+//! release binaries and starts the services first.
+
+mod api_bench;
+mod load;
+mod pgbench;
+mod report;
+mod system;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of the rsvp pipeline against their limits")]
+struct Cli {
+    /// How long each measurement runs.
+    #[arg(long, env = "BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Client counts of the api measurement.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    concurrency: Vec<usize>,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench.sh".into());
+    let mut report = report::Report::new(&command);
+    api_bench::ApiBench { duration: cli.duration, concurrency: cli.concurrency.clone() }.run(&mut report).await?;
+    report.write(&cli.out)?;
+    eprintln!("wrote {}", cli.out.display());
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Starting what a benchmark measures: databases and the real release binaries.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+/// The server databases are created on; `BENCH_DATABASE_URL`, else local trust auth.
+pub(crate) fn server_url() -> String {
+    std::env::var("BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+/// Drops and creates database `name`; returns its URL.
+pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<String> {
+    let server = server_url();
+    let mut admin = PgConnection::connect(&server).await.context("connecting to postgres")?;
+    sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#)).execute(&mut admin).await?;
+    sqlx::query(&format!(r#"create database "{name}""#)).execute(&mut admin).await?;
+    let (base, _) = server.rsplit_once('/').context("BENCH_DATABASE_URL has no database name")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// A binary built beside this one (`cargo build --release` builds them all).
+pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(path.is_file(), "{} is missing: run `cargo build --release --bins`", path.display());
+    Ok(path)
+}
+
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `rsvp-api`, killed on drop.
+pub(crate) struct Api {
+    _child: Child,
+    pub(crate) base: String,
+}
+
+pub(crate) async fn start_api(database_url: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Api> {
+    let port = free_port()?;
+    let mut command = Command::new(sibling_binary("rsvp-api")?);
+    command
+        .env("DATABASE_URL", database_url)
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .env("DATABASE_MAX_CONNECTIONS", "64")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let child = command.spawn().context("starting rsvp-api")?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&format!("{base}/healthz")).await?;
+    Ok(Api { _child: child, base })
+}
+
+pub(crate) async fn wait_healthy(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{url} did not answer within 30 s")
+}
+
+/// Facts about the machine for the report.
+pub(crate) fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or("unknown".to_owned(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cores} cores (nproc), {memory} memory, {cpu}")
+}
