@@ -20,7 +20,7 @@ use crate::{
     auth::TokenHash,
     error::ApiError,
     store::Tx,
-    writes::{apply, WriteOp, WriteOutcome},
+    writes::{apply, create_rsvps, CreateRequest, WriteOp, WriteOutcome},
 };
 
 /// How writes are committed.
@@ -125,20 +125,37 @@ async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
     }
 }
 
-/// One transaction for the whole batch: client mistakes become that write's outcome,
-/// anything else fails the batch.
+/// One transaction for the whole batch: creates go in together, the other writes one
+/// after the other. Client mistakes become that write's outcome; anything else fails
+/// the batch.
 async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Result<WriteOutcome, ApiError>>> {
     let mut tx = db.begin().await?;
     lock_events(&mut tx, batch).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for pending in batch {
+    let mut outcomes: Vec<Option<Result<WriteOutcome, ApiError>>> = batch.iter().map(|_| None).collect();
+
+    let (creates, others): (Vec<_>, Vec<_>) =
+        batch.iter().enumerate().partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
+    let requests: Vec<CreateRequest<'_>> = creates
+        .iter()
+        .filter_map(|(_, p)| match &p.op {
+            WriteOp::Create { event_id, rsvp } => {
+                Some(CreateRequest { event_id: *event_id, rsvp, traceparent: p.traceparent.as_deref() })
+            }
+            _ => None,
+        })
+        .collect();
+    let created = create_rsvps(&mut tx, &requests).await?;
+    for ((index, _), outcome) in creates.iter().zip(created) {
+        outcomes[*index] = Some(outcome.map(|(written, token)| WriteOutcome { written, token: Some(token) }));
+    }
+    for (index, pending) in others {
         match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
             Err(ApiError::Unexpected(error)) => return Err(error),
-            outcome => outcomes.push(outcome),
+            outcome => outcomes[index] = Some(outcome),
         }
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(outcomes.into_iter().map(|o| o.expect("every write has an outcome")).collect())
 }
 
 /// Locks every event the batch writes to, in id order, before any write: batches

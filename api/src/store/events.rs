@@ -1,5 +1,7 @@
 //! Events and their seat accounting.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -112,6 +114,44 @@ pub async fn event_exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> 
         .bind(id)
         .fetch_one(pool)
         .await
+}
+
+/// Seats of an event as its row says, under lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Seats {
+    pub capacity: Option<i32>,
+    pub taken: i32,
+}
+
+/// Locks the events (in id order, so that concurrent writers cannot deadlock) and
+/// returns their seats; unknown ids are absent.
+#[tracing::instrument(skip_all, fields(events = ids.len()), err)]
+pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<i32>, i32)> = sqlx::query_as(
+        "select id, capacity, seats_taken from events where id = any($1) order by id for no key update",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id, capacity, taken)| (id, Seats { capacity, taken })).collect())
+}
+
+/// Adds seats to events whose capacity the caller already checked under lock.
+#[tracing::instrument(skip_all, err)]
+pub async fn add_seats(tx: &mut Tx<'_>, seats: &HashMap<Uuid, i32>) -> Result<(), sqlx::Error> {
+    let (ids, deltas): (Vec<Uuid>, Vec<i32>) = seats.iter().filter(|(_, d)| **d != 0).map(|(i, d)| (*i, *d)).unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update events set seats_taken = seats_taken + d.delta
+         from unnest($1::uuid[], $2::int4[]) as d(id, delta) where events.id = d.id",
+    )
+    .bind(ids)
+    .bind(deltas)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Takes (`delta` > 0) or frees (`delta` < 0) seats of an event. False when taking

@@ -1,27 +1,42 @@
 //! Appending outbox rows inside the writing transaction.
 
 use rsvp_contract::{event::AGGREGATE_RSVP, CloudEvent};
+use uuid::Uuid;
 
 use super::Tx;
 
-/// Appends the outbox row of `event`. Its `xid` defaults to the writing transaction,
-/// its insert trigger notifies the relay when the transaction commits.
-#[tracing::instrument(skip_all, fields(message_id = %event.id, event_type = event.event_type.as_str()), err)]
-pub async fn append(tx: &mut Tx<'_>, event: &CloudEvent, traceparent: Option<&str>) -> Result<(), sqlx::Error> {
-    let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+/// Appends the outbox rows of `events`, in order, in one statement. Their `xid`
+/// defaults to the writing transaction; the insert trigger notifies the relay when
+/// the transaction commits.
+#[tracing::instrument(skip_all, fields(rows = events.len()), err)]
+pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> Result<(), sqlx::Error> {
+    let mut payloads = Vec::with_capacity(events.len());
+    for (event, _) in events {
+        payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    let aggregate_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.data.id).collect();
+    let keys: Vec<String> = events.iter().map(|(e, _)| e.kafka_key()).collect();
+    let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
+    let message_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
+    let versions: Vec<i64> = events.iter().map(|(e, _)| e.data.version).collect();
+    let traceparents: Vec<Option<&str>> = events.iter().map(|(_, t)| *t).collect();
+    // `with ordinality` keeps the given order, so outbox ids follow it.
     sqlx::query(
         "insert into outbox
             (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+         select $1, a, k, t, m, v, p, tp
+         from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::jsonb[], $8::text[])
+              with ordinality as rows(a, k, t, m, v, p, tp, n)
+         order by n",
     )
     .bind(AGGREGATE_RSVP)
-    .bind(event.data.id)
-    .bind(event.kafka_key())
-    .bind(event.event_type.as_str())
-    .bind(event.id)
-    .bind(event.data.version)
-    .bind(payload)
-    .bind(traceparent)
+    .bind(aggregate_ids)
+    .bind(keys)
+    .bind(types)
+    .bind(message_ids)
+    .bind(versions)
+    .bind(payloads)
+    .bind(traceparents)
     .execute(&mut **tx)
     .await?;
     Ok(())

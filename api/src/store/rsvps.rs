@@ -98,52 +98,47 @@ impl RsvpRow {
     }
 }
 
-/// Why an insert wrote nothing, or the row it wrote.
-#[derive(Debug)]
-pub enum InsertOutcome {
-    Inserted(RsvpRow),
-    DuplicateEmail,
-    UnknownEvent,
+/// A row to insert; its token is known only to the request that made it.
+pub struct NewRow<'a> {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub rsvp: &'a NewRsvp,
+    pub token_hash: TokenHash,
 }
 
-/// Inserts without ever failing on a client mistake (duplicate email, unknown event),
-/// so that a coalesced transaction survives a neighbour's mistake without a savepoint.
-#[tracing::instrument(skip_all, fields(%event_id), err)]
-pub async fn insert(
-    tx: &mut Tx<'_>,
-    event_id: Uuid,
-    rsvp: &NewRsvp,
-    token_hash: &TokenHash,
-) -> Result<InsertOutcome, sqlx::Error> {
-    // Events are never deleted, so the existence check cannot race the foreign key.
-    let inserted: Option<RsvpRow> = sqlx::query_as(&format!(
+/// Inserts every row in one statement and returns those written; a row whose email
+/// already answered its event is skipped rather than failing the statement, so a
+/// transaction shared by many requests survives one request's duplicate. Events must
+/// exist (the caller checked them under lock; events are never deleted).
+#[tracing::instrument(skip_all, fields(rows = rows.len()), err)]
+pub async fn insert_many(tx: &mut Tx<'_>, rows: &[NewRow<'_>]) -> Result<Vec<RsvpRow>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.rsvp.name.as_str()).collect();
+    let emails: Vec<&str> = rows.iter().map(|r| r.rsvp.email.as_str()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.rsvp.status.as_str()).collect();
+    let guests: Vec<i16> = rows.iter().map(|r| r.rsvp.guests.value()).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| r.token_hash.as_bytes()).collect();
+    sqlx::query_as(&format!(
         "insert into rsvps (id, event_id, name, email, status, guests, token_hash)
-         select $1, $2, $3, $4, $5, $6, $7 where exists (select 1 from events where id = $2)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int2[], $7::bytea[])
          on conflict do nothing
          returning {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
-    .bind(event_id)
-    .bind(rsvp.name.as_str())
-    .bind(rsvp.email.as_str())
-    .bind(rsvp.status.as_str())
-    .bind(rsvp.guests.value())
-    .bind(token_hash.as_bytes())
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = inserted {
-        return Ok(InsertOutcome::Inserted(row));
-    }
-    let event_exists: bool = sqlx::query_scalar("select exists (select 1 from events where id = $1)")
-        .bind(event_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(if event_exists { InsertOutcome::DuplicateEmail } else { InsertOutcome::UnknownEvent })
+    .bind(ids)
+    .bind(event_ids)
+    .bind(names)
+    .bind(emails)
+    .bind(statuses)
+    .bind(guests)
+    .bind(hashes)
+    .fetch_all(&mut **tx)
+    .await
 }
 
-/// Removes a row this transaction just inserted, when a later check refuses it.
-pub async fn discard(tx: &mut Tx<'_>, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from rsvps where id = $1").bind(id).execute(&mut **tx).await?;
+/// Removes rows this transaction just inserted, when a later check refuses them.
+pub async fn discard(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from rsvps where id = any($1)").bind(ids).execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -9,11 +9,15 @@
 use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
 use uuid::Uuid;
 
+mod create;
+
+pub use create::{create_rsvps, CreateRequest};
+
 use crate::{
-    auth::{new_rsvp_token, TokenHash},
+    auth::TokenHash,
     domain::{NewRsvp, RsvpChanges},
     error::ApiError,
-    store::{events, outbox, rsvps, rsvps::InsertOutcome, rsvps::RsvpRow, Tx},
+    store::{events, outbox, rsvps, rsvps::RsvpRow, Tx},
 };
 
 /// What a write did: the rsvp as it now is, and the outbox event it appended (none
@@ -24,7 +28,7 @@ pub struct Written {
     pub event_type: Option<EventType>,
 }
 
-fn not_enough_seats() -> ApiError {
+pub(crate) fn not_enough_seats() -> ApiError {
     ApiError::Conflict("not enough seats left at this event".into())
 }
 
@@ -36,32 +40,8 @@ async fn append(
     traceparent: Option<&str>,
 ) -> Result<Option<EventType>, ApiError> {
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
-    outbox::append(tx, &event, traceparent).await?;
+    outbox::append(tx, &[(event, traceparent)]).await?;
     Ok(Some(event_type))
-}
-
-/// Creates an rsvp; returns it with its token, the only time the token is seen.
-pub async fn create_rsvp(
-    tx: &mut Tx<'_>,
-    event_id: Uuid,
-    rsvp: &NewRsvp,
-    traceparent: Option<&str>,
-) -> Result<(Written, String), ApiError> {
-    let (token, token_hash) = new_rsvp_token();
-    let row = match rsvps::insert(tx, event_id, rsvp, &token_hash).await? {
-        InsertOutcome::Inserted(row) => row,
-        InsertOutcome::DuplicateEmail => {
-            return Err(ApiError::Conflict("this email has already answered this event".into()))
-        }
-        InsertOutcome::UnknownEvent => return Err(ApiError::NotFound("event")),
-    };
-    if !events::adjust_seats(tx, event_id, row.seats()).await? {
-        // A refused write leaves nothing behind, even inside a shared transaction.
-        rsvps::discard(tx, row.id).await?;
-        return Err(not_enough_seats());
-    }
-    let event_type = append(tx, EventType::RsvpCreated, &row, None, traceparent).await?;
-    Ok((Written { rsvp: row, event_type }, token))
 }
 
 /// Applies `changes` for the holder of the rsvp's `token`.
@@ -134,11 +114,14 @@ pub struct WriteOutcome {
     pub token: Option<String>,
 }
 
-/// Applies `op` inside `tx`; the caller commits.
+/// Applies `op` inside `tx`; the caller commits. Creates are cheaper together: see
+/// [`create_rsvps`].
 pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
     let (written, token) = match op {
         WriteOp::Create { event_id, rsvp } => {
-            let (written, token) = create_rsvp(tx, *event_id, rsvp, traceparent).await?;
+            let request = CreateRequest { event_id: *event_id, rsvp, traceparent };
+            let created = create_rsvps(tx, &[request]).await?.pop();
+            let (written, token) = created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))??;
             (written, Some(token))
         }
         WriteOp::Update { id, token, changes } => (update_rsvp(tx, *id, token, changes, traceparent).await?, None),
