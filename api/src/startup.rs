@@ -123,10 +123,18 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(http_metrics::track))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let started = Instant::now();
+    let response = ApiError::MethodNotAllowed.into_response();
+    http_metrics::record_unmatched(request.method(), &response, started);
+    response
 }
 
 async fn not_found(request: Request) -> Response {

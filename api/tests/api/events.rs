@@ -92,6 +92,15 @@ async fn unknown_or_malformed_event_ids_and_unknown_routes_are_404() {
 }
 
 #[tokio::test]
+async fn a_known_route_with_another_method_is_a_json_405() {
+    let app = spawn_app().await;
+
+    let response = app.client.put(app.url("/events")).send().await.unwrap();
+
+    assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_every_route() {
     let app = spawn_app().await;
 
