@@ -67,17 +67,21 @@ ensure_tansu() {
     fi
 }
 
-# Starts a Tansu broker on 127.0.0.1:$1 with in-memory storage unless one listens there.
+# Starts a Tansu broker on 127.0.0.1:$1 with in-memory storage unless one listens
+# there; sets STARTED_BROKER_PID when it started one (so the caller stops only its own).
 ensure_broker() {
     local port=${1:-9092}
+    STARTED_BROKER_PID=
     ensure_tansu
     if ! port_open 127.0.0.1 "$port"; then
-        log "starting Tansu on 127.0.0.1:$port"
+        log "starting Tansu on 127.0.0.1:$port (log: .run/tansu-$port.log)"
         mkdir -p "$ROOT/.run"
-        nohup tansu broker --listener-url "tcp://127.0.0.1:$port" \
+        # Tansu logs every request at info: warnings only, or the log fills the disk.
+        RUST_LOG=warn nohup tansu broker --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --storage-engine memory://tansu/ >"$ROOT/.run/tansu.log" 2>&1 &
-        echo $! >"$ROOT/.run/tansu.pid"
+            --storage-engine memory://tansu/ >"$ROOT/.run/tansu-$port.log" 2>&1 &
+        STARTED_BROKER_PID=$!
+        echo "$STARTED_BROKER_PID" >"$ROOT/.run/tansu-$port.pid"
         wait_port 127.0.0.1 "$port" 60 Tansu
     fi
 }
@@ -89,12 +93,15 @@ ensure_python_tools() {
         mkdir -p "$TOOLS_DIR"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "schemathesis==4.32.5" ||
-        ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "confluent-kafka==2.16.1" ||
-        ! "$VENV/bin/pip" freeze 2>/dev/null | grep -qix "check-jsonschema==0.39.0"; then
-        log "installing ${wanted[*]}"
-        "$VENV/bin/pip" install -q --disable-pip-version-check "${wanted[@]}"
-    fi
+    local installed package
+    installed=$("$VENV/bin/pip" freeze --disable-pip-version-check 2>/dev/null || true)
+    for package in "${wanted[@]}"; do
+        if ! grep -qix "$package" <<<"$installed"; then
+            log "installing ${wanted[*]}"
+            "$VENV/bin/pip" install -q --disable-pip-version-check "${wanted[@]}"
+            break
+        fi
+    done
     export PATH="$VENV/bin:$PATH"
 }
 
@@ -108,4 +115,9 @@ ensure_cli_tools() {
 
 ensure_rust() {
     command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+}
+
+# promtool and the Prometheus server, from Debian's `prometheus` package (ops checks).
+ensure_prometheus() {
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then apt_install prometheus; fi
 }

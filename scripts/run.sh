@@ -35,7 +35,10 @@ stop() {
     log "stopping"
     kill "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
-    if [ -f .run/tansu.pid ]; then kill "$(cat .run/tansu.pid)" 2>/dev/null || true; rm -f .run/tansu.pid; fi
+    if [ -n "${STARTED_BROKER_PID:-}" ]; then
+        kill "$STARTED_BROKER_PID" 2>/dev/null || true
+        rm -f ".run/tansu-${KAFKA_BROKERS##*:}.pid"
+    fi
 }
 trap stop INT TERM EXIT
 
@@ -59,7 +62,7 @@ cat <<MSG
     admin       api $api_admin, relay $relay_admin, consumers $consumers_admin  (/metrics, /healthz, /readyz)
     broker      $KAFKA_BROKERS (Tansu), topic rsvp-events
     ADMIN_TOKEN $ADMIN_TOKEN
-    logs        .run/rsvp-api.log .run/rsvp-relay.log .run/rsvp-consumers.log .run/tansu.log
+    logs        .run/rsvp-api.log .run/rsvp-relay.log .run/rsvp-consumers.log .run/tansu-${KAFKA_BROKERS##*:}.log
 
   Ctrl-C stops everything.
 MSG
