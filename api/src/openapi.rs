@@ -5,14 +5,14 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::routes::{events, rsvps};
+use crate::routes::{events, rsvps, stats};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "rsvp-api", description = "Events and rsvps; every write is published through a transactional outbox."),
     paths(
         events::create_event, events::get_event, events::list_rsvps, events::create_rsvp,
-        rsvps::get_rsvp, rsvps::update_rsvp, rsvps::cancel_rsvp, rsvps::delete_rsvp,
+        rsvps::get_rsvp, rsvps::update_rsvp, rsvps::cancel_rsvp, rsvps::delete_rsvp, stats::get_stats,
     ),
     modifiers(&BearerSchemes),
 )]

@@ -1,1 +1,46 @@
-fn main(){}
+use clap::Parser;
+use rsvp_consumers::{
+    app::Application,
+    config::{Cli, Command, DlqCommand},
+    dlq::Redriven,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rsvp_contract::telemetry::init_logging();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let _ = rsvp_contract::admin::metrics_handle();
+            let app = Application::build(&cli.settings, true).await?;
+            tracing::info!(admin_port = app.admin_port(), "started");
+            app.run_until(rsvp_contract::telemetry::shutdown_signal()).await?;
+        }
+        Command::Dlq(DlqCommand::List { all }) => {
+            let app = Application::build(&cli.settings, false).await?;
+            let letters = app.dead_letters(all).await?;
+            for letter in &letters {
+                println!("{}", letter.summary());
+            }
+            println!("{} dead letter(s)", letters.len());
+        }
+        Command::Dlq(DlqCommand::Redrive { id }) => {
+            let app = Application::build(&cli.settings, false).await?;
+            let results = app.redrive(id).await?;
+            let mut failed = 0;
+            for result in &results {
+                match result {
+                    Redriven::Applied { id, outcome } => println!("#{id} redriven: {outcome}"),
+                    Redriven::Failed { id, error } => {
+                        failed += 1;
+                        println!("#{id} not redriven: {error}");
+                    }
+                }
+            }
+            println!("{} redriven, {failed} failed", results.len() - failed);
+            anyhow::ensure!(failed == 0, "{failed} dead letter(s) could not be redriven");
+            anyhow::ensure!(!results.is_empty() || id.is_none(), "no pending dead letter with that id");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,23 @@
+//! The outbox relay: publishes every committed outbox row to Kafka exactly once in
+//! normal operation, in commit order per key, with receipts, audit, replay and
+//! retention. See `docs/relay.md` for the design.
 
+pub mod audit;
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod outbox;
+pub mod partitioner;
+pub mod prune;
+pub mod relay;
+pub mod replay;
+pub mod startup;
+pub mod store;
+pub mod worker;
+
+pub use error::RelayError;
+pub use worker::{StepOutcome, Worker};

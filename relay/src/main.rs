@@ -1,1 +1,22 @@
-fn main(){}
+use clap::Parser;
+use rsvp_relay::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rsvp_contract::telemetry::init_logging();
+    let cli = Cli::parse();
+    let settings = cli.settings;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let app = rsvp_relay::startup::Application::build(settings).await?;
+            tracing::info!(admin_port = app.admin_port(), "started");
+            app.run_until(rsvp_contract::telemetry::shutdown_signal()).await
+        }
+        Command::Replay(args) => rsvp_relay::replay::command(settings, args).await,
+        Command::Audit(args) => {
+            let clean = rsvp_relay::audit::command(settings, args).await?;
+            std::process::exit(if clean { 0 } else { 1 })
+        }
+        Command::Prune => rsvp_relay::prune::command(settings).await,
+    }
+}

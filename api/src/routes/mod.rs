@@ -3,6 +3,7 @@
 pub mod events;
 pub mod health;
 pub mod rsvps;
+pub mod stats;
 
 use axum::{
     extract::{FromRequest, FromRequestParts},
@@ -12,7 +13,7 @@ use axum::{
 use crate::{error::ApiError, startup::AppState};
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(events::router()).merge(rsvps::router()).merge(health::router())
+    Router::new().merge(events::router()).merge(rsvps::router()).merge(stats::router()).merge(health::router())
 }
 
 /// `Json` whose rejections are [`ApiError`]s: 400, 413, 415 or 422 with a JSON body.

@@ -1,0 +1,209 @@
+//! Settings from flags and environment, validated at start-up.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::group::Group;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rsvp-consumers",
+    version,
+    about = "Consumes rsvp-events: invalidates the api's cache and keeps exact per-event statistics"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then consume until SIGINT/SIGTERM (the default).
+    Run,
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print the dead letters not yet redriven (of `--group`, or of both groups).
+    List {
+        /// Also print the ones already redriven.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Apply dead letters again, each at most once; fix a record's `record_value` in
+    /// the `consumer_dead_letters` table first. Without `--id`, every pending one.
+    Redrive {
+        /// The dead letter to redrive, as `dlq list` shows it.
+        #[arg(long)]
+        id: Option<i64>,
+    },
+}
+
+/// Which consumer groups this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupChoice {
+    /// `cache-invalidation-group`: invalidates the api's Redis cache.
+    Cache,
+    /// `analytics-group`: per-event statistics in Postgres.
+    Analytics,
+}
+
+#[derive(Clone, Parser)]
+pub struct Settings {
+    /// Run one group only; both run when absent.
+    #[arg(long, env = "CONSUMER_GROUP", value_enum, global = true)]
+    pub group: Option<GroupChoice>,
+
+    /// PostgreSQL connection string (the api's database: cache group offsets and dead letters).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true, global = true)]
+    pub database_url: String,
+
+    /// Database of the statistics and of the analytics group's offsets and dead letters;
+    /// defaults to DATABASE_URL.
+    #[arg(long, env = "ANALYTICS_DATABASE_URL", hide_env_values = true, global = true)]
+    pub analytics_database_url: Option<String>,
+
+    /// Redis connection string of the api's cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    pub redis_url: String,
+
+    /// Kafka bootstrap brokers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", global = true)]
+    pub kafka_brokers: String,
+
+    /// Topic the relay publishes to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "rsvp-events", global = true)]
+    pub topic: String,
+
+    /// Address of the admin port: /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9466", global = true)]
+    pub admin_addr: SocketAddr,
+
+    /// Most bytes one fetch returns per partition (a larger batch is still returned
+    /// whole). A fetch is applied in one transaction, and every open transaction holds
+    /// back the relay's xmin watermark, so keep batches small enough to commit quickly.
+    #[arg(long, env = "FETCH_MAX_BYTES", default_value_t = 262_144, global = true)]
+    pub fetch_max_bytes: i32,
+
+    /// How long the broker may hold a fetch open while a partition has nothing new.
+    /// Tansu holds it this long even when records arrive meanwhile, so this bounds the
+    /// added latency; each idle partition is polled about once per this interval.
+    #[arg(long, env = "FETCH_MAX_WAIT", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
+    pub fetch_max_wait: Duration,
+
+    /// Failed attempts at applying one record before it is dead-lettered. Outages of
+    /// Postgres or Redis are retried forever and never count.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    pub max_attempts: u32,
+
+    /// How often each group counts its live instances and takes or gives up
+    /// partitions; a dead instance's partitions are taken over within about this long.
+    #[arg(long, env = "REBALANCE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub rebalance_interval: Duration,
+
+    /// Longest pause between retries while Redis, Postgres or the broker fails.
+    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub retry_max_backoff: Duration,
+
+    /// How long one Redis command may take before it counts as failed.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_timeout: Duration,
+}
+
+impl Settings {
+    /// Rejects settings the process cannot run with, before anything is started.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.fetch_max_bytes >= 1024, "FETCH_MAX_BYTES must be at least 1024");
+        anyhow::ensure!(self.max_attempts >= 1, "MAX_ATTEMPTS must be at least 1");
+        anyhow::ensure!(!self.topic.is_empty(), "KAFKA_TOPIC must not be empty");
+        anyhow::ensure!(
+            self.rebalance_interval >= Duration::from_millis(50),
+            "REBALANCE_INTERVAL must be at least 50ms"
+        );
+        anyhow::ensure!(self.fetch_max_wait <= Duration::from_secs(30), "FETCH_MAX_WAIT must be at most 30s");
+        Ok(())
+    }
+
+    /// The groups to run.
+    pub fn groups(&self) -> Vec<Group> {
+        match self.group {
+            Some(GroupChoice::Cache) => vec![Group::Cache],
+            Some(GroupChoice::Analytics) => vec![Group::Analytics],
+            None => vec![Group::Cache, Group::Analytics],
+        }
+    }
+
+    pub fn analytics_url(&self) -> &str {
+        self.analytics_database_url.as_deref().unwrap_or(&self.database_url)
+    }
+
+    /// Whether the statistics live in a database of their own.
+    pub fn separate_analytics_database(&self) -> bool {
+        self.analytics_url() != self.database_url
+    }
+
+    pub fn brokers(&self) -> Vec<String> {
+        self.kafka_brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+// Connection strings carry secrets: never print them.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("group", &self.group)
+            .field("separate_analytics_database", &self.separate_analytics_database())
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("topic", &self.topic)
+            .field("admin_addr", &self.admin_addr)
+            .field("fetch_max_bytes", &self.fetch_max_bytes)
+            .field("fetch_max_wait", &self.fetch_max_wait)
+            .field("max_attempts", &self.max_attempts)
+            .field("rebalance_interval", &self.rebalance_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("rsvp-consumers").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn both_groups_run_by_default_and_one_when_asked() {
+        assert_eq!(parse(&[]).settings.groups(), vec![Group::Cache, Group::Analytics]);
+        assert_eq!(parse(&["--group", "analytics"]).settings.groups(), vec![Group::Analytics]);
+        assert_eq!(parse(&["run", "--group", "cache"]).settings.groups(), vec![Group::Cache]);
+    }
+
+    #[test]
+    fn analytics_database_defaults_to_the_main_one() {
+        let cli = parse(&["--database-url", "postgres://a/main"]);
+        assert_eq!(cli.settings.analytics_url(), "postgres://a/main");
+        assert!(!cli.settings.separate_analytics_database());
+        let cli = parse(&["--database-url", "postgres://a/main", "--analytics-database-url", "postgres://a/stats"]);
+        assert!(cli.settings.separate_analytics_database());
+    }
+
+    #[test]
+    fn dlq_redrive_takes_an_optional_id() {
+        assert!(matches!(parse(&["dlq", "redrive", "--id", "7"]).command, Some(Command::Dlq(DlqCommand::Redrive { id: Some(7) }))));
+        assert!(matches!(parse(&["dlq", "list"]).command, Some(Command::Dlq(DlqCommand::List { all: false }))));
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let cli = parse(&["--fetch-max-wait", "250ms", "--rebalance-interval", "2s"]);
+        assert_eq!(cli.settings.fetch_max_wait, Duration::from_millis(250));
+        cli.settings.validate().unwrap();
+    }
+}

@@ -1,0 +1,119 @@
+//! Which instance consumes which partition: group membership and one Postgres session
+//! advisory lock per (group, topic, partition).
+//!
+//! Kafka consumer groups are not available through rskafka, so Postgres arbitrates.
+//! A partition's lock is held by the connection its worker commits offsets through:
+//! if that connection dies, the lock is gone and so is any transaction the worker
+//! could still commit, so two instances can never both advance one partition.
+//! Liveness of a member is the liveness of its membership connection's backend, so
+//! a SIGKILLed instance stops counting as soon as Postgres sees its socket close.
+
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::group::Group;
+
+/// The first half of the advisory lock key of a group's partitions on a topic (the
+/// second is the partition): a stable 32-bit FNV-1a hash, so every instance and
+/// version computes the same key.
+pub fn lock_class(group: Group, topic: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in format!("rsvp-consumers/{}/{}", group.name(), topic).bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Partitions each of `members` live instances should own: all of them shared out,
+/// rounded up so that none is left over.
+pub fn fair_share(partitions: usize, members: usize) -> usize {
+    partitions.div_ceil(members.max(1))
+}
+
+/// Takes the partition's lock on `conn` for as long as the session lives.
+#[tracing::instrument(skip_all, fields(group = group.name(), partition), err)]
+pub async fn try_lock(conn: &mut PgConnection, group: Group, topic: &str, partition: i32) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+        .bind(lock_class(group, topic))
+        .bind(partition)
+        .fetch_one(conn)
+        .await
+}
+
+/// This instance's row in `consumer_members`, alive while its connection is.
+pub struct Membership {
+    conn: PgConnection,
+    group: Group,
+    instance_id: Uuid,
+}
+
+impl Membership {
+    #[tracing::instrument(skip_all, fields(group = group.name(), %instance_id), err)]
+    pub async fn join(url: &str, group: Group, instance_id: Uuid) -> Result<Self, sqlx::Error> {
+        let mut conn = PgConnection::connect(url).await?;
+        sqlx::query(
+            "insert into consumer_members (group_name, instance_id, backend_pid)
+             values ($1, $2, pg_backend_pid())
+             on conflict (group_name, instance_id) do update set backend_pid = excluded.backend_pid",
+        )
+        .bind(group.name())
+        .bind(instance_id)
+        .execute(&mut conn)
+        .await?;
+        Ok(Self { conn, group, instance_id })
+    }
+
+    /// Forgets members whose backend is gone, then counts the live ones (this one included).
+    #[tracing::instrument(skip_all, fields(group = self.group.name()), err)]
+    pub async fn live_members(&mut self) -> Result<usize, sqlx::Error> {
+        sqlx::query(
+            "delete from consumer_members
+             where group_name = $1 and backend_pid not in (select pid from pg_stat_activity)",
+        )
+        .bind(self.group.name())
+        .execute(&mut self.conn)
+        .await?;
+        let count: i64 = sqlx::query_scalar("select count(*) from consumer_members where group_name = $1")
+            .bind(self.group.name())
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(usize::try_from(count).unwrap_or(1).max(1))
+    }
+
+    /// Leaves the group at once, rather than when Postgres notices the closed connection.
+    pub async fn leave(mut self) {
+        let left = sqlx::query("delete from consumer_members where group_name = $1 and instance_id = $2")
+            .bind(self.group.name())
+            .bind(self.instance_id)
+            .execute(&mut self.conn)
+            .await;
+        if let Err(error) = left {
+            tracing::warn!(%error, "could not leave the group; the row goes when the connection closes");
+        }
+        let _ = self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fair_share_leaves_no_partition_unowned() {
+        assert_eq!(fair_share(6, 1), 6);
+        assert_eq!(fair_share(6, 2), 3);
+        assert_eq!(fair_share(6, 4), 2);
+        assert_eq!(fair_share(3, 2), 2);
+        assert_eq!(fair_share(3, 0), 3);
+        assert_eq!(fair_share(2, 5), 1);
+    }
+
+    #[test]
+    fn lock_classes_differ_per_group_and_topic_and_are_stable() {
+        let cache = lock_class(Group::Cache, "rsvp-events");
+        assert_ne!(cache, lock_class(Group::Analytics, "rsvp-events"));
+        assert_ne!(cache, lock_class(Group::Cache, "other"));
+        assert_eq!(cache, lock_class(Group::Cache, "rsvp-events"));
+    }
+}

@@ -1,0 +1,275 @@
+//! One owned partition: fetch a batch, apply it as a unit, advance the offset to its
+//! end in the same transaction as its effects.
+//!
+//! The offset only ever moves to the end of a fetched batch: Tansu skips the rest of a
+//! record batch when a fetch starts inside it, and one commit per batch is cheaper.
+
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
+
+use chrono::Utc;
+use rskafka::client::{
+    error::{Error as KafkaError, ProtocolError},
+    partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
+};
+use rsvp_contract::CloudEvent;
+use sqlx::{Connection, PgConnection};
+
+use crate::{
+    analytics, cache, dlq,
+    group::{Effect, GroupContext},
+    offsets::{OffsetError, OffsetKey},
+    ownership,
+    record::RawRecord,
+};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// A batch was applied (or the offset was reset); there may be more.
+    Processed { records: usize },
+    /// Nothing new to read.
+    CaughtUp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The connection holding the partition's lock failed: ownership is lost with it.
+    #[error("the partition's database connection failed")]
+    Connection(#[source] sqlx::Error),
+    /// Another instance advanced the offset: this one no longer owns the partition.
+    #[error(transparent)]
+    Fenced(OffsetError),
+    /// The broker failed; retried in place.
+    #[error("kafka")]
+    Kafka(#[from] KafkaError),
+    /// Postgres rejected applying the record at `offset`; counts towards its dead-lettering.
+    #[error("applying the record at offset {offset} failed")]
+    Record { offset: i64, source: sqlx::Error },
+}
+
+impl WorkerError {
+    /// Whether the worker may retry while keeping the partition.
+    pub fn keeps_ownership(&self) -> bool {
+        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. })
+    }
+}
+
+fn db(error: sqlx::Error) -> WorkerError {
+    WorkerError::Connection(error)
+}
+
+impl From<OffsetError> for WorkerError {
+    fn from(error: OffsetError) -> Self {
+        match error {
+            OffsetError::Database(e) => WorkerError::Connection(e),
+            fenced => WorkerError::Fenced(fenced),
+        }
+    }
+}
+
+/// The record that keeps failing, so that it is dead-lettered after `max_attempts`.
+#[derive(Debug)]
+struct Failing {
+    offset: i64,
+    attempts: u32,
+    error: String,
+}
+
+pub struct PartitionWorker {
+    ctx: Arc<GroupContext>,
+    key: OffsetKey,
+    /// Holds the partition's advisory lock; every offset advance goes through it.
+    conn: PgConnection,
+    kafka: PartitionClient,
+    next_offset: i64,
+    failing: Option<Failing>,
+}
+
+impl PartitionWorker {
+    /// Takes the partition when no other instance holds it; a new group starts at the
+    /// earliest offset the broker still has.
+    #[tracing::instrument(skip_all, fields(group = ctx.group.name(), partition), err)]
+    pub async fn acquire(ctx: Arc<GroupContext>, partition: i32) -> Result<Option<Self>, WorkerError> {
+        let mut conn = PgConnection::connect(&ctx.store_url).await.map_err(db)?;
+        if !ownership::try_lock(&mut conn, ctx.group, &ctx.topic, partition).await.map_err(db)? {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        let key = OffsetKey { group: ctx.group, topic: ctx.topic.clone(), partition };
+        let kafka = ctx.kafka.partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry).await?;
+        let next_offset = match key.load(&mut conn).await.map_err(db)? {
+            Some(offset) => offset,
+            None => {
+                let earliest = kafka.get_offset(OffsetAt::Earliest).await?;
+                key.store(&mut conn, earliest).await.map_err(db)?;
+                earliest
+            }
+        };
+        tracing::info!(next_offset, "partition acquired");
+        Ok(Some(Self { ctx, key, conn, kafka, next_offset, failing: None }))
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.key.partition
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Gives the partition up: closing the connection releases its lock at once.
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+        tracing::info!(group = self.ctx.group.name(), partition = self.key.partition, "partition released");
+    }
+
+    /// Fetches from the stored offset and applies what came as one batch.
+    pub async fn step(&mut self) -> Result<StepOutcome, WorkerError> {
+        let settings = &self.ctx.settings;
+        let max_wait = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
+        let fetched = self.kafka.fetch_records(self.next_offset, 1..settings.fetch_max_bytes, max_wait).await;
+        let (records, high_watermark) = match fetched {
+            Ok(fetched) => fetched,
+            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                self.reset_to_earliest().await?;
+                return Ok(StepOutcome::Processed { records: 0 });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        // Tansu answers a fetch beyond its log with nothing rather than OffsetOutOfRange.
+        if records.is_empty() && (0..self.next_offset).contains(&high_watermark) {
+            self.reset_to_earliest().await?;
+            return Ok(StepOutcome::Processed { records: 0 });
+        }
+        self.record_lag(high_watermark);
+        let Some(last) = records.last() else { return Ok(StepOutcome::CaughtUp) };
+        let started = Instant::now();
+        let (from, to) = (self.next_offset, last.offset + 1);
+        let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
+        let count = batch.len();
+        let apply_statistics = match &self.ctx.effect {
+            Effect::Cache(invalidator) => {
+                invalidate_until_done(invalidator, &batch, &self.ctx).await;
+                false
+            }
+            Effect::Analytics => true,
+        };
+        let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), apply_statistics).await;
+        if let Err(WorkerError::Record { offset, source }) = &result {
+            self.note_failure(*offset, source);
+        }
+        let labels = result?;
+        self.next_offset = to;
+        self.failing = None;
+        let group = self.ctx.group.name();
+        for label in labels {
+            metrics::counter!("consumer_processed_total", "group" => group, "result" => label).increment(1);
+        }
+        let now = Utc::now();
+        for event in batch.iter().filter_map(|d| d.event.as_ref().ok()) {
+            let age = (now - event.time).to_std().unwrap_or_default();
+            metrics::histogram!("consumer_event_age_seconds", "group" => group).record(age.as_secs_f64());
+        }
+        metrics::histogram!("consumer_batch_duration_seconds", "group" => group).record(started.elapsed().as_secs_f64());
+        self.record_lag(high_watermark);
+        Ok(StepOutcome::Processed { records: count })
+    }
+
+    fn decode(&self, raw: RawRecord) -> Decoded {
+        let exhausted = self
+            .failing
+            .as_ref()
+            .filter(|f| f.offset == raw.offset && f.attempts >= self.ctx.settings.max_attempts);
+        let event = match exhausted {
+            Some(failing) => Err((format!("failed {} times: {}", failing.attempts, failing.error), failing.attempts)),
+            None => raw.decode().map_err(|e| (e.to_string(), 1)),
+        };
+        Decoded { raw, event }
+    }
+
+    fn note_failure(&mut self, offset: i64, error: &sqlx::Error) {
+        let attempts = match &self.failing {
+            Some(f) if f.offset == offset => f.attempts + 1,
+            _ => 1,
+        };
+        tracing::warn!(offset, attempts, %error, "applying a record failed");
+        self.failing = Some(Failing { offset, attempts, error: error.to_string() });
+    }
+
+    fn record_lag(&self, high_watermark: i64) {
+        let lag = (high_watermark - self.next_offset).max(0);
+        metrics::gauge!("consumer_lag_records", "group" => self.ctx.group.name(), "partition" => self.key.partition.to_string())
+            .set(lag as f64);
+    }
+
+    /// The stored offset is not on the broker (retention, or a broker that lost its
+    /// data): start again from the earliest record it has.
+    async fn reset_to_earliest(&mut self) -> Result<(), WorkerError> {
+        let earliest = self.kafka.get_offset(OffsetAt::Earliest).await?;
+        let mut tx = self.conn.begin().await.map_err(db)?;
+        self.key.advance(&mut tx, self.next_offset, earliest).await?;
+        tx.commit().await.map_err(db)?;
+        tracing::warn!(
+            group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
+            "offset out of range: restarting from the earliest offset"
+        );
+        metrics::counter!("consumer_offset_resets_total", "group" => self.ctx.group.name()).increment(1);
+        self.next_offset = earliest;
+        Ok(())
+    }
+}
+
+/// A fetched record and its event, or why it is dead (with the attempts it took).
+struct Decoded {
+    raw: RawRecord,
+    event: Result<CloudEvent, (String, u32)>,
+}
+
+/// Replaces the batch's cache generations, retrying while Redis is down: the offset
+/// must not pass an invalidation that did not happen.
+async fn invalidate_until_done(invalidator: &cache::Invalidator, batch: &[Decoded], ctx: &GroupContext) {
+    let keys: BTreeSet<String> =
+        batch.iter().filter_map(|d| d.event.as_ref().ok()).flat_map(cache::affected_keys).collect();
+    let mut backoff = crate::group::Backoff::new(ctx.settings.retry_max_backoff);
+    while let Err(error) = invalidator.invalidate(&keys).await {
+        metrics::counter!("consumer_retries_total", "group" => ctx.group.name(), "dependency" => "redis").increment(1);
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, ?delay, "redis unavailable; retrying the invalidation");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One transaction: the dead letters, the statistics (when `apply_statistics`) and
+/// the offset advance `from`..`to`. Returns the `result` label of each record.
+async fn commit_batch(
+    conn: &mut PgConnection,
+    key: &OffsetKey,
+    batch: &[Decoded],
+    (from, to): (i64, i64),
+    apply_statistics: bool,
+) -> Result<Vec<&'static str>, WorkerError> {
+    let mut labels = Vec::with_capacity(batch.len());
+    let mut tx = conn.begin().await.map_err(db)?;
+    for decoded in batch {
+        match &decoded.event {
+            Err((error, attempts)) => {
+                dlq::insert(&mut tx, key, &decoded.raw, error, *attempts).await.map_err(db)?;
+                labels.push("dead_letter");
+            }
+            Ok(event) if apply_statistics => match analytics::apply(&mut tx, event).await {
+                Ok(applied) => labels.push(applied.label()),
+                Err(source @ sqlx::Error::Database(_)) => {
+                    // Roll back now rather than on the next use of the connection: an
+                    // open transaction holds back the relay's xmin watermark cluster-wide.
+                    let _ = tx.rollback().await;
+                    return Err(WorkerError::Record { offset: decoded.raw.offset, source });
+                }
+                Err(other) => return Err(db(other)),
+            },
+            Ok(_) => labels.push("applied"),
+        }
+    }
+    key.advance(&mut tx, from, to).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(labels)
+}

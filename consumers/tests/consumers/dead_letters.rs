@@ -1,0 +1,116 @@
+//! Poison records go to the dead-letter table without blocking their partition.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rskafka::record::Record;
+use rsvp_consumers::{
+    group::Group,
+    partition::{PartitionWorker, StepOutcome},
+};
+use serde_json::Value;
+
+use crate::helpers::{run_binary, totals, truth_and_stats, Api, Stepper, TestEnv};
+
+#[tokio::test]
+async fn an_undecodable_record_is_dead_lettered_without_blocking_its_partition_and_a_fixed_one_is_redriven_once() {
+    // Arrange: garbage on the event's partition, then its real changes behind it.
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
+    let event = api.create_event(None).await;
+    api.rsvp(event, "first@example.com", "going", 2).await;
+    let garbage = Record {
+        key: Some(event.to_string().into_bytes()),
+        value: Some(b"{\"specversion\": \"1.0\", \"oops\"".to_vec()),
+        headers: Default::default(),
+        timestamp: Utc::now(),
+    };
+    env.produce(0, vec![garbage]).await;
+    env.relay_outbox().await;
+
+    // Act
+    consumers.drain(&env, Group::Analytics).await;
+
+    // Assert: dead-lettered raw, and the rsvp behind it applied.
+    let (id, offset, error, value): (i64, i64, String, Vec<u8>) = sqlx::query_as(
+        "select id, kafka_offset, error, record_value from consumer_dead_letters where group_name = 'analytics-group'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(offset, 0);
+    assert!(error.contains("not a valid rsvp CloudEvent"), "{error}");
+    assert_eq!(value, b"{\"specversion\": \"1.0\", \"oops\"");
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
+    let (ok, listed) = run_binary(&env, &["dlq", "list", "--group", "analytics"]).await;
+    assert!(ok && listed.contains(&format!("#{id} analytics-group")), "{listed}");
+
+    // The operator fixes the record: here, it becomes a change the relay never published.
+    api.rsvp(event, "second@example.com", "going", 1).await;
+    let fixed: Value = sqlx::query_scalar("select payload from outbox order by id desc limit 1").fetch_one(&env.db).await.unwrap();
+    sqlx::query("update consumer_dead_letters set record_value = $2 where id = $1")
+        .bind(id)
+        .bind(serde_json::to_vec(&fixed).unwrap())
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let (ok, redriven) = run_binary(&env, &["dlq", "redrive", "--group", "analytics", "--id", &id.to_string()]).await;
+    assert!(ok, "{redriven}");
+    assert!(redriven.contains(&format!("#{id} redriven: applied")), "{redriven}");
+
+    // Applied exactly once, however often it is redriven.
+    let (ok, again) = run_binary(&env, &["dlq", "redrive", "--group", "analytics", "--id", &id.to_string()]).await;
+    assert!(!ok, "a second redrive of the same dead letter must find nothing pending: {again}");
+    run_binary(&env, &["dlq", "redrive", "--group", "analytics"]).await;
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
+    let (outbox, applied) = totals(&env.db, event).await;
+    assert_eq!(applied, outbox);
+    let (ok, listed) = run_binary(&env, &["dlq", "list", "--group", "analytics"]).await;
+    assert!(ok && listed.contains("0 dead letter(s)"), "{listed}");
+}
+
+#[tokio::test]
+async fn a_record_that_keeps_failing_is_dead_lettered_after_max_attempts_and_the_partition_moves_on() {
+    // Arrange: the statistics of one event reject every write.
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "analytics", "--max-attempts", "3"]).await;
+    let (broken, healthy) = (api.create_event(None).await, api.create_event(None).await);
+    api.rsvp(broken, "a@example.com", "maybe", 0).await;
+    env.relay_outbox().await;
+    api.rsvp(healthy, "b@example.com", "going", 3).await;
+    env.relay_outbox().await;
+    sqlx::raw_sql(&format!(
+        "create function reject() returns trigger language plpgsql as $$
+         begin if new.event_id = '{broken}' then raise exception 'rejected for the test'; end if; return new; end $$;
+         create trigger reject before insert or update on analytics.event_stats for each row execute function reject();"
+    ))
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
+
+    // Act: three failed attempts, then the poison is set aside.
+    for attempt in 1..=3 {
+        assert!(worker.step().await.is_err(), "attempt {attempt} should fail");
+    }
+    let mut steps = 0;
+    while let StepOutcome::Processed { .. } = worker.step().await.unwrap() {
+        steps += 1;
+        assert!(steps < 10);
+    }
+
+    // Assert
+    let (attempts, error): (i32, String) =
+        sqlx::query_as("select attempts, error from consumer_dead_letters").fetch_one(&env.db).await.unwrap();
+    assert_eq!(attempts, 3);
+    assert!(error.contains("rejected for the test"), "{error}");
+    let (truth, stats) = truth_and_stats(&env.db, healthy).await;
+    assert_eq!(stats, truth);
+    assert_eq!(worker.next_offset(), 2);
+    tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
+}

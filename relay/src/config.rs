@@ -1,0 +1,258 @@
+//! Settings from flags and environment, validated at start-up.
+
+use std::{net::SocketAddr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rsvp-relay",
+    version,
+    about = "Publishes every committed outbox row to Kafka, gap-safe and ordered per key"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then publish the outbox while this instance holds the leader lock (the default).
+    Run,
+    /// Publish already-published rows again, in commit order, with their original ids and headers.
+    Replay(ReplayArgs),
+    /// Check that every published row has a receipt and that Kafka holds its record there.
+    Audit(AuditArgs),
+    /// Delete published rows older than the retention window, in small batches, and exit.
+    Prune,
+}
+
+#[derive(Clone, Parser)]
+pub struct Settings {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true)]
+    pub database_url: String,
+
+    /// Kafka bootstrap brokers, comma-separated `host:port`.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',')]
+    pub kafka_brokers: Vec<String>,
+
+    /// Topic to publish to; also names the relay's cursor and leader lock.
+    #[arg(long, env = "RELAY_TOPIC", default_value = "rsvp-events")]
+    pub topic: String,
+
+    /// Partitions of the topic when the relay creates it. An existing topic keeps its
+    /// own count, and records are partitioned by that count.
+    #[arg(long, env = "RELAY_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// Largest number of rows read and published in one step.
+    #[arg(long, env = "RELAY_BATCH_ROWS", default_value_t = 1000)]
+    pub batch_rows: u32,
+
+    /// Largest number of record bytes (key, value, headers) published in one step; a
+    /// single larger row still goes alone.
+    #[arg(long, env = "RELAY_BATCH_BYTES", default_value_t = 1024 * 1024)]
+    pub batch_bytes: usize,
+
+    /// How often the relay looks for rows when no commit notification arrives: the most
+    /// a notification lost while the listener reconnected can delay a row.
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// How often a standby tries to take the leader lock; failover takes about this long
+    /// after the leader's database session ends.
+    #[arg(long, env = "RELAY_LEADER_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub leader_poll_interval: Duration,
+
+    /// How long one Kafka request may take before it counts as failed and is retried.
+    #[arg(long, env = "RELAY_KAFKA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kafka_timeout: Duration,
+
+    /// Longest wait between retries after a failure (exponential from 100ms, with jitter).
+    #[arg(long, env = "RELAY_MAX_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_backoff: Duration,
+
+    /// Compression of published record batches.
+    #[arg(long, env = "RELAY_COMPRESSION", value_enum, default_value_t = CompressionSetting::None)]
+    pub compression: CompressionSetting,
+
+    /// Published rows older than this are deleted from the outbox.
+    #[arg(long, env = "RELAY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// How often the leader prunes rows older than the retention window.
+    #[arg(long, env = "RELAY_PRUNE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub prune_interval: Duration,
+
+    /// Rows deleted per prune statement: small, so pruning never holds long locks.
+    #[arg(long, env = "RELAY_PRUNE_BATCH", default_value_t = 1000)]
+    pub prune_batch: u32,
+
+    /// Log the transaction holding the watermark once committed rows wait this long behind it.
+    #[arg(long, env = "RELAY_STALL_WARNING", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stall_warning: Duration,
+
+    /// Address of the admin port: /metrics, /healthz, /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9465")]
+    pub admin_addr: SocketAddr,
+}
+
+/// Compression codecs the relay can publish with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionSetting {
+    None,
+    Gzip,
+    Lz4,
+    Snappy,
+    Zstd,
+}
+
+impl CompressionSetting {
+    pub fn to_rskafka(self) -> rskafka::client::partition::Compression {
+        use rskafka::client::partition::Compression;
+        match self {
+            CompressionSetting::None => Compression::NoCompression,
+            CompressionSetting::Gzip => Compression::Gzip,
+            CompressionSetting::Lz4 => Compression::Lz4,
+            CompressionSetting::Snappy => Compression::Snappy,
+            CompressionSetting::Zstd => Compression::Zstd,
+        }
+    }
+}
+
+impl Settings {
+    /// Settings with every default, for tests and tools that override a few fields.
+    pub fn defaults(database_url: &str, kafka_brokers: &str) -> Self {
+        let mut settings = Settings::parse_from(["rsvp-relay"]);
+        settings.database_url = database_url.to_owned();
+        settings.kafka_brokers = kafka_brokers.split(',').map(str::to_owned).collect();
+        settings
+    }
+
+    /// Rejects settings the process cannot run with, before anything is started.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.kafka_brokers.iter().any(|b| !b.trim().is_empty()),
+            "KAFKA_BROKERS must name at least one broker"
+        );
+        anyhow::ensure!(!self.topic.is_empty(), "RELAY_TOPIC must not be empty");
+        anyhow::ensure!(self.partitions >= 1, "RELAY_PARTITIONS must be at least 1");
+        anyhow::ensure!(self.batch_rows >= 1, "RELAY_BATCH_ROWS must be at least 1");
+        anyhow::ensure!(self.batch_bytes >= 1024, "RELAY_BATCH_BYTES must be at least 1024");
+        anyhow::ensure!(self.prune_batch >= 1, "RELAY_PRUNE_BATCH must be at least 1");
+        anyhow::ensure!(!self.poll_interval.is_zero(), "RELAY_POLL_INTERVAL must be positive");
+        anyhow::ensure!(!self.kafka_timeout.is_zero(), "RELAY_KAFKA_TIMEOUT must be positive");
+        Ok(())
+    }
+}
+
+// The database URL may carry a password: never print it.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("batch_rows", &self.batch_rows)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("poll_interval", &self.poll_interval)
+            .field("compression", &self.compression)
+            .field("retention", &self.retention)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["from_id", "since", "event"])))]
+pub struct ReplayArgs {
+    /// First outbox id to replay (inclusive).
+    #[arg(long)]
+    pub from_id: Option<i64>,
+    /// Last outbox id to replay (inclusive); default: the last published row.
+    #[arg(long, requires = "from_id")]
+    pub to_id: Option<i64>,
+    /// Replay rows created at or after this time: RFC 3339 (`2026-11-28T10:00:00Z`) or an
+    /// age such as `2h` (two hours ago).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Replay rows created before this time (same formats as --since); default: now.
+    #[arg(long, requires = "since", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// Replay the rows of one event (their Kafka key) or the one row with this CloudEvent id.
+    #[arg(long)]
+    pub event: Option<Uuid>,
+    /// Largest number of rows per second to publish; default: as fast as the broker takes them.
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Count and describe the selected rows, publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Check rows created at or after this time: RFC 3339 or an age such as `24h`;
+    /// default: every row in the outbox.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// A row the relay has not reached yet is pending, not missing, while younger than this.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub pending_grace: Duration,
+}
+
+/// Parses an RFC 3339 time, or an age (`90s`, `2h`) counted back from now.
+pub fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(age) = humantime::parse_duration(value) {
+        let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
+        return Ok(Utc::now() - age);
+    }
+    if let Ok(time) = DateTime::parse_from_rfc3339(value) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    humantime::parse_rfc3339_weak(value)
+        .map(DateTime::<Utc>::from)
+        .map_err(|_| format!("`{value}` is neither an RFC 3339 time nor an age like `2h`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let settings = Settings::defaults("postgres://x/y", "a:1,b:2");
+        settings.validate().unwrap();
+        assert_eq!(settings.kafka_brokers, ["a:1", "b:2"]);
+        assert_eq!(settings.topic, "rsvp-events");
+        assert_eq!(settings.partitions, 6);
+        assert_eq!(settings.poll_interval, Duration::from_secs(1));
+        assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:9465");
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_as_an_age() {
+        let exact = parse_time("2026-11-28T10:00:00Z").unwrap();
+        assert_eq!(exact.to_rfc3339(), "2026-11-28T10:00:00+00:00");
+        let age = parse_time("2h").unwrap();
+        let expected = Utc::now() - chrono::Duration::hours(2);
+        assert!((age - expected).num_seconds().abs() < 5);
+        assert!(parse_time("yesterday-ish").is_err());
+    }
+
+    #[test]
+    fn replay_needs_exactly_one_selection() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["rsvp-relay", "replay"], args].concat());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--from-id", "1", "--event", &Uuid::nil().to_string()]).is_err());
+        assert!(parse(&["--to-id", "5"]).is_err());
+        assert!(parse(&["--from-id", "1", "--to-id", "5", "--rate", "10", "--dry-run"]).is_ok());
+        assert!(parse(&["--since", "1h", "--until", "10m"]).is_ok());
+    }
+}

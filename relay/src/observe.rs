@@ -1,0 +1,136 @@
+//! Backlog and watermark gauges, and the log line naming the transaction that holds
+//! the watermark back.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use crate::metrics;
+
+/// The backend whose open transaction is the oldest one still running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub pid: i32,
+    pub application_name: Option<String>,
+    pub state: Option<String>,
+    pub xact_start: Option<DateTime<Utc>>,
+    pub query: Option<String>,
+}
+
+/// One look at the outbox as the relay sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Committed rows after the cursor.
+    pub backlog_rows: i64,
+    /// Age of the oldest of them.
+    pub oldest_unpublished_age: Duration,
+    /// Age of the oldest committed row that is not yet eligible because an older
+    /// transaction is still open; zero when none waits.
+    pub watermark_stall: Duration,
+    /// Who holds the watermark, looked up once the stall passes the warning threshold.
+    pub blocker: Option<Blocker>,
+}
+
+pub struct Observer {
+    pool: PgPool,
+    topic: String,
+    stall_warning: Duration,
+    last_warned: Option<Instant>,
+}
+
+/// How often a continuing stall is logged again.
+const STALL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+fn seconds(value: Option<f64>) -> Duration {
+    Duration::from_secs_f64(value.unwrap_or(0.0).max(0.0))
+}
+
+impl Observer {
+    pub fn new(pool: PgPool, topic: &str, stall_warning: Duration) -> Self {
+        Self { pool, topic: topic.to_owned(), stall_warning, last_warned: None }
+    }
+
+    /// Measures, updates the gauges and logs a stall past the threshold.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn tick(&mut self) -> Result<Observation, sqlx::Error> {
+        // Rows after the cursor: all of them are committed (we can see them); those
+        // at or above xmin wait for an older transaction.
+        let row = sqlx::query(
+            "with s as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin),
+                  c as (select coalesce((select xid from relay_cursors where name = $1), '0'::xid8) as xid,
+                               coalesce((select id from relay_cursors where name = $1), 0) as id)
+             select count(*) as backlog,
+                    extract(epoch from clock_timestamp() - min(o.created_at))::float8 as oldest,
+                    extract(epoch from clock_timestamp() - min(o.created_at) filter (where o.xid >= s.xmin))::float8 as stall
+               from outbox o, c, s
+              where (o.xid, o.id) > (c.xid, c.id)",
+        )
+        .bind(&self.topic)
+        .fetch_one(&self.pool)
+        .await?;
+        let backlog_rows: i64 = row.try_get("backlog")?;
+        let oldest_unpublished_age = seconds(row.try_get("oldest")?);
+        let watermark_stall = seconds(row.try_get("stall")?);
+        ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);
+        ::metrics::gauge!(metrics::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
+        ::metrics::gauge!(metrics::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
+        // Replays run as their own short-lived processes and log what they did; the
+        // running relay is what Prometheus scrapes, so it reports their total.
+        let replayed: i64 =
+            sqlx::query_scalar("select coalesce(sum(replayed), 0)::bigint from relay_replays where topic = $1")
+                .bind(&self.topic)
+                .fetch_one(&self.pool)
+                .await?;
+        ::metrics::counter!(metrics::REPLAYED).absolute(replayed.max(0) as u64);
+
+        let mut blocker = None;
+        if !watermark_stall.is_zero() && watermark_stall >= self.stall_warning {
+            blocker = self.blocker().await?;
+            if self.last_warned.is_none_or(|at| at.elapsed() >= STALL_LOG_EVERY) {
+                self.last_warned = Some(Instant::now());
+                match &blocker {
+                    Some(b) => tracing::warn!(
+                        stall_seconds = watermark_stall.as_secs_f64(),
+                        pid = b.pid,
+                        application_name = b.application_name.as_deref().unwrap_or(""),
+                        state = b.state.as_deref().unwrap_or(""),
+                        xact_start = ?b.xact_start,
+                        query = b.query.as_deref().unwrap_or(""),
+                        "committed outbox rows wait behind an open transaction"
+                    ),
+                    None => tracing::warn!(
+                        stall_seconds = watermark_stall.as_secs_f64(),
+                        "committed outbox rows wait behind an open transaction (a prepared transaction?)"
+                    ),
+                }
+            }
+        } else {
+            self.last_warned = None;
+        }
+        Ok(Observation { backlog_rows, oldest_unpublished_age, watermark_stall, blocker })
+    }
+
+    /// The session with the oldest transaction id still running: the snapshot's xmin.
+    async fn blocker(&self) -> Result<Option<Blocker>, sqlx::Error> {
+        let row = sqlx::query(
+            "select pid, application_name, state, xact_start, left(query, 500) as query
+               from pg_stat_activity
+              where backend_xid is not null
+              order by age(backend_xid) desc
+              limit 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Blocker {
+                pid: row.try_get("pid")?,
+                application_name: row.try_get("application_name")?,
+                state: row.try_get("state")?,
+                xact_start: row.try_get("xact_start")?,
+                query: row.try_get("query")?,
+            })
+        })
+        .transpose()
+    }
+}

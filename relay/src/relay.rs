@@ -1,0 +1,194 @@
+//! The `run` loop: stand by until this process holds the leader lock, then publish
+//! step by step, woken by commit notifications or the poll interval, backing off on
+//! failures, until shutdown or until the leader session is lost.
+
+use std::time::Duration;
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgListener},
+    PgPool,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::Backoff,
+    config::Settings,
+    error::RelayError,
+    leader::{self, Candidate, Leader},
+    metrics,
+    observe::Observer,
+    prune,
+    worker::{StepOutcome, Worker},
+};
+
+/// The channel the outbox trigger notifies on commit.
+pub const CHANNEL: &str = "outbox_inserted";
+
+/// Runs until `shutdown` is cancelled: elects, publishes, observes and prunes.
+pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let options = leader::connect_options(&settings.database_url)?;
+    let observer = tokio::spawn(observe_loop(
+        Observer::new(pool.clone(), &settings.topic, settings.stall_warning),
+        settings.poll_interval.max(Duration::from_millis(250)),
+        shutdown.clone(),
+    ));
+    let mut backoff = Backoff::new(settings.max_backoff);
+    while let Some(leader) = wait_for_leadership(&options, &settings, &shutdown).await {
+        ::metrics::gauge!(metrics::LEADER).set(1.0);
+        let result = lead(leader, &settings, &pool, &shutdown).await;
+        ::metrics::gauge!(metrics::LEADER).set(0.0);
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                error.record();
+                tracing::warn!(%error, "stopped leading; standing by again");
+                if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    observer.abort();
+    Ok(())
+}
+
+/// Sleeps for `delay`; true when shutdown came first.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// Tries the lock every `leader_poll_interval`; `None` on shutdown.
+async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, shutdown: &CancellationToken) -> Option<Leader> {
+    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut candidate: Option<Candidate> = None;
+    let mut announced = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let attempt = match candidate.take() {
+            Some(c) => c.try_lead().await,
+            None => match Candidate::connect(options, &settings.topic).await {
+                Ok(c) => c.try_lead().await,
+                Err(error) => Err(error),
+            },
+        };
+        let delay = match attempt {
+            Ok(Ok(leader)) => return Some(leader),
+            Ok(Err(waiting)) => {
+                if !announced {
+                    tracing::info!("another relay leads; standing by");
+                    announced = true;
+                }
+                candidate = Some(waiting);
+                backoff.reset();
+                settings.leader_poll_interval
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach postgres to take the leader lock");
+                RelayError::from(error).record();
+                backoff.next_delay()
+            }
+        };
+        if sleep_or_shutdown(delay, shutdown).await {
+            return None;
+        }
+    }
+}
+
+/// Publishes while leading. `Ok` on shutdown; `Err` when the leader session failed.
+async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    let mut worker = Worker::start(leader, settings.clone()).await?;
+    let term = shutdown.child_token();
+    let _stop_pruning = term.clone().drop_guard();
+    tokio::spawn(prune_loop(pool.clone(), settings.clone(), term));
+    let mut listener = listen(pool).await;
+    let mut backoff = Backoff::new(settings.max_backoff);
+    // A step in progress finishes (it is bounded by the Kafka timeout) so that what
+    // the broker acknowledged is recorded before the process exits.
+    while !shutdown.is_cancelled() {
+        match worker.step().await {
+            Ok(StepOutcome::Published { .. }) => backoff.reset(),
+            Ok(StepOutcome::Idle) => {
+                backoff.reset();
+                wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown).await;
+            }
+            Err(error @ (RelayError::Database(_) | RelayError::LostLeadership)) => {
+                worker.resign().await;
+                return Err(error);
+            }
+            Err(error) => {
+                error.record();
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "publishing failed; the cursor stays");
+                sleep_or_shutdown(delay, shutdown).await;
+            }
+        }
+    }
+    worker.resign().await;
+    Ok(())
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let result = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    }
+    .await;
+    result
+        .inspect_err(|error| tracing::warn!(%error, "cannot LISTEN; polling only until it works"))
+        .ok()
+}
+
+/// Returns on a commit notification, after `poll` or on shutdown.
+async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) {
+    let Some(active) = listener.as_mut() else {
+        sleep_or_shutdown(poll, shutdown).await;
+        *listener = listen(pool).await;
+        return;
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        received = tokio::time::timeout(poll, active.try_recv()) => match received {
+            // A notification, or the connection dropped and is being re-established:
+            // either way there may be new rows.
+            Ok(Ok(_)) => while active.next_buffered().is_some() {},
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the LISTEN connection failed");
+                *listener = None;
+            }
+            Err(_) => {}
+        },
+    }
+}
+
+async fn observe_loop(mut observer: Observer, every: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = observer.tick().await {
+            RelayError::from(error).record();
+        }
+        if sleep_or_shutdown(every, &shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn prune_loop(pool: PgPool, settings: Settings, term: CancellationToken) {
+    loop {
+        if sleep_or_shutdown(settings.prune_interval, &term).await {
+            return;
+        }
+        match prune::prune_all(&pool, &settings.topic, settings.retention, settings.prune_batch).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned published outbox rows past retention"),
+            Err(error) => {
+                tracing::warn!(%error, "pruning failed; trying again next interval");
+                RelayError::from(error).record();
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One publishing step of the leader: read eligible rows after the cursor, produce
+//! them (one batch per partition, all partitions at once), then store receipts and
+//! move the cursor over what the broker acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+
+use crate::{
+    config::Settings,
+    error::RelayError,
+    kafka::{Kafka, TopicMode},
+    leader::Leader,
+    metrics,
+    outbox::{self, OutboxRow, Position},
+    partitioner::partition_for_key,
+    store::{self, Receipt},
+};
+
+/// What a step did; tests step until [`StepOutcome::Idle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Rows were published (or skipped as already published) and the cursor moved.
+    Published { rows: usize },
+    /// No row is eligible: nothing new, or new rows wait behind an open transaction.
+    Idle,
+}
+
+/// The leader's publishing state: its session, the Kafka client and the cursor.
+pub struct Worker {
+    leader: Leader,
+    settings: Settings,
+    kafka: Option<Kafka>,
+    cursor: Position,
+}
+
+impl Worker {
+    /// Starts publishing after the stored cursor (creating it at the outbox start).
+    pub async fn start(mut leader: Leader, settings: Settings) -> Result<Self, RelayError> {
+        let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
+        tracing::info!(cursor_xid = cursor.xid, cursor_id = cursor.id, "leading: publishing after the cursor");
+        Ok(Self { leader, settings, kafka: None, cursor })
+    }
+
+    pub fn cursor(&self) -> Position {
+        self.cursor
+    }
+
+    /// Ends the leader session, releasing the lock.
+    pub async fn resign(self) {
+        self.leader.resign().await;
+    }
+
+    /// Publishes at most one batch (bounded by rows and bytes) and records the result.
+    #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.id), err)]
+    pub async fn step(&mut self) -> Result<StepOutcome, RelayError> {
+        let topic = self.settings.topic.clone();
+        let rows = outbox::read_eligible(&mut self.leader.conn, &topic, self.cursor, self.settings.batch_rows).await?;
+        if rows.is_empty() {
+            return Ok(StepOutcome::Idle);
+        }
+        let rows = take_within_bytes(rows, self.settings.batch_bytes);
+        if self.kafka.is_none() {
+            self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
+        }
+        let kafka = self.kafka.as_ref().expect("connected above");
+        let partitions = kafka.partitions();
+        let partition_of = |row: &OutboxRow| partition_for_key(row.kafka_key.as_bytes(), partitions);
+
+        // Rows of one partition keep their commit order inside its single batch.
+        let mut batches: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (index, row) in rows.iter().enumerate() {
+            if !row.published {
+                batches.entry(partition_of(row)).or_default().push(index);
+            }
+        }
+        let mut in_flight = JoinSet::new();
+        for (partition, indexes) in batches {
+            let producer = kafka.producer(partition);
+            let records = indexes.iter().map(|&i| rows[i].to_record()).collect();
+            in_flight.spawn(async move { (partition, indexes, producer.produce(records).await) });
+        }
+
+        let mut receipts = Vec::with_capacity(rows.len());
+        let mut failed = HashSet::new();
+        let mut first_error = None;
+        while let Some(joined) = in_flight.join_next().await {
+            let (partition, indexes, result) = joined.expect("a produce task never panics");
+            match result {
+                Ok(offsets) => {
+                    let acked_at = Utc::now();
+                    let label = partition.to_string();
+                    metrics::published(&label, indexes.len());
+                    for (&index, offset) in indexes.iter().zip(offsets) {
+                        let row = &rows[index];
+                        metrics::commit_to_ack((acked_at - row.created_at).to_std().unwrap_or_default());
+                        receipts.push(Receipt { outbox_id: row.position.id, message_id: row.message_id, partition, offset });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");
+                    failed.insert(partition);
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+
+        // The cursor passes only the rows before the first unacknowledged one; rows
+        // after it that were acknowledged keep their receipts and are skipped next time.
+        let mut cursor = None;
+        for row in &rows {
+            if !row.published && failed.contains(&partition_of(row)) {
+                break;
+            }
+            cursor = Some(row.position);
+        }
+        store::commit(&mut self.leader.conn, &topic, &receipts, cursor).await?;
+        if let Some(cursor) = cursor {
+            self.cursor = cursor;
+        }
+        if let Some(error) = first_error {
+            // Start over with fresh connections: a stuck one may hold a stale request.
+            self.kafka = None;
+            return Err(error);
+        }
+        Ok(StepOutcome::Published { rows: rows.len() })
+    }
+}
+
+/// The longest prefix of `rows` within `max_bytes`; always at least one row, so an
+/// oversized row is published alone rather than never.
+fn take_within_bytes(mut rows: Vec<OutboxRow>, max_bytes: usize) -> Vec<OutboxRow> {
+    let mut total = 0;
+    let keep = rows
+        .iter()
+        .position(|row| {
+            total += row.approximate_size();
+            total > max_bytes
+        })
+        .unwrap_or(rows.len())
+        .max(1);
+    rows.truncate(keep);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, payload_len: usize) -> OutboxRow {
+        OutboxRow {
+            position: Position { xid: 1, id },
+            kafka_key: String::new(),
+            message_id: uuid::Uuid::nil(),
+            event_type: "RSVP_CREATED".into(),
+            rsvp_version: 1,
+            payload: "x".repeat(payload_len),
+            traceparent: None,
+            created_at: Utc::now(),
+            specversion: None,
+            source: None,
+            time: None,
+            content_type: None,
+            published: false,
+        }
+    }
+
+    #[test]
+    fn batches_stop_before_the_byte_limit_but_never_come_out_empty() {
+        let rows = (1..=10).map(|id| row(id, 750)).collect(); // 1000 bytes each
+        assert_eq!(take_within_bytes(rows, 3500).len(), 3);
+        let rows = vec![row(1, 10_000), row(2, 10)];
+        assert_eq!(take_within_bytes(rows, 1024).len(), 1);
+    }
+}

@@ -1,0 +1,85 @@
+//! Faults: the relay killed mid-stream, the broker frozen under steady writes.
+
+use std::time::Duration;
+
+use rsvp_contract::testing::Broker;
+
+use crate::helpers::*;
+
+/// How long the broker stays frozen, as in the acceptance criteria.
+const BROKER_PAUSE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_relay_killed_mid_stream_loses_nothing_and_republishes_only_unacknowledged_rows() {
+    // Arrange: the real binary, small batches, rows committed steadily.
+    let broker = Broker::start().await;
+    let db = fresh_db().await;
+    let mut settings = settings(&db, &broker.address());
+    settings.batch_rows = 20;
+    let writer = steady_writer(db.pool.clone(), 10, Duration::from_millis(5));
+    let mut first = RelayProcess::spawn(&settings, &[]);
+    eventually(Duration::from_secs(30), "the first relay to publish 200 rows", || async {
+        (receipts(&db.pool).await.len() >= 200).then_some(())
+    })
+    .await;
+
+    // Act: SIGKILL while publishing, then a new relay.
+    first.kill9().await;
+    let acknowledged = receipts(&db.pool).await;
+    let _second = RelayProcess::spawn(&settings, &[]);
+    eventually(Duration::from_secs(30), "the second relay to publish", || async {
+        (receipts(&db.pool).await.len() >= acknowledged.len() + 200).then_some(())
+    })
+    .await;
+    let written = stop_writer(writer).await;
+    wait_until_drained(&db.pool, Duration::from_secs(30)).await;
+
+    // Assert: every row is there; copies only of rows not yet recorded as acknowledged,
+    // at most the one step that was in flight.
+    let records = read_topic(&broker.address(), "rsvp-events").await;
+    let duplicates = assert_nothing_lost(&records, &written, &acknowledged);
+    eprintln!("kill -9 mid-stream: {} rows, {duplicates} duplicate records", written.len());
+    assert!(duplicates <= 20, "{duplicates} duplicates: more than one batch was republished");
+    assert_eq!(receipts(&db.pool).await.len(), written.len());
+}
+
+#[tokio::test]
+async fn a_broker_paused_under_steady_writes_loses_nothing_and_the_backlog_returns_to_zero() {
+    // Arrange
+    let broker = Broker::start().await;
+    let db = fresh_db().await;
+    let relay = RunningRelay::start(settings(&db, &broker.address())).await;
+    let writer = steady_writer(db.pool.clone(), 5, Duration::from_millis(100));
+    eventually(Duration::from_secs(20), "the relay to publish", || async {
+        (receipts(&db.pool).await.len() >= 20).then_some(())
+    })
+    .await;
+
+    // Act: freeze the broker while rows keep coming.
+    broker.pause();
+    let paused_at = tokio::time::Instant::now();
+    let backlog = eventually(Duration::from_secs(10), "the backlog metric to rise", || async {
+        scrape(relay.admin_port, "outbox_backlog_rows").await.filter(|b| *b >= 10.0)
+    })
+    .await;
+    tokio::time::sleep(BROKER_PAUSE.saturating_sub(paused_at.elapsed())).await;
+    let peak = scrape(relay.admin_port, "outbox_backlog_rows").await.unwrap();
+    let acknowledged = receipts(&db.pool).await;
+    broker.resume();
+    tokio::time::sleep(Duration::from_secs(1)).await; // steady writes go on across the recovery
+    let written = stop_writer(writer).await;
+
+    // Assert: it heals by itself, the backlog drains, nothing is lost.
+    wait_until_drained(&db.pool, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "the backlog metric to return to 0", || async {
+        (scrape(relay.admin_port, "outbox_backlog_rows").await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(peak > backlog, "the backlog kept rising while paused: {backlog} then {peak}");
+    let errors = scrape(relay.admin_port, "relay_errors_total").await.unwrap_or(0.0);
+    assert!(errors >= 1.0, "the outage was counted in relay_errors_total");
+    relay.stop().await;
+    let records = read_topic(&broker.address(), "rsvp-events").await;
+    let duplicates = assert_nothing_lost(&records, &written, &acknowledged);
+    eprintln!("broker paused {BROKER_PAUSE:?}: {} rows, backlog peak {peak}, {duplicates} duplicate records", written.len());
+}
