@@ -21,13 +21,33 @@ log "building"
 cargo build --workspace --all-targets --locked
 
 log "running the Rust tests"
+mkdir -p .run
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee .run/nextest.log || status=1
+    summary=$(grep -E 'Summary \[.*[0-9]+ tests? run' .run/nextest.log | tail -1)
 else
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --no-fail-fast 2>&1 | tee .run/nextest.log || status=1
+    summary=$(grep -E '^test result:' .run/nextest.log | awk '{p += $4; f += $6} END {print p " passed, " f " failed"}')
 fi
+rust_passed=$(grep -Eo '[0-9]+ passed' <<<"$summary" | grep -Eo '[0-9]+' || echo 0)
+rust_failed=$(grep -Eo '[0-9]+ failed' <<<"$summary" | grep -Eo '[0-9]+' || echo 0)
+[ "$status" = 0 ] || [ "${rust_failed:-0}" != 0 ] || rust_failed=1
 
+checks_passed=0
+failed_checks=()
 for check in scripts/checks/*.sh; do
     log "running $check"
-    bash "$check"
+    if bash "$check"; then
+        checks_passed=$((checks_passed + 1))
+    else
+        failed_checks+=("$check")
+    fi
 done
+
+echo
+echo "Rust tests: ${rust_passed:-0} passed, ${rust_failed:-0} failed"
+echo "checks: $checks_passed passed, ${#failed_checks[@]} failed ${failed_checks[*]}"
+total_failed=$(( ${rust_failed:-0} + ${#failed_checks[@]} ))
+echo "all: $(( ${rust_passed:-0} + checks_passed )) passed, $total_failed failed"
+[ "$status" = 0 ] && [ "$total_failed" = 0 ]

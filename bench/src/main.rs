@@ -3,8 +3,10 @@
 //! release binaries and starts the services first.
 
 mod api_bench;
+mod latency_bench;
 mod load;
 mod pgbench;
+mod relay_bench;
 mod report;
 mod system;
 
@@ -21,6 +23,15 @@ struct Cli {
     /// Client counts of the api measurement.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     concurrency: Vec<usize>,
+    /// Outbox backlogs the relay drains.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    backlogs: Vec<i64>,
+    /// Steady write rates of the latency measurement.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000")]
+    rates: Vec<u64>,
+    /// Which parts to run.
+    #[arg(long, value_delimiter = ',', default_value = "api,relay,latency")]
+    only: Vec<String>,
     /// Where the report goes.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
@@ -31,7 +42,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench.sh".into());
     let mut report = report::Report::new(&command);
-    api_bench::ApiBench { duration: cli.duration, concurrency: cli.concurrency.clone() }.run(&mut report).await?;
+    let wants = |part: &str| cli.only.iter().any(|p| p == part);
+    if wants("api") {
+        api_bench::ApiBench { duration: cli.duration, concurrency: cli.concurrency.clone() }.run(&mut report).await?;
+    }
+    if wants("relay") {
+        relay_bench::RelayBench { backlogs: cli.backlogs.clone() }.run(&mut report).await?;
+    }
+    if wants("latency") {
+        latency_bench::LatencyBench { rates: cli.rates.clone(), duration: cli.duration }.run(&mut report).await?;
+    }
     report.write(&cli.out)?;
     eprintln!("wrote {}", cli.out.display());
     Ok(())

@@ -23,6 +23,19 @@ pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Applies the migrations with `rsvp-api migrate`.
+pub(crate) async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let status = Command::new(sibling_binary("rsvp-api")?)
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "rsvp-api migrate failed");
+    Ok(())
+}
+
 /// A binary built beside this one (`cargo build --release` builds them all).
 pub(crate) fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);

@@ -42,7 +42,7 @@ pub struct OutboxRow {
 }
 
 /// `select <row columns> from outbox o <rest>`.
-pub(crate) fn select_rows(rest: &str) -> String {
+pub fn select_rows(rest: &str) -> String {
     format!(
         "select o.id, o.xid::text as xid, o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
                 o.payload::text as payload, o.traceparent, o.created_at,

@@ -1,0 +1,220 @@
+//! End-to-end latency at a steady write rate, through the real api, relay and
+//! consumers: commit-to-ack (outbox row to broker acknowledgement, from the relay's
+//! receipts) and commit-to-cache-invalidated (the api's answer to the cache
+//! consumer replacing the event's cache generation, watched in Redis).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use fred::interfaces::{ClientLike, KeysInterface};
+use rsvp_contract::{cache_keys, testing::Broker};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::{
+    load::{percentile_us, Progress},
+    report::Report,
+    system::{self, ADMIN_TOKEN},
+};
+
+/// Events that take only probe writes, one at a time each, so that a generation change
+/// of a probe event can only come from the probe write being measured.
+const PROBE_EVENTS: usize = 20;
+const LOAD_EVENTS: usize = 500;
+/// Probe writes per second, part of the rate.
+const PROBES_PER_SECOND: u64 = 20;
+
+pub(crate) struct LatencyBench {
+    pub(crate) rates: Vec<u64>,
+    pub(crate) duration: Duration,
+}
+
+fn spawn(binary: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
+    let mut command = Command::new(system::sibling_binary(binary)?);
+    command.env("RUST_LOG", "warn").kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().with_context(|| format!("starting {binary}"))
+}
+
+async fn create_events(client: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<Uuid>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let event: serde_json::Value = client
+            .post(format!("{base}/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"title": format!("Latency {i}"), "starts_at": "2099-01-01T00:00:00Z"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(event["id"].as_str().unwrap_or_default().parse()?);
+    }
+    Ok(ids)
+}
+
+async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool {
+    let body = json!({"name": "Bench", "email": format!("{}@latency.example", Uuid::new_v4().simple()), "status": "going"});
+    let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await;
+    response.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
+}
+
+/// One probe: write to `event`, then watch its cache generation until it changes.
+async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
+    let key = cache_keys::event_generation(event);
+    let before: Option<String> = redis.get(&key).await.ok()?;
+    if !create_rsvp(client, base, event).await {
+        return None;
+    }
+    let answered = Instant::now();
+    while answered.elapsed() < Duration::from_secs(10) {
+        let now: Option<String> = redis.get(&key).await.ok()?;
+        if now != before {
+            return Some(answered.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_micros(250)).await;
+    }
+    None
+}
+
+struct RateResult {
+    rate: u64,
+    written: u64,
+    commit_to_ack_ms: (f64, f64),
+    invalidated_us: Vec<u64>,
+}
+
+impl LatencyBench {
+    pub(crate) async fn run(&self, report: &mut Report) -> anyhow::Result<()> {
+        let broker = Broker::start().await;
+        let url = system::fresh_database("bench_pipeline").await?;
+        let api = system::start_api(&url, &[]).await?;
+        let _relay = spawn("rsvp-relay", &[
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BROKERS", broker.address()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
+        ])?;
+        let _consumers = spawn("rsvp-consumers", &[
+            ("DATABASE_URL", url.clone()),
+            ("KAFKA_BROKERS", broker.address()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
+        ])?;
+        let pool = PgPool::connect(&url).await?;
+        let redis = fred::clients::Client::new(fred::types::config::Config::from_url("redis://127.0.0.1:6379")?, None, None, None);
+        redis.init().await?;
+        let client = reqwest::Client::new();
+        let probes = create_events(&client, &api.base, PROBE_EVENTS).await?;
+        let load = Arc::new(create_events(&client, &api.base, LOAD_EVENTS).await?);
+        for event in &probes {
+            // A read creates the generation that invalidations replace.
+            client.get(format!("{}/events/{event}", api.base)).send().await?;
+        }
+        // Warm up: the consumers take their partitions, the relay creates the topic.
+        for _ in 0..50 {
+            if probe(&client, &redis, &api.base, probes[0]).await.is_some() {
+                break;
+            }
+        }
+
+        let mut results = Vec::new();
+        for &rate in &self.rates {
+            eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
+            let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
+            let written = Arc::new(AtomicU64::new(0));
+            let progress = Progress::start(format!("{rate}/s"), written.clone(), None);
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let total = rate * self.duration.as_secs();
+            let probe_every = (rate / PROBES_PER_SECOND).max(1);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut probe_tasks = tokio::task::JoinSet::new();
+            for n in 0..total {
+                ticker.tick().await;
+                let (client, base, written) = (client.clone(), api.base.clone(), written.clone());
+                if n % probe_every == 0 {
+                    let event = probes[(n / probe_every) as usize % PROBE_EVENTS];
+                    let redis = redis.clone();
+                    probe_tasks.spawn(async move {
+                        let latency = probe(&client, &redis, &base, event).await;
+                        written.fetch_add(1, Ordering::Relaxed);
+                        latency
+                    });
+                } else {
+                    let event = load[n as usize % LOAD_EVENTS];
+                    tasks.spawn(async move {
+                        if create_rsvp(&client, &base, event).await {
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            }
+            tasks.join_all().await;
+            let mut invalidated_us: Vec<u64> = probe_tasks.join_all().await.into_iter().flatten().collect();
+            invalidated_us.sort_unstable();
+            drop(progress);
+            // Every row of the window acknowledged, then the receipts give commit-to-ack.
+            let last_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sqlx::query_scalar::<_, i64>("select count(*) from relay_receipts where outbox_id > $1 and outbox_id <= $2")
+                .bind(first_id)
+                .bind(last_id)
+                .fetch_one(&pool)
+                .await?
+                < last_id - first_id
+            {
+                anyhow::ensure!(Instant::now() < deadline, "the relay did not catch up within 60 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let commit_to_ack_ms: (f64, f64) = sqlx::query_as(
+                "select percentile_cont(0.5) within group (order by ms), percentile_cont(0.99) within group (order by ms)
+                   from (select extract(epoch from r.published_at - o.created_at)::float8 * 1000 as ms
+                           from outbox o join relay_receipts r on r.outbox_id = o.id
+                          where o.id > $1 and o.id <= $2) t",
+            )
+            .bind(first_id)
+            .bind(last_id)
+            .fetch_one(&pool)
+            .await?;
+            results.push(RateResult { rate, written: written.load(Ordering::Relaxed), commit_to_ack_ms, invalidated_us });
+        }
+
+        let mut table = String::from(
+            "| writes/s | writes | commit-to-ack p50 | p99 | commit-to-cache-invalidated p50 | p99 | probes |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &results {
+            table.push_str(&format!(
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
+                r.rate,
+                r.written,
+                r.commit_to_ack_ms.0,
+                r.commit_to_ack_ms.1,
+                percentile_us(&r.invalidated_us, 50.0) as f64 / 1000.0,
+                percentile_us(&r.invalidated_us, 99.0) as f64 / 1000.0,
+                r.invalidated_us.len()
+            ));
+        }
+        report.section(
+            "Latency at a steady write rate: commit to broker ack, commit to cache invalidated",
+            &format!(
+                "{table}\nCommit-to-ack: from the outbox row's `created_at` (inside the writing transaction) to \
+                 its receipt's `published_at`, which the relay writes right after the broker acknowledged: an \
+                 upper bound. Commit-to-cache-invalidated: from the api's 201 (sent after the commit) to the \
+                 event's cache generation changing in Redis, measured on {PROBES_PER_SECOND} probe writes a second \
+                 to {PROBE_EVENTS} events that take no other writes; the rest of the rate goes to {LOAD_EVENTS} \
+                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (both groups), Tansu in memory.\n"
+            ),
+        );
+        Ok(())
+    }
+}
