@@ -107,14 +107,27 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
     tokio::spawn(prune_loop(pool.clone(), settings.clone(), term));
     let mut listener = listen(pool).await;
     let mut backoff = Backoff::new(settings.max_backoff);
+    let mut recheck = Recheck::default();
     // A step in progress finishes (it is bounded by the Kafka timeout) so that what
     // the broker acknowledged is recorded before the process exits.
     while !shutdown.is_cancelled() {
         match worker.step().await {
-            Ok(StepOutcome::Published { .. }) => backoff.reset(),
+            Ok(StepOutcome::Published { .. }) => {
+                backoff.reset();
+                recheck = Recheck::default();
+            }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
-                wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown).await;
+                match recheck.next_delay() {
+                    Some(delay) => {
+                        sleep_or_shutdown(delay, shutdown).await;
+                    }
+                    None => {
+                        if wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown).await {
+                            recheck = Recheck::after_notification();
+                        }
+                    }
+                }
             }
             Err(error @ (RelayError::Database(_) | RelayError::LostLeadership)) => {
                 worker.resign().await;
@@ -144,25 +157,73 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
         .ok()
 }
 
-/// Returns on a commit notification, after `poll` or on shutdown.
-async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) {
+/// After a commit notification, rows may not be eligible yet: another transaction
+/// that began earlier (any writer in the cluster, not only the api) still runs and
+/// holds the snapshot's xmin. It usually ends within milliseconds, and its end
+/// notifies nobody, so the relay looks again soon (1, 2, 4 … 64 ms, for up to about
+/// 250 ms) instead of waiting for the next notification or the poll interval.
+#[derive(Default)]
+struct Recheck {
+    next: Option<Duration>,
+    spent: Duration,
+}
+
+impl Recheck {
+    const FIRST: Duration = Duration::from_millis(1);
+    const MAX_STEP: Duration = Duration::from_millis(64);
+    const BUDGET: Duration = Duration::from_millis(250);
+
+    fn after_notification() -> Self {
+        Self { next: Some(Self::FIRST), spent: Duration::ZERO }
+    }
+
+    fn next_delay(&mut self) -> Option<Duration> {
+        let delay = self.next.filter(|_| self.spent < Self::BUDGET)?;
+        self.spent += delay;
+        self.next = Some((delay * 2).min(Self::MAX_STEP));
+        Some(delay)
+    }
+}
+
+/// Waits for a commit notification or the poll interval; true when notified.
+async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) -> bool {
     let Some(active) = listener.as_mut() else {
         sleep_or_shutdown(poll, shutdown).await;
         *listener = listen(pool).await;
-        return;
+        return false;
     };
     tokio::select! {
-        _ = shutdown.cancelled() => {}
+        _ = shutdown.cancelled() => false,
         received = tokio::time::timeout(poll, active.try_recv()) => match received {
             // A notification, or the connection dropped and is being re-established:
             // either way there may be new rows.
-            Ok(Ok(_)) => while active.next_buffered().is_some() {},
+            Ok(Ok(_)) => {
+                while active.next_buffered().is_some() {}
+                true
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "the LISTEN connection failed");
                 *listener = None;
+                false
             }
-            Err(_) => {}
+            Err(_) => false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rechecks_back_off_and_stop_after_their_budget() {
+        assert_eq!(Recheck::default().next_delay(), None, "no recheck without a notification");
+        let mut recheck = Recheck::after_notification();
+        let delays: Vec<Duration> = std::iter::from_fn(|| recheck.next_delay()).collect();
+        assert_eq!(delays[..4], [1, 2, 4, 8].map(Duration::from_millis));
+        assert!(delays.iter().all(|d| *d <= Recheck::MAX_STEP));
+        let total: Duration = delays.iter().sum();
+        assert!(total >= Recheck::BUDGET && total < Recheck::BUDGET + Recheck::MAX_STEP, "{total:?}");
     }
 }
 
