@@ -63,7 +63,7 @@ pub struct Settings {
     pub write_coalescing: bool,
 
     /// Most writes in one coalesced transaction.
-    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 64)]
+    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 256)]
     pub write_batch_max: usize,
 
     /// Longest a write waits for others to share its transaction.
@@ -71,7 +71,7 @@ pub struct Settings {
     pub write_batch_wait: Duration,
 
     /// Transactions of coalesced writes in flight at once.
-    #[arg(long, env = "WRITE_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "WRITE_WORKERS", default_value_t = 2)]
     pub write_workers: usize,
 
     /// How long one request may take before it is answered 503.

@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long, env = "BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Client counts of the api measurement.
-    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,512")]
     concurrency: Vec<usize>,
     /// Outbox backlogs the relay drains.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
