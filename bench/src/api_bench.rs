@@ -3,13 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use serde_json::json;
-use uuid::Uuid;
-
 use crate::{
     load, pgbench,
     report::Report,
-    system::{self, ADMIN_TOKEN},
+    system,
 };
 
 /// Events the load spreads over: the api locks an event's row per write, like any
@@ -19,24 +16,6 @@ const EVENTS: usize = 1000;
 pub(crate) struct ApiBench {
     pub(crate) duration: Duration,
     pub(crate) concurrency: Vec<usize>,
-}
-
-async fn create_events(base: &str) -> anyhow::Result<Vec<Uuid>> {
-    let client = reqwest::Client::new();
-    let mut ids = Vec::with_capacity(EVENTS);
-    for i in 0..EVENTS {
-        let event: serde_json::Value = client
-            .post(format!("{base}/events"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"title": format!("Bench {i}"), "starts_at": "2099-01-01T00:00:00Z"}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ids.push(event["id"].as_str().unwrap_or_default().parse()?);
-    }
-    Ok(ids)
 }
 
 /// An outbox payload of the api's size, for pgbench.
@@ -53,7 +32,7 @@ impl ApiBench {
         let mut rows = Vec::new();
         for (label, coalescing) in [("on", "true"), ("off", "false")] {
             let api = system::start_api(&url, &[("WRITE_COALESCING", coalescing.to_owned())]).await?;
-            let events = Arc::new(create_events(&api.base).await?);
+            let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
             let levels: Vec<usize> =
                 if coalescing == "true" { self.concurrency.clone() } else { vec![self.concurrency[0]] };
             for concurrency in levels {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::{
     load::{percentile_us, Progress},
     report::Report,
-    system::{self, ADMIN_TOKEN},
+    system,
 };
 
 /// Events that take only probe writes, one at a time each, so that a generation change
@@ -44,23 +44,6 @@ fn spawn(binary: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
         command.env(name, value);
     }
     command.spawn().with_context(|| format!("starting {binary}"))
-}
-
-async fn create_events(client: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<Uuid>> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let event: serde_json::Value = client
-            .post(format!("{base}/events"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"title": format!("Latency {i}"), "starts_at": "2099-01-01T00:00:00Z"}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        ids.push(event["id"].as_str().unwrap_or_default().parse()?);
-    }
-    Ok(ids)
 }
 
 async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool {
@@ -113,8 +96,8 @@ impl LatencyBench {
         let redis = fred::clients::Client::new(fred::types::config::Config::from_url("redis://127.0.0.1:6379")?, None, None, None);
         redis.init().await?;
         let client = reqwest::Client::new();
-        let probes = create_events(&client, &api.base, PROBE_EVENTS).await?;
-        let load = Arc::new(create_events(&client, &api.base, LOAD_EVENTS).await?);
+        let probes = system::create_events(&api.base, PROBE_EVENTS, "Probe").await?;
+        let load = Arc::new(system::create_events(&api.base, LOAD_EVENTS, "Load").await?);
         for event in &probes {
             // A read creates the generation that invalidations replace.
             client.get(format!("{}/events/{event}", api.base)).send().await?;

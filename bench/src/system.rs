@@ -85,6 +85,25 @@ pub(crate) async fn wait_healthy(url: &str) -> anyhow::Result<()> {
     anyhow::bail!("{url} did not answer within 30 s")
 }
 
+/// Creates `n` events without capacity through the api; returns their ids.
+pub(crate) async fn create_events(base: &str, n: usize, title: &str) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let event: serde_json::Value = client
+            .post(format!("{base}/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"title": format!("{title} {i}"), "starts_at": "2099-01-01T00:00:00Z"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(event["id"].as_str().unwrap_or_default().parse()?);
+    }
+    Ok(ids)
+}
+
 /// Facts about the machine for the report.
 pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
