@@ -51,11 +51,18 @@ impl Shape {
     }
 }
 
-/// Numbers the `bench_events` rows 1..=N so pgbench can pick a random event.
-pub(crate) async fn prepare(db: &sqlx::PgPool) -> anyhow::Result<()> {
+/// Creates `events` events as the api does, numbered 1..=N in `bench_events` so that
+/// pgbench can pick a random one.
+pub(crate) async fn prepare(db: &sqlx::PgPool, events: usize) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into events (id, title, starts_at)
+         select gen_random_uuid(), 'Bench ' || i, '2099-01-01T00:00:00Z' from generate_series(1, $1) i",
+    )
+    .bind(events as i32)
+    .execute(db)
+    .await?;
     sqlx::raw_sql(
-        "create table if not exists bench_events (n int primary key, id uuid not null);
-         truncate bench_events;
+        "create table bench_events (n int primary key, id uuid not null);
          insert into bench_events select row_number() over (order by id), id from events;",
     )
     .execute(db)
