@@ -10,4 +10,4 @@ ensure_redis
 ensure_tansu
 command -v pgbench >/dev/null || apt_install postgresql-client
 cargo build --release --locked --bins
-BENCH_COMMAND="scripts/bench.sh $*" target/release/rsvp-bench "$@"
+BENCH_COMMAND="scripts/bench.sh${*:+ $*}" target/release/rsvp-bench "$@"

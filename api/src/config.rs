@@ -29,6 +29,11 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true)]
     pub database_url: String,
 
+    /// PostgreSQL holding the consumers' `analytics` schema, read by
+    /// `GET /events/{id}/stats`; the main database when unset.
+    #[arg(long, env = "ANALYTICS_DATABASE_URL", hide_env_values = true)]
+    pub analytics_database_url: Option<String>,
+
     /// Redis connection string of the read-through cache.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,

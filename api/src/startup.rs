@@ -27,6 +27,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// Where the analytics consumer keeps its statistics: `db` unless configured apart.
+    pub analytics: PgPool,
     pub cache: Cache,
     pub admin: AdminToken,
     pub writer: Writer,
@@ -54,8 +56,16 @@ impl Application {
     /// Connects, migrates and binds; `Settings` with port 0 bind free ports (tests).
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let db = connect_database(settings).await?;
+        let db = connect_database(&settings.database_url, settings.database_max_connections).await?;
         MIGRATOR.run(&db).await.context("running migrations")?;
+        let analytics = match &settings.analytics_database_url {
+            Some(url) if *url != settings.database_url => {
+                let pool = connect_database(url, settings.database_max_connections).await?;
+                MIGRATOR.run(&pool).await.context("running migrations on ANALYTICS_DATABASE_URL")?;
+                pool
+            }
+            _ => db.clone(),
+        };
         let cache = Cache::connect(&settings.redis_url, settings.redis_timeout).context("configuring redis")?;
         if !cache.wait_connected(Duration::from_secs(2)).await {
             tracing::warn!("redis is unreachable: serving reads from postgres until it answers");
@@ -67,7 +77,7 @@ impl Application {
             .await
             .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?;
         let writer = Writer::start(db.clone(), settings.coalescing());
-        let state = AppState { db, cache, admin: AdminToken::new(&settings.admin_token), writer };
+        let state = AppState { db, analytics, cache, admin: AdminToken::new(&settings.admin_token), writer };
         Ok(Self { api_listener, admin_listener, state, request_timeout: settings.request_timeout })
     }
 
@@ -109,13 +119,13 @@ impl Application {
     }
 }
 
-async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
+async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(settings.database_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&settings.database_url)
+        .connect(url)
         .await
-        .context("connecting to DATABASE_URL")
+        .context("connecting to postgres")
 }
 
 pub fn router(state: AppState, request_timeout: Duration) -> Router {

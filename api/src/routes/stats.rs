@@ -78,7 +78,7 @@ pub async fn get_stats(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>
     if !events::event_exists(&state.db, id).await? {
         return Err(ApiError::NotFound("event"));
     }
-    Ok(ApiJson(load_stats(&state.db, id).await?))
+    Ok(ApiJson(load_stats(&state.analytics, id).await?))
 }
 
 #[tracing::instrument(skip(pool), err)]

@@ -35,6 +35,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (db, database_url) = fresh_database(&MIGRATOR).await;
     let mut settings = Settings {
         database_url,
+        analytics_database_url: None,
         redis_url: REDIS_URL.to_owned(),
         kafka_brokers: "127.0.0.1:9092".into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),

@@ -9,3 +9,4 @@ mod helpers;
 mod metrics;
 mod outbox;
 mod rsvps;
+mod stats;
