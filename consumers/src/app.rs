@@ -118,7 +118,9 @@ impl Application {
         let ping = |pool: PgPool| async move {
             matches!(tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&pool)).await, Ok(Ok(_)))
         };
-        let mut readiness = Readiness::default().with("postgres", ping(self.main.clone()).await);
+        let (postgres, kafka) =
+            tokio::join!(ping(self.main.clone()), rsvp_contract::admin::kafka_answers(self.settings.brokers()));
+        let mut readiness = Readiness::default().with("postgres", postgres).with("kafka", kafka);
         if self.settings.separate_analytics_database() {
             readiness = readiness.with("analytics_postgres", ping(self.analytics.clone()).await);
         }

@@ -67,6 +67,16 @@ impl IntoResponse for Readiness {
     }
 }
 
+/// Whether a Kafka broker answers a metadata request within 2 s. A fresh client each
+/// time, so that a frozen broker (accepting connections, answering nothing) shows as down.
+pub async fn kafka_answers(brokers: Vec<String>) -> bool {
+    let check = async {
+        let client = rskafka::client::ClientBuilder::new(brokers).build().await?;
+        client.list_topics().await
+    };
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(2), check).await, Ok(Ok(_)))
+}
+
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Checks the process's dependencies for `/readyz`.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<Readiness> + Send + Sync>;

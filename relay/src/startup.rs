@@ -60,13 +60,16 @@ impl Application {
             shutdown.await;
             trigger.cancel();
         });
-        let pool = self.pool.clone();
+        let (pool, brokers) = (self.pool.clone(), self.settings.kafka_brokers.clone());
         let readiness: ReadinessCheck = Arc::new(move || {
-            let pool = pool.clone();
+            let (pool, brokers) = (pool.clone(), brokers.clone());
             Box::pin(async move {
-                let ping = sqlx::query("select 1").execute(&pool);
-                let up = matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)));
-                Readiness::default().with("postgres", up)
+                let postgres = async {
+                    let ping = sqlx::query("select 1").execute(&pool);
+                    matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
+                };
+                let (postgres, kafka) = tokio::join!(postgres, admin::kafka_answers(brokers));
+                Readiness::default().with("postgres", postgres).with("kafka", kafka)
             })
         });
         let admin = admin::serve(self.admin_listener, readiness, token.clone().cancelled_owned());

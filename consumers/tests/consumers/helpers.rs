@@ -382,6 +382,12 @@ impl ConsumerProcess {
         response.text().await.ok()
     }
 
+    /// `/readyz`: its status code and body.
+    pub(crate) async fn readiness(&self) -> (u16, serde_json::Value) {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.admin_port)).await.expect("readyz");
+        (response.status().as_u16(), response.json().await.expect("readyz json"))
+    }
+
     /// The value of the metric line starting with `series` (name and labels).
     pub(crate) async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.metrics().await?;

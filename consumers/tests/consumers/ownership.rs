@@ -64,6 +64,11 @@ async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_
         assert_eq!(applied, outbox, "every change of {event} applied exactly once");
     }
     let metrics = second.metrics().await.expect("scrape /metrics");
+    let (status, readiness) = second.readiness().await;
+    assert_eq!(status, 200, "{readiness}");
+    for dependency in ["postgres", "kafka", "redis"] {
+        assert_eq!(readiness["checks"][dependency], "up", "{readiness}");
+    }
     for series in [
         "consumer_processed_total{group=\"analytics-group\",result=\"applied\"}",
         "consumer_processed_total{group=\"cache-invalidation-group\",result=\"applied\"}",

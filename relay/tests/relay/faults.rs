@@ -62,6 +62,11 @@ async fn a_broker_paused_under_steady_writes_loses_nothing_and_the_backlog_retur
         scrape(relay.admin_port, "outbox_backlog_rows").await.filter(|b| *b >= 10.0)
     })
     .await;
+    let readyz = reqwest::get(format!("http://127.0.0.1:{}/readyz", relay.admin_port)).await.unwrap();
+    assert_eq!(readyz.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let readiness: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(readiness["checks"]["kafka"], "down", "{readiness}");
+    assert_eq!(readiness["checks"]["postgres"], "up", "{readiness}");
     tokio::time::sleep(BROKER_PAUSE.saturating_sub(paused_at.elapsed())).await;
     let peak = scrape(relay.admin_port, "outbox_backlog_rows").await.unwrap();
     let acknowledged = receipts(&db.pool).await;
@@ -71,6 +76,8 @@ async fn a_broker_paused_under_steady_writes_loses_nothing_and_the_backlog_retur
 
     // Assert: it heals by itself, the backlog drains, nothing is lost.
     wait_until_drained(&db.pool, Duration::from_secs(30)).await;
+    let readyz = reqwest::get(format!("http://127.0.0.1:{}/readyz", relay.admin_port)).await.unwrap();
+    assert_eq!(readyz.status(), reqwest::StatusCode::OK, "kafka answers again");
     eventually(Duration::from_secs(10), "the backlog metric to return to 0", || async {
         (scrape(relay.admin_port, "outbox_backlog_rows").await == Some(0.0)).then_some(())
     })
