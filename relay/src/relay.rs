@@ -211,21 +211,6 @@ async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll:
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rechecks_back_off_and_stop_after_their_budget() {
-        assert_eq!(Recheck::default().next_delay(), None, "no recheck without a notification");
-        let mut recheck = Recheck::after_notification();
-        let delays: Vec<Duration> = std::iter::from_fn(|| recheck.next_delay()).collect();
-        assert_eq!(delays[..4], [1, 2, 4, 8].map(Duration::from_millis));
-        assert!(delays.iter().all(|d| *d <= Recheck::MAX_STEP));
-        let total: Duration = delays.iter().sum();
-        assert!(total >= Recheck::BUDGET && total < Recheck::BUDGET + Recheck::MAX_STEP, "{total:?}");
-    }
-}
 
 async fn observe_loop(mut observer: Observer, every: Duration, shutdown: CancellationToken) {
     loop {
@@ -251,5 +236,21 @@ async fn prune_loop(pool: PgPool, settings: Settings, term: CancellationToken) {
                 RelayError::from(error).record();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rechecks_back_off_and_stop_after_their_budget() {
+        assert_eq!(Recheck::default().next_delay(), None, "no recheck without a notification");
+        let mut recheck = Recheck::after_notification();
+        let delays: Vec<Duration> = std::iter::from_fn(|| recheck.next_delay()).collect();
+        assert_eq!(delays[..4], [1, 2, 4, 8].map(Duration::from_millis));
+        assert!(delays.iter().all(|d| *d <= Recheck::MAX_STEP));
+        let total: Duration = delays.iter().sum();
+        assert!(total >= Recheck::BUDGET && total < Recheck::BUDGET + Recheck::MAX_STEP, "{total:?}");
     }
 }
