@@ -59,6 +59,8 @@ impl ApiBench {
             eprintln!("api, coalescing {label}, {concurrency} clients, {:?}", self.duration);
             let result = load::create_rsvps(&api.base, events, concurrency, self.duration).await;
             rows.push((label, concurrency, result));
+            drop(api);
+            system::drop_database("bench_api").await?;
         }
         let payload = api_payload()?;
         let mut baselines = Vec::new();
@@ -72,6 +74,7 @@ impl ApiBench {
             eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
             let rate = pgbench::rsvps_per_second("bench_api", shape, 32, self.duration, EVENTS, &payload).await?;
             baselines.push((label, rate));
+            system::drop_database("bench_api").await?;
         }
         let single = baselines[0].1;
         let mut table = String::from(

@@ -187,6 +187,9 @@ impl LatencyBench {
                 r.invalidated_us.len()
             ));
         }
+        pool.close().await;
+        drop((_relay, _consumers, api));
+        system::drop_database("bench_pipeline").await?;
         report.section(
             "Latency at a steady write rate: commit to broker ack, commit to cache invalidated",
             &format!(

@@ -190,6 +190,7 @@ impl RelayBench {
                 drain.peak_rss_mib
             ));
             pool.close().await;
+            system::drop_database("bench_relay").await?;
         }
         report.section(
             "Relay: draining a backlog to broker-acknowledged vs raw rskafka produce",

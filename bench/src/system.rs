@@ -13,6 +13,14 @@ pub(crate) fn server_url() -> String {
     std::env::var("BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
 }
 
+/// Drops database `name`, so that what one measurement left (autovacuum of its tables,
+/// its pages in the buffer cache) does not weigh on the next one.
+pub(crate) async fn drop_database(name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(&server_url()).await.context("connecting to postgres")?;
+    sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#)).execute(&mut admin).await?;
+    Ok(())
+}
+
 /// Drops and creates database `name`; returns its URL.
 pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<String> {
     let server = server_url();
