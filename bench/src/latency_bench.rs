@@ -11,12 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use fred::interfaces::{ClientLike, KeysInterface};
 use rsvp_contract::{cache_keys, testing::Broker};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::{
@@ -35,15 +33,6 @@ const PROBES_PER_SECOND: u64 = 20;
 pub(crate) struct LatencyBench {
     pub(crate) rates: Vec<u64>,
     pub(crate) duration: Duration,
-}
-
-fn spawn(binary: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
-    let mut command = Command::new(system::sibling_binary(binary)?);
-    command.env("RUST_LOG", "warn").kill_on_drop(true);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.spawn().with_context(|| format!("starting {binary}"))
 }
 
 async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool {
@@ -82,12 +71,12 @@ impl LatencyBench {
         let broker = Broker::start().await;
         let url = system::fresh_database("bench_pipeline").await?;
         let api = system::start_api(&url, &[]).await?;
-        let _relay = spawn("rsvp-relay", &[
+        let _relay = system::spawn_service("rsvp-relay", &[
             ("DATABASE_URL", url.clone()),
             ("KAFKA_BROKERS", broker.address()),
             ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
         ])?;
-        let _consumers = spawn("rsvp-consumers", &[
+        let _consumers = system::spawn_service("rsvp-consumers", &[
             ("DATABASE_URL", url.clone()),
             ("KAFKA_BROKERS", broker.address()),
             ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),

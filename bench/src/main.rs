@@ -3,6 +3,7 @@
 //! release binaries and starts the services first.
 
 mod api_bench;
+mod keepup_bench;
 mod latency_bench;
 mod load;
 mod pgbench;
@@ -26,11 +27,14 @@ struct Cli {
     /// Outbox backlogs the relay drains.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     backlogs: Vec<i64>,
+    /// Clients of the measurement of the relay keeping up with the api at full rate.
+    #[arg(long, default_value_t = 256)]
+    keepup_clients: usize,
     /// Steady write rates of the latency measurement.
     #[arg(long, value_delimiter = ',', default_value = "500,1000")]
     rates: Vec<u64>,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_value = "api,relay,latency")]
+    #[arg(long, value_delimiter = ',', default_value = "api,relay,keepup,latency")]
     only: Vec<String>,
     /// Where the report goes.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
@@ -48,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("relay") {
         relay_bench::RelayBench { backlogs: cli.backlogs.clone() }.run(&mut report).await?;
+    }
+    if wants("keepup") {
+        keepup_bench::KeepUpBench { clients: cli.keepup_clients, duration: cli.duration }.run(&mut report).await?;
     }
     if wants("latency") {
         latency_bench::LatencyBench { rates: cli.rates.clone(), duration: cli.duration }.run(&mut report).await?;

@@ -55,6 +55,16 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts a release binary with `env` and warnings-only logs; killed on drop.
+pub(crate) fn spawn_service(binary: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
+    let mut command = Command::new(sibling_binary(binary)?);
+    command.env("RUST_LOG", "warn").kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().with_context(|| format!("starting {binary}"))
+}
+
 /// A running `rsvp-api`, killed on drop.
 pub(crate) struct Api {
     _child: Child,

@@ -1,11 +1,12 @@
 //! Reading outbox rows in commit order and turning them into Kafka records.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 use rskafka::record::Record;
 use rsvp_contract::{event::DATA_CONTENT_TYPE, event::SPEC_VERSION, headers};
-use sqlx::{postgres::PgRow, Row};
+use sqlx::{postgres::PgRow, PgPool, Row};
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// A position in commit order: the writing transaction, then the row id.
@@ -41,34 +42,56 @@ pub struct OutboxRow {
     pub published: bool,
 }
 
-/// `select <row columns> from outbox o <rest>`.
+/// `select <row columns> from outbox o <rest>`. The header fields inside the payload
+/// are picked out here rather than with `->>` in SQL: four jsonb lookups per row
+/// cost Postgres more than the whole rest of the read (measured on 1000-row pages).
 pub fn select_rows(rest: &str) -> String {
     format!(
         "select o.id, o.xid::text as xid, o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
-                o.payload::text as payload, o.traceparent, o.created_at,
-                o.payload->>'specversion' as specversion, o.payload->>'source' as source,
-                o.payload->>'time' as time, o.payload->>'datacontenttype' as content_type
+                o.payload::text as payload, o.traceparent, o.created_at
            from outbox o {rest}"
     )
+}
+
+/// The CloudEvent attributes that also travel as headers; every other field is skipped.
+#[derive(Debug, Default, Deserialize)]
+struct HeaderFields<'a> {
+    #[serde(borrow)]
+    specversion: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    datacontenttype: Option<Cow<'a, str>>,
+}
+
+impl<'a> HeaderFields<'a> {
+    /// A payload that is not an object with string attributes gets the defaults.
+    fn of(payload: &'a str) -> Self {
+        serde_json::from_str(payload).unwrap_or_default()
+    }
 }
 
 impl OutboxRow {
     pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         let xid: String = row.try_get("xid")?;
         let xid = xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let payload: String = row.try_get("payload")?;
+        let fields = HeaderFields::of(&payload);
         Ok(Self {
             position: Position { xid, id: row.try_get("id")? },
             kafka_key: row.try_get("kafka_key")?,
             message_id: row.try_get("message_id")?,
             event_type: row.try_get("event_type")?,
             rsvp_version: row.try_get("rsvp_version")?,
-            payload: row.try_get("payload")?,
             traceparent: row.try_get("traceparent")?,
             created_at: row.try_get("created_at")?,
-            specversion: row.try_get("specversion")?,
-            source: row.try_get("source")?,
-            time: row.try_get("time")?,
-            content_type: row.try_get("content_type")?,
+            specversion: fields.specversion.map(Cow::into_owned),
+            source: fields.source.map(Cow::into_owned),
+            time: fields.time.map(Cow::into_owned),
+            content_type: fields.datacontenttype.map(Cow::into_owned),
+            payload,
             published: false,
         })
     }
@@ -82,6 +105,17 @@ impl OutboxRow {
     /// The Kafka record: key = event id, value = the CloudEvent JSON, CloudEvents
     /// binary-mode headers plus `rsvp_version`. Identical on every publish and replay.
     pub fn to_record(&self) -> Record {
+        self.record_with(self.kafka_key.as_bytes().to_vec(), self.payload.as_bytes().to_vec())
+    }
+
+    /// [`Self::to_record`] without copying the key and payload: they move into the
+    /// record and the row keeps only what the publishing step still needs.
+    pub fn take_record(&mut self) -> Record {
+        let (key, value) = (std::mem::take(&mut self.kafka_key), std::mem::take(&mut self.payload));
+        self.record_with(key.into_bytes(), value.into_bytes())
+    }
+
+    fn record_with(&self, key: Vec<u8>, value: Vec<u8>) -> Record {
         let mut h: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut put = |name: &str, value: &str| {
             h.insert(name.to_owned(), value.as_bytes().to_vec());
@@ -100,10 +134,7 @@ impl OutboxRow {
             put(headers::TRACEPARENT, traceparent);
         }
         put(headers::RSVP_VERSION, &self.rsvp_version.to_string());
-        Record {
-            key: Some(self.kafka_key.as_bytes().to_vec()),
-            value: Some(self.payload.as_bytes().to_vec()),
-            headers: h,
+        Record { key: Some(key), value: Some(value), headers: h,
             timestamp: self.created_at,
         }
     }
@@ -113,19 +144,14 @@ impl OutboxRow {
 /// than every transaction still open: such a row can no longer be joined by a row
 /// that sorts before it.
 #[tracing::instrument(skip_all, fields(after_id = after.id, limit), err)]
-pub async fn read_eligible(
-    db: &mut sqlx::PgConnection,
-    topic: &str,
-    after: Position,
-    limit: u32,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
+pub async fn read_eligible(db: &PgPool, topic: &str, after: Position, limit: u32) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let sql = select_rows(
         "where (o.xid, o.id) > ($1::xid8, $2)
            and o.xid < pg_snapshot_xmin(pg_current_snapshot())
          order by o.xid, o.id
          limit $3",
     );
-    let rows = sqlx::query(&sql).bind(after.xid_text()).bind(after.id).bind(i64::from(limit)).fetch_all(&mut *db).await?;
+    let rows = sqlx::query(&sql).bind(after.xid_text()).bind(after.id).bind(i64::from(limit)).fetch_all(db).await?;
     let mut rows: Vec<OutboxRow> = rows.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
     // Receipts ahead of the cursor exist only after a partly failed step. A separate
     // lookup by primary key, because an EXISTS in the query above is planned as a
@@ -136,7 +162,7 @@ pub async fn read_eligible(
             sqlx::query_scalar("select outbox_id from relay_receipts where outbox_id = any($1) and topic = $2")
                 .bind(&ids)
                 .bind(topic)
-                .fetch_all(&mut *db)
+                .fetch_all(db)
                 .await?;
         let published: std::collections::HashSet<i64> = published.into_iter().collect();
         for row in &mut rows {
@@ -181,6 +207,25 @@ mod tests {
         assert_eq!(header("content-type"), "application/json");
         assert_eq!(header("traceparent"), "00-abc-def-01");
         assert_eq!(header("rsvp_version"), "4");
+    }
+
+    #[test]
+    fn header_fields_come_from_the_payload_and_default_when_it_is_not_an_object() {
+        let fields = HeaderFields::of(r#"{"specversion":"1.0","data":{"source":"no"},"source":"/rsvp-api","time":"t"}"#);
+        assert_eq!(fields.specversion.as_deref(), Some("1.0"));
+        assert_eq!(fields.source.as_deref(), Some("/rsvp-api"));
+        assert_eq!(fields.time.as_deref(), Some("t"));
+        assert_eq!(fields.datacontenttype, None);
+        assert_eq!(HeaderFields::of("[1, 2]").source, None);
+        assert_eq!(HeaderFields::of(r#"{"source": 7}"#).source, None);
+    }
+
+    #[test]
+    fn a_taken_record_equals_the_copied_one() {
+        let mut row = row(Some("00-abc-def-01"));
+        let copied = row.to_record();
+        assert_eq!(row.take_record(), copied);
+        assert!(row.payload.is_empty() && row.kafka_key.is_empty());
     }
 
     #[test]

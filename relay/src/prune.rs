@@ -13,24 +13,29 @@ use crate::metrics;
 pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: u32) -> Result<u64, sqlx::Error> {
     let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     // Both checks, so that neither a lost receipt nor a cursor that was reset can
-    // ever delete a row the broker has not acknowledged.
-    let deleted = sqlx::query(
-        "delete from outbox where id in (
-            select o.id
-              from outbox o
-              join relay_cursors c on c.name = $1
-             where o.created_at < $2
-               and (o.xid, o.id) <= (c.xid, c.id)
-               and exists (select 1 from relay_receipts r where r.outbox_id = o.id and r.topic = $1)
-             order by o.created_at
-             limit $3)",
+    // ever delete a row the broker has not acknowledged. The row's receipts go in the
+    // same statement: nothing else deletes them.
+    let deleted: i64 = sqlx::query_scalar(
+        "with pruned as (
+            delete from outbox where id in (
+                select o.id
+                  from outbox o
+                  join relay_cursors c on c.name = $1
+                 where o.created_at < $2
+                   and (o.xid, o.id) <= (c.xid, c.id)
+                   and exists (select 1 from relay_receipts r where r.outbox_id = o.id and r.topic = $1)
+                 order by o.created_at
+                 limit $3)
+            returning id),
+         receipts as (delete from relay_receipts r using pruned p where r.outbox_id = p.id)
+         select count(*) from pruned",
     )
     .bind(topic)
     .bind(cutoff)
     .bind(i64::from(batch))
-    .execute(pool)
-    .await?
-    .rows_affected();
+    .fetch_one(pool)
+    .await?;
+    let deleted = u64::try_from(deleted).unwrap_or_default();
     ::metrics::counter!(metrics::PRUNED).increment(deleted);
     Ok(deleted)
 }

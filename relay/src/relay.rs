@@ -101,7 +101,7 @@ async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, sh
 
 /// Publishes while leading. `Ok` on shutdown; `Err` when the leader session failed.
 async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), RelayError> {
-    let mut worker = Worker::start(leader, settings.clone()).await?;
+    let mut worker = Worker::start(leader, settings.clone(), pool.clone()).await?;
     let term = shutdown.child_token();
     let _stop_pruning = term.clone().drop_guard();
     tokio::spawn(prune_loop(pool.clone(), settings.clone(), term));
@@ -160,7 +160,8 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
 /// After a commit notification, rows may not be eligible yet: another transaction
 /// that began earlier (any writer in the cluster, not only the api) still runs and
 /// holds the snapshot's xmin. It usually ends within milliseconds, and its end
-/// notifies nobody, so the relay looks again soon (1, 2, 4 … 64 ms, for up to about
+/// notifies nobody, so the relay looks again soon (every millisecond for the first
+/// 16 ms, where nearly all such waits end, then 2, 4 … 64 ms apart, for up to about
 /// 250 ms) instead of waiting for the next notification or the poll interval.
 #[derive(Default)]
 struct Recheck {
@@ -170,6 +171,9 @@ struct Recheck {
 
 impl Recheck {
     const FIRST: Duration = Duration::from_millis(1);
+    /// Rechecks stay `FIRST` apart until this much time is spent: doubling from the
+    /// start would see a 9 ms wait end only at 15 ms, in commit-to-ack's tail.
+    const FLAT: Duration = Duration::from_millis(16);
     const MAX_STEP: Duration = Duration::from_millis(64);
     const BUDGET: Duration = Duration::from_millis(250);
 
@@ -180,7 +184,7 @@ impl Recheck {
     fn next_delay(&mut self) -> Option<Duration> {
         let delay = self.next.filter(|_| self.spent < Self::BUDGET)?;
         self.spent += delay;
-        self.next = Some((delay * 2).min(Self::MAX_STEP));
+        self.next = Some(if self.spent < Self::FLAT { delay } else { (delay * 2).min(Self::MAX_STEP) });
         Some(delay)
     }
 }
@@ -248,7 +252,8 @@ mod tests {
         assert_eq!(Recheck::default().next_delay(), None, "no recheck without a notification");
         let mut recheck = Recheck::after_notification();
         let delays: Vec<Duration> = std::iter::from_fn(|| recheck.next_delay()).collect();
-        assert_eq!(delays[..4], [1, 2, 4, 8].map(Duration::from_millis));
+        assert_eq!(delays[..16], [Recheck::FIRST; 16]);
+        assert_eq!(delays[16..19], [2, 4, 8].map(Duration::from_millis));
         assert!(delays.iter().all(|d| *d <= Recheck::MAX_STEP));
         let total: Duration = delays.iter().sum();
         assert!(total >= Recheck::BUDGET && total < Recheck::BUDGET + Recheck::MAX_STEP, "{total:?}");

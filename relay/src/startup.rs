@@ -12,12 +12,12 @@ use crate::{config::Settings, leader, metrics, relay};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Pool for everything but the leader session and LISTEN: reads for metrics,
-/// pruning, replay and audit.
+/// Pool for everything but the leader session and LISTEN: the outbox reads (one
+/// ahead while a batch is in flight), metrics, pruning, replay and audit.
 pub async fn connect_pool(settings: &Settings) -> anyhow::Result<PgPool> {
     let options = leader::connect_options(&settings.database_url).context("parsing DATABASE_URL")?;
     PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(5)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await

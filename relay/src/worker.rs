@@ -1,11 +1,15 @@
-//! One publishing step of the leader: read eligible rows after the cursor, produce
+//! One publishing step of the leader: take eligible rows after the cursor, produce
 //! them (one batch per partition, all partitions at once), then store receipts and
-//! move the cursor over what the broker acknowledged.
+//! move the cursor over what the broker acknowledged. While a batch is in flight the
+//! next one is read ahead on a pool connection; it is used only when the step that
+//! started it moved the cursor over its whole batch, and read again otherwise.
 
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
-use tokio::task::JoinSet;
+use rskafka::record::Record;
+use sqlx::PgPool;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::{
     config::Settings,
@@ -31,16 +35,38 @@ pub enum StepOutcome {
 pub struct Worker {
     leader: Leader,
     settings: Settings,
+    pool: PgPool,
     kafka: Option<Kafka>,
     cursor: Position,
+    read_ahead: Option<ReadAhead>,
+}
+
+/// Rows after `after`, being read while the batch that ends at `after` is in flight.
+struct ReadAhead {
+    after: Position,
+    rows: JoinHandle<Result<Vec<OutboxRow>, sqlx::Error>>,
+}
+
+impl ReadAhead {
+    fn start(pool: &PgPool, settings: &Settings, after: Position) -> Self {
+        let (pool, topic, limit) = (pool.clone(), settings.topic.clone(), settings.batch_rows);
+        Self { after, rows: tokio::spawn(async move { outbox::read_eligible(&pool, &topic, after, limit).await }) }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.rows.abort();
+    }
 }
 
 impl Worker {
     /// Starts publishing after the stored cursor (creating it at the outbox start).
-    pub async fn start(mut leader: Leader, settings: Settings) -> Result<Self, RelayError> {
+    /// Reads go through `pool`; receipts and the cursor through the leader session.
+    pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
         let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
         tracing::info!(cursor_xid = cursor.xid, cursor_id = cursor.id, "leading: publishing after the cursor");
-        Ok(Self { leader, settings, kafka: None, cursor })
+        Ok(Self { leader, settings, pool, kafka: None, cursor, read_ahead: None })
     }
 
     pub fn cursor(&self) -> Position {
@@ -56,29 +82,32 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.id), err)]
     pub async fn step(&mut self) -> Result<StepOutcome, RelayError> {
         let topic = self.settings.topic.clone();
-        let rows = outbox::read_eligible(&mut self.leader.conn, &topic, self.cursor, self.settings.batch_rows).await?;
+        let rows = self.next_rows().await?;
         if rows.is_empty() {
             return Ok(StepOutcome::Idle);
         }
-        let rows = take_within_bytes(rows, self.settings.batch_bytes);
+        let mut rows = take_within_bytes(rows, self.settings.batch_bytes);
+        let last = rows.last().expect("not empty").position;
+        self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last));
         if self.kafka.is_none() {
             self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
         }
         let kafka = self.kafka.as_ref().expect("connected above");
         let partitions = kafka.partitions();
-        let partition_of = |row: &OutboxRow| partition_for_key(row.kafka_key.as_bytes(), partitions);
+        let partition_of: Vec<i32> = rows.iter().map(|row| partition_for_key(row.kafka_key.as_bytes(), partitions)).collect();
 
         // Rows of one partition keep their commit order inside its single batch.
-        let mut batches: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (index, row) in rows.iter().enumerate() {
+        let mut batches: BTreeMap<i32, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
+        for (index, row) in rows.iter_mut().enumerate() {
             if !row.published {
-                batches.entry(partition_of(row)).or_default().push(index);
+                let (indexes, records) = batches.entry(partition_of[index]).or_default();
+                indexes.push(index);
+                records.push(row.take_record());
             }
         }
         let mut in_flight = JoinSet::new();
-        for (partition, indexes) in batches {
+        for (partition, (indexes, records)) in batches {
             let producer = kafka.producer(partition);
-            let records = indexes.iter().map(|&i| rows[i].to_record()).collect();
             in_flight.spawn(async move { (partition, indexes, producer.produce(records).await) });
         }
 
@@ -109,8 +138,8 @@ impl Worker {
         // The cursor passes only the rows before the first unacknowledged one; rows
         // after it that were acknowledged keep their receipts and are skipped next time.
         let mut cursor = None;
-        for row in &rows {
-            if !row.published && failed.contains(&partition_of(row)) {
+        for (row, partition) in rows.iter().zip(&partition_of) {
+            if !row.published && failed.contains(partition) {
                 break;
             }
             cursor = Some(row.position);
@@ -122,9 +151,22 @@ impl Worker {
         if let Some(error) = first_error {
             // Start over with fresh connections: a stuck one may hold a stale request.
             self.kafka = None;
+            self.read_ahead = None;
             return Err(error);
         }
         Ok(StepOutcome::Published { rows: rows.len() })
+    }
+
+    /// The rows read ahead when they start right after the cursor and are not empty
+    /// (rows may have become eligible since), else a fresh read after the cursor.
+    async fn next_rows(&mut self) -> Result<Vec<OutboxRow>, RelayError> {
+        if let Some(mut read_ahead) = self.read_ahead.take().filter(|r| r.after == self.cursor) {
+            let rows = (&mut read_ahead.rows).await.expect("a read never panics")?;
+            if !rows.is_empty() {
+                return Ok(rows);
+            }
+        }
+        Ok(outbox::read_eligible(&self.pool, &self.settings.topic, self.cursor, self.settings.batch_rows).await?)
     }
 }
 

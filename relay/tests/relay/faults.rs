@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use rsvp_contract::testing::Broker;
+use rsvp_relay::StepOutcome;
 
 use crate::helpers::*;
 
@@ -89,4 +90,38 @@ async fn a_broker_paused_under_steady_writes_loses_nothing_and_the_backlog_retur
     let records = read_topic(&broker.address(), "rsvp-events").await;
     let duplicates = assert_nothing_lost(&records, &written, &acknowledged);
     eprintln!("broker paused {BROKER_PAUSE:?}: {} rows, backlog peak {peak}, {duplicates} duplicate records", written.len());
+}
+
+#[tokio::test]
+async fn a_failed_step_drops_the_rows_read_ahead_and_the_retry_starts_at_the_cursor() {
+    // Arrange: 5-row steps over 20 rows; the first step publishes and reads the next 5 ahead.
+    let broker = Broker::start().await;
+    let db = fresh_db().await;
+    let mut settings = settings(&db, &broker.address());
+    settings.batch_rows = 5;
+    let written = write_rows(&db.pool, 4, 5).await;
+    let mut worker = leader_worker(&settings).await;
+    // Idle only while a parallel test's transaction holds the xmin back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while worker.step().await.expect("step") == StepOutcome::Idle {
+        assert!(tokio::time::Instant::now() < deadline, "the first step did not publish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cursor = worker.cursor();
+    let acknowledged = receipts(&db.pool).await;
+    assert_eq!(acknowledged.len(), 5);
+
+    // Act: the next step takes the rows read ahead, its produce times out, and the
+    // step after it runs against the broker again.
+    broker.pause();
+    assert!(worker.step().await.is_err(), "a step against a frozen broker fails");
+    broker.resume();
+    assert_eq!(worker.cursor(), cursor, "a failed step leaves the cursor");
+
+    // Assert: the retry starts at the cursor, so all 15 remaining rows are published,
+    // not only those after the batch that failed.
+    assert_eq!(drain(&mut worker, 15).await, 15);
+    let records = read_topic(&broker.address(), "rsvp-events").await;
+    assert_nothing_lost(&records, &written, &acknowledged);
+    assert_eq!(receipts(&db.pool).await.len(), written.len());
 }

@@ -111,7 +111,8 @@ pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
     let options = leader::connect_options(&settings.database_url).unwrap();
     let candidate = Candidate::connect(&options, &settings.topic).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
-    Worker::start(leader, settings.clone()).await.unwrap()
+    let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
+    Worker::start(leader, settings.clone(), pool).await.unwrap()
 }
 
 /// Steps until `expected` rows were published. Bounded retries, because a short
