@@ -67,10 +67,10 @@ impl KeepUpBench {
         ])?;
         let pool = PgPool::connect(&url).await?;
         let events = Arc::new(system::create_events(&api.base, EVENTS, "Keep-up").await?);
-        // The relay leads and has published the events' rows: the topic exists.
+        // The relay leads once its cursor exists.
         let ready = Instant::now();
-        while backlog(&pool).await.unwrap_or(u64::MAX) > 0 || receipts(&pool).await? == 0 {
-            anyhow::ensure!(ready.elapsed() < Duration::from_secs(60), "the relay did not start publishing within 60 s");
+        while sqlx::query_scalar::<_, i64>("select count(*) from relay_cursors where name = $1").bind(TOPIC).fetch_one(&pool).await? == 0 {
+            anyhow::ensure!(ready.elapsed() < Duration::from_secs(60), "the relay did not start leading within 60 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 

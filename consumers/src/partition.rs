@@ -91,6 +91,12 @@ impl PartitionWorker {
     #[tracing::instrument(skip_all, fields(group = ctx.group.name(), partition), err)]
     pub async fn acquire(ctx: Arc<GroupContext>, partition: i32) -> Result<Option<Self>, WorkerError> {
         let mut conn = PgConnection::connect(&ctx.store_url).await.map_err(db)?;
+        // A batch's effects and its offset commit together, so a crash of Postgres
+        // that loses the last commits loses both: the records are fetched and applied
+        // again, and applying twice is a no-op. Not waiting for the WAL flush also
+        // ends each transaction sooner, and until it ends it holds the relay's
+        // watermark back for every writer in the cluster.
+        sqlx::query("set synchronous_commit = off").execute(&mut conn).await.map_err(db)?;
         if !ownership::try_lock(&mut conn, ctx.group, &ctx.topic, partition).await.map_err(db)? {
             let _ = conn.close().await;
             return Ok(None);

@@ -126,6 +126,13 @@ impl GroupRunner {
     }
 }
 
+/// How often a caught-up partition fetches again. Tansu answers an empty fetch at
+/// once instead of waiting `FETCH_MAX_WAIT`, so this paces the polling: every
+/// partition of both groups polls, and at 5 ms the polling alone took about 15% of a
+/// core in the broker on an idle system and crowded the pipeline at 1000 writes/s.
+/// It adds at most this much to commit-to-cache-invalidated.
+const CAUGHT_UP_POLL: Duration = Duration::from_millis(10);
+
 /// Steps one partition until told to stop or until it loses ownership.
 async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: CancellationToken) {
     let mut backoff = Backoff::new(ctx.settings.retry_max_backoff);
@@ -142,10 +149,9 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
                 backoff.reset();
                 Duration::ZERO
             }
-            // A broker that answers an empty fetch at once must not be polled in a tight loop.
             Ok(StepOutcome::CaughtUp) => {
                 backoff.reset();
-                Duration::from_millis(5).saturating_sub(started.elapsed())
+                CAUGHT_UP_POLL.saturating_sub(started.elapsed())
             }
             Err(error) if error.keeps_ownership() => {
                 let delay = backoff.next_delay();

@@ -47,6 +47,11 @@ pub async fn commit(
     cursor: Option<Position>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // Without waiting for the WAL flush: a Postgres crash can then lose only the last
+    // receipts and cursor moves, whose rows are published again (at-least-once, as
+    // after a relay crash). Anything that acts on the cursor (pruning) commits
+    // durably later in the same WAL, which makes the moves it saw durable first.
+    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     if !receipts.is_empty() {
         let ids: Vec<i64> = receipts.iter().map(|r| r.outbox_id).collect();
         let message_ids: Vec<Uuid> = receipts.iter().map(|r| r.message_id).collect();

@@ -86,9 +86,14 @@ impl Worker {
         if rows.is_empty() {
             return Ok(StepOutcome::Idle);
         }
+        let read = rows.len();
         let mut rows = take_within_bytes(rows, self.settings.batch_bytes);
-        let last = rows.last().expect("not empty").position;
-        self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last));
+        // A short read means the relay has caught up: reading ahead would only cost
+        // a query that finds nothing.
+        if read >= self.settings.batch_rows as usize || rows.len() < read {
+            let last = rows.last().expect("not empty").position;
+            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last));
+        }
         if self.kafka.is_none() {
             self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
         }
