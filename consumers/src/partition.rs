@@ -247,32 +247,67 @@ async fn invalidate_until_done(invalidator: &cache::Invalidator, batch: &[Decode
 
 /// One transaction: the dead letters, the statistics (when `apply_statistics`) and
 /// the offset advance `from`..`to`. Returns the `result` label of each record.
+///
+/// The statistics of the whole batch are applied at once; when Postgres rejects
+/// that, the batch is applied again one record at a time, to tell which record it
+/// rejects so that its attempts count towards dead-lettering it.
 async fn commit_batch(
+    conn: &mut PgConnection,
+    key: &OffsetKey,
+    batch: &[Decoded],
+    range: (i64, i64),
+    apply_statistics: bool,
+) -> Result<Vec<&'static str>, WorkerError> {
+    match commit_batch_as(conn, key, batch, range, apply_statistics, Granularity::Batch).await {
+        Err(WorkerError::Record { .. }) if batch.len() > 1 => {
+            commit_batch_as(conn, key, batch, range, apply_statistics, Granularity::PerRecord).await
+        }
+        result => result,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Granularity {
+    Batch,
+    PerRecord,
+}
+
+async fn commit_batch_as(
     conn: &mut PgConnection,
     key: &OffsetKey,
     batch: &[Decoded],
     (from, to): (i64, i64),
     apply_statistics: bool,
+    granularity: Granularity,
 ) -> Result<Vec<&'static str>, WorkerError> {
     let mut labels = Vec::with_capacity(batch.len());
     let mut tx = conn.begin().await.map_err(db)?;
+    let mut events = Vec::with_capacity(batch.len());
     for decoded in batch {
         match &decoded.event {
             Err((error, attempts)) => {
                 dlq::insert(&mut tx, key, &decoded.raw, error, *attempts).await.map_err(db)?;
                 labels.push("dead_letter");
             }
-            Ok(event) if apply_statistics => match analytics::apply(&mut tx, event).await {
-                Ok(applied) => labels.push(applied.label()),
-                Err(source @ sqlx::Error::Database(_)) => {
-                    // Roll back now rather than on the next use of the connection: an
-                    // open transaction holds back the relay's xmin watermark cluster-wide.
-                    let _ = tx.rollback().await;
-                    return Err(WorkerError::Record { offset: decoded.raw.offset, source });
-                }
-                Err(other) => return Err(db(other)),
-            },
+            Ok(event) if apply_statistics => events.push((decoded.raw.offset, event)),
             Ok(_) => labels.push("applied"),
+        }
+    }
+    let chunks: Vec<&[(i64, &CloudEvent)]> = match granularity {
+        Granularity::Batch => vec![&events[..]],
+        Granularity::PerRecord => events.chunks(1).collect(),
+    };
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
+        match analytics::apply_batch(&mut tx, &chunk_events).await {
+            Ok(applied) => labels.extend(applied.into_iter().map(analytics::Applied::label)),
+            Err(source @ sqlx::Error::Database(_)) => {
+                // Roll back now rather than on the next use of the connection: an
+                // open transaction holds back the relay's xmin watermark cluster-wide.
+                let _ = tx.rollback().await;
+                return Err(WorkerError::Record { offset: chunk[0].0, source });
+            }
+            Err(other) => return Err(db(other)),
         }
     }
     key.advance(&mut tx, from, to).await?;

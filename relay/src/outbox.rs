@@ -142,9 +142,16 @@ impl OutboxRow {
 
 /// Up to `limit` rows after `after` in commit order, only from transactions older
 /// than every transaction still open: such a row can no longer be joined by a row
-/// that sorts before it.
+/// that sorts before it. Rows up to `receipts_until` are checked for a receipt of
+/// `topic` (see [`crate::store::Cursor::receipts_ahead`]); later rows cannot have one.
 #[tracing::instrument(skip_all, fields(after_id = after.id, limit), err)]
-pub async fn read_eligible(db: &PgPool, topic: &str, after: Position, limit: u32) -> Result<Vec<OutboxRow>, sqlx::Error> {
+pub async fn read_eligible(
+    db: &PgPool,
+    topic: &str,
+    after: Position,
+    limit: u32,
+    receipts_until: Option<Position>,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let sql = select_rows(
         "where (o.xid, o.id) > ($1::xid8, $2)
            and o.xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -153,11 +160,11 @@ pub async fn read_eligible(db: &PgPool, topic: &str, after: Position, limit: u32
     );
     let rows = sqlx::query(&sql).bind(after.xid_text()).bind(after.id).bind(i64::from(limit)).fetch_all(db).await?;
     let mut rows: Vec<OutboxRow> = rows.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
-    // Receipts ahead of the cursor exist only after a partly failed step. A separate
-    // lookup by primary key, because an EXISTS in the query above is planned as a
-    // hash of every receipt of the topic.
-    if !rows.is_empty() {
-        let ids: Vec<i64> = rows.iter().map(|r| r.position.id).collect();
+    let Some(until) = receipts_until else { return Ok(rows) };
+    // A separate lookup by primary key, because an EXISTS in the query above is
+    // planned as a hash of every receipt of the topic.
+    let ids: Vec<i64> = rows.iter().map(|r| r.position).take_while(|p| *p <= until).map(|p| p.id).collect();
+    if !ids.is_empty() {
         let published: Vec<i64> =
             sqlx::query_scalar("select outbox_id from relay_receipts where outbox_id = any($1) and topic = $2")
                 .bind(&ids)

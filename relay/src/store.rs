@@ -14,9 +14,26 @@ pub struct Receipt {
     pub offset: i64,
 }
 
+/// A relay's stored progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// Every row up to here was acknowledged.
+    pub position: Position,
+    /// The last row after `position` that has a receipt, left by a step that failed on
+    /// some partitions only. Rows up to it must be checked for receipts when read.
+    pub receipts_ahead: Option<Position>,
+}
+
+impl Cursor {
+    /// Whether rows read after `after` may already have receipts.
+    pub fn receipts_possible_after(&self, after: Position) -> bool {
+        self.receipts_ahead.is_some_and(|last| last > after)
+    }
+}
+
 /// The cursor of relay `name`, created at the start of the outbox when missing.
 #[tracing::instrument(skip_all, fields(name), err)]
-pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Position, sqlx::Error> {
+pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {
     sqlx::query("insert into relay_cursors (name) values ($1) on conflict (name) do nothing")
         .bind(name)
         .execute(&mut *conn)
@@ -25,26 +42,32 @@ pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Positi
 }
 
 /// The cursor of relay `name`, if it ever ran.
-pub async fn load_cursor(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Position>, sqlx::Error> {
-    let row = sqlx::query("select xid::text as xid, id from relay_cursors where name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await?;
-    row.map(|row| {
-        let xid: String = row.try_get("xid")?;
-        Ok(Position { xid: xid.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?, id: row.try_get("id")? })
-    })
-    .transpose()
+pub async fn load_cursor(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
+    let row = sqlx::query(
+        "select xid::text as xid, id, receipts_ahead_xid::text as ahead_xid, receipts_ahead_id as ahead_id
+           from relay_cursors where name = $1",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let parse = |xid: String| xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)));
+    let position = Position { xid: parse(row.try_get("xid")?)?, id: row.try_get("id")? };
+    let receipts_ahead = match (row.try_get::<Option<String>, _>("ahead_xid")?, row.try_get::<Option<i64>, _>("ahead_id")?) {
+        (Some(xid), Some(id)) => Some(Position { xid: parse(xid)?, id }),
+        _ => None,
+    };
+    Ok(Some(Cursor { position, receipts_ahead }))
 }
 
-/// Stores `receipts` and moves the cursor to `cursor`, in one transaction on the
-/// leader's session. The cursor only ever moves forward.
-#[tracing::instrument(skip_all, fields(receipts = receipts.len(), cursor_id = cursor.map(|c| c.id)), err)]
+/// Stores `receipts` and the new `cursor` (when it changed), in one transaction on
+/// the leader's session. The cursor's position only ever moves forward.
+#[tracing::instrument(skip_all, fields(receipts = receipts.len(), cursor_id = cursor.map(|c| c.position.id)), err)]
 pub async fn commit(
     conn: &mut PgConnection,
     topic: &str,
     receipts: &[Receipt],
-    cursor: Option<Position>,
+    cursor: Option<Cursor>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     // Without waiting for the WAL flush: a Postgres crash can then lose only the last
@@ -73,14 +96,17 @@ pub async fn commit(
         .execute(&mut *tx)
         .await?;
     }
-    if let Some(cursor) = cursor {
+    if let Some(Cursor { position, receipts_ahead }) = cursor {
         sqlx::query(
-            "update relay_cursors set xid = $2::xid8, id = $3, updated_at = now()
-              where name = $1 and (xid, id) < ($2::xid8, $3)",
+            "update relay_cursors
+                set xid = $2::xid8, id = $3, receipts_ahead_xid = $4::xid8, receipts_ahead_id = $5, updated_at = now()
+              where name = $1 and (xid, id) <= ($2::xid8, $3)",
         )
         .bind(topic)
-        .bind(cursor.xid_text())
-        .bind(cursor.id)
+        .bind(position.xid_text())
+        .bind(position.id)
+        .bind(receipts_ahead.map(|p| p.xid_text()))
+        .bind(receipts_ahead.map(|p| p.id))
         .execute(&mut *tx)
         .await?;
     }

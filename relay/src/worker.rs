@@ -19,7 +19,7 @@ use crate::{
     metrics,
     outbox::{self, OutboxRow, Position},
     partitioner::partition_for_key,
-    store::{self, Receipt},
+    store::{self, Cursor, Receipt},
 };
 
 /// What a step did; tests step until [`StepOutcome::Idle`].
@@ -37,7 +37,7 @@ pub struct Worker {
     settings: Settings,
     pool: PgPool,
     kafka: Option<Kafka>,
-    cursor: Position,
+    cursor: Cursor,
     read_ahead: Option<ReadAhead>,
 }
 
@@ -48,9 +48,11 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(pool: &PgPool, settings: &Settings, after: Position) -> Self {
+    fn start(pool: &PgPool, settings: &Settings, cursor: Cursor, after: Position) -> Self {
         let (pool, topic, limit) = (pool.clone(), settings.topic.clone(), settings.batch_rows);
-        Self { after, rows: tokio::spawn(async move { outbox::read_eligible(&pool, &topic, after, limit).await }) }
+        let receipts_until = cursor.receipts_ahead;
+        let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, after, limit, receipts_until).await });
+        Self { after, rows }
     }
 }
 
@@ -65,12 +67,15 @@ impl Worker {
     /// Reads go through `pool`; receipts and the cursor through the leader session.
     pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
         let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
-        tracing::info!(cursor_xid = cursor.xid, cursor_id = cursor.id, "leading: publishing after the cursor");
+        tracing::info!(
+            cursor_xid = cursor.position.xid, cursor_id = cursor.position.id, receipts_ahead = ?cursor.receipts_ahead,
+            "leading: publishing after the cursor"
+        );
         Ok(Self { leader, settings, pool, kafka: None, cursor, read_ahead: None })
     }
 
     pub fn cursor(&self) -> Position {
-        self.cursor
+        self.cursor.position
     }
 
     /// Ends the leader session, releasing the lock.
@@ -79,7 +84,7 @@ impl Worker {
     }
 
     /// Publishes at most one batch (bounded by rows and bytes) and records the result.
-    #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.id), err)]
+    #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.position.id), err)]
     pub async fn step(&mut self) -> Result<StepOutcome, RelayError> {
         let topic = self.settings.topic.clone();
         let rows = self.next_rows().await?;
@@ -92,7 +97,7 @@ impl Worker {
         // a query that finds nothing.
         if read >= self.settings.batch_rows as usize || rows.len() < read {
             let last = rows.last().expect("not empty").position;
-            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last));
+            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, self.cursor, last));
         }
         if self.kafka.is_none() {
             self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
@@ -140,19 +145,9 @@ impl Worker {
             }
         }
 
-        // The cursor passes only the rows before the first unacknowledged one; rows
-        // after it that were acknowledged keep their receipts and are skipped next time.
-        let mut cursor = None;
-        for (row, partition) in rows.iter().zip(&partition_of) {
-            if !row.published && failed.contains(partition) {
-                break;
-            }
-            cursor = Some(row.position);
-        }
-        store::commit(&mut self.leader.conn, &topic, &receipts, cursor).await?;
-        if let Some(cursor) = cursor {
-            self.cursor = cursor;
-        }
+        let cursor = advance(self.cursor, &rows, &partition_of, &failed);
+        store::commit(&mut self.leader.conn, &topic, &receipts, (cursor != self.cursor).then_some(cursor)).await?;
+        self.cursor = cursor;
         if let Some(error) = first_error {
             // Start over with fresh connections: a stuck one may hold a stale request.
             self.kafka = None;
@@ -165,14 +160,28 @@ impl Worker {
     /// The rows read ahead when they start right after the cursor and are not empty
     /// (rows may have become eligible since), else a fresh read after the cursor.
     async fn next_rows(&mut self) -> Result<Vec<OutboxRow>, RelayError> {
-        if let Some(mut read_ahead) = self.read_ahead.take().filter(|r| r.after == self.cursor) {
+        if let Some(mut read_ahead) = self.read_ahead.take().filter(|r| r.after == self.cursor.position) {
             let rows = (&mut read_ahead.rows).await.expect("a read never panics")?;
             if !rows.is_empty() {
                 return Ok(rows);
             }
         }
-        Ok(outbox::read_eligible(&self.pool, &self.settings.topic, self.cursor, self.settings.batch_rows).await?)
+        let (topic, limit) = (&self.settings.topic, self.settings.batch_rows);
+        Ok(outbox::read_eligible(&self.pool, topic, self.cursor.position, limit, self.cursor.receipts_ahead).await?)
     }
+}
+
+/// The cursor after a step over `rows` in which the partitions in `failed` were not
+/// acknowledged. Its position passes only the rows before the first unacknowledged
+/// one; rows after it that were acknowledged keep their receipts, so they are
+/// remembered as receipts ahead and skipped when read again.
+fn advance(old: Cursor, rows: &[OutboxRow], partition_of: &[i32], failed: &HashSet<i32>) -> Cursor {
+    let unacknowledged = |(row, partition): &(&OutboxRow, &i32)| !row.published && failed.contains(*partition);
+    let mut steps = rows.iter().zip(partition_of);
+    let position = steps.clone().take_while(|step| !unacknowledged(step)).last().map_or(old.position, |(row, _)| row.position);
+    let last_receipted = steps.rfind(|step| !unacknowledged(step)).map(|(row, _)| row.position);
+    let receipts_ahead = old.receipts_ahead.max(last_receipted).filter(|last| *last > position);
+    Cursor { position, receipts_ahead }
 }
 
 /// The longest prefix of `rows` within `max_bytes`; always at least one row, so an
@@ -211,6 +220,47 @@ mod tests {
             content_type: None,
             published: false,
         }
+    }
+
+    fn at(id: i64) -> Position {
+        Position { xid: 1, id }
+    }
+
+    #[test]
+    fn a_step_acknowledged_everywhere_moves_the_cursor_to_its_last_row_and_leaves_no_receipt_ahead() {
+        let rows: Vec<OutboxRow> = (1..=4).map(|id| row(id, 10)).collect();
+        let old = Cursor { position: at(0), receipts_ahead: None };
+        let cursor = advance(old, &rows, &[0, 1, 0, 1], &HashSet::new());
+        assert_eq!(cursor, Cursor { position: at(4), receipts_ahead: None });
+    }
+
+    #[test]
+    fn a_partly_failed_step_stops_the_cursor_before_the_first_failed_row_and_remembers_the_last_receipt() {
+        let rows: Vec<OutboxRow> = (1..=6).map(|id| row(id, 10)).collect();
+        let old = Cursor { position: at(0), receipts_ahead: None };
+        let cursor = advance(old, &rows, &[0, 1, 0, 0, 1, 0], &HashSet::from([1]));
+        assert_eq!(cursor, Cursor { position: at(1), receipts_ahead: Some(at(6)) });
+        // The last acknowledged row before a failed one is remembered too.
+        let cursor = advance(old, &rows, &[0, 1, 0, 0, 1, 1], &HashSet::from([1]));
+        assert_eq!(cursor, Cursor { position: at(1), receipts_ahead: Some(at(4)) });
+        // A failure on the first row leaves the position where it was.
+        let cursor = advance(old, &rows, &[1, 0, 0, 0, 0, 0], &HashSet::from([1]));
+        assert_eq!(cursor, Cursor { position: at(0), receipts_ahead: Some(at(6)) });
+    }
+
+    #[test]
+    fn receipts_ahead_are_remembered_until_the_cursor_passes_them() {
+        let mut rows: Vec<OutboxRow> = (2..=5).map(|id| row(id, 10)).collect();
+        rows[1].published = true; // skipped: its receipt came from the earlier step
+        let old = Cursor { position: at(1), receipts_ahead: Some(at(8)) };
+        let cursor = advance(old, &rows, &[0, 1, 0, 1], &HashSet::new());
+        assert_eq!(cursor, Cursor { position: at(5), receipts_ahead: Some(at(8)) });
+        // A published row counts as acknowledged even on a partition that failed now.
+        let cursor = advance(old, &rows, &[0, 1, 0, 0], &HashSet::from([1]));
+        assert_eq!(cursor, Cursor { position: at(5), receipts_ahead: Some(at(8)) });
+        let old = Cursor { position: at(1), receipts_ahead: Some(at(4)) };
+        let cursor = advance(old, &rows, &[0, 1, 0, 1], &HashSet::new());
+        assert_eq!(cursor, Cursor { position: at(5), receipts_ahead: None });
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Faults: the relay killed mid-stream, the broker frozen under steady writes.
+//! Faults: the relay killed mid-stream, the broker frozen under steady writes, steps
+//! that failed whole or on some partitions only.
 
 use std::time::Duration;
 
 use rsvp_contract::testing::Broker;
-use rsvp_relay::StepOutcome;
+use rsvp_relay::{
+    outbox::Position,
+    store::{self, Cursor, Receipt},
+    StepOutcome,
+};
+use sqlx::{Connection, PgConnection};
 
 use crate::helpers::*;
 
@@ -124,4 +130,44 @@ async fn a_failed_step_drops_the_rows_read_ahead_and_the_retry_starts_at_the_cur
     let records = read_topic(&broker.address(), "rsvp-events").await;
     assert_nothing_lost(&records, &written, &acknowledged);
     assert_eq!(receipts(&db.pool).await.len(), written.len());
+}
+
+#[tokio::test]
+async fn a_new_leader_skips_the_rows_a_partly_failed_step_left_acknowledged_ahead_of_the_cursor() {
+    // Arrange: what a step over rows 4-10 leaves when the partition of rows 4 and 5
+    // failed and rows 6-8 were acknowledged: the cursor after row 3, receipts for 6-8
+    // and, with the cursor, row 8 as the last receipt ahead of it.
+    let broker = Broker::start().await;
+    let db = fresh_db().await;
+    let settings = settings(&db, &broker.address());
+    let written = write_rows(&db.pool, 10, 1).await;
+    let mut positions = Vec::new();
+    for row in &written {
+        let xid: String = sqlx::query_scalar("select xid::text from outbox where id = $1").bind(row.id).fetch_one(&db.pool).await.unwrap();
+        positions.push(Position { xid: xid.parse().unwrap(), id: row.id });
+    }
+    let receipted: Vec<Receipt> = written[5..8]
+        .iter()
+        .zip(0..)
+        .map(|(row, offset)| Receipt { outbox_id: row.id, message_id: row.message_id, partition: 0, offset })
+        .collect();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    store::ensure_cursor(&mut conn, &settings.topic).await.unwrap();
+    let left = Cursor { position: positions[2], receipts_ahead: Some(positions[7]) };
+    store::commit(&mut conn, &settings.topic, &receipted, Some(left)).await.unwrap();
+
+    // Act: a new leader takes over and publishes the rest.
+    let mut worker = leader_worker(&settings).await;
+    assert_eq!(drain(&mut worker, 7).await, 7);
+
+    // Assert: only rows 4, 5, 9 and 10 reach the topic, once each, and once the cursor
+    // passed row 8 no receipt is ahead of it any more.
+    let records = read_topic(&broker.address(), &settings.topic).await;
+    let mut published: Vec<String> = records.iter().map(|r| r.ce_id().to_owned()).collect();
+    published.sort();
+    let mut expected: Vec<String> = [3, 4, 8, 9].iter().map(|&i| written[i].message_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(published, expected);
+    let stored = store::load_cursor(&mut conn, &settings.topic).await.unwrap().unwrap();
+    assert_eq!(stored, Cursor { position: positions[9], receipts_ahead: None });
 }

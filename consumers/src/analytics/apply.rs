@@ -1,0 +1,125 @@
+//! Reading the state a batch starts from and writing what it ends with: two reads and
+//! four writes per batch. Applying event by event took five statements per event,
+//! which at 1000 events a second was the largest share of Postgres's CPU.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rsvp_contract::CloudEvent;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{plan, Applied, Plan, StateRow};
+
+/// Applies one event inside the caller's transaction.
+pub async fn apply(conn: &mut PgConnection, event: &CloudEvent) -> Result<Applied, sqlx::Error> {
+    Ok(apply_batch(conn, &[event]).await?[0])
+}
+
+/// Applies `events` in order inside the caller's transaction, which also advances
+/// the offset; returns each event's outcome.
+#[tracing::instrument(skip_all, fields(events = events.len()), err)]
+pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Result<Vec<Applied>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rsvp_ids: Vec<Uuid> = events.iter().map(|e| e.data.id).collect();
+    let ce_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    // `for update`: the rows this batch changes stay as read until it commits. Both
+    // reads are planned for their own arguments (not prepared): a connection that
+    // started on a new, nearly empty table kept a generic plan that scanned it whole,
+    // which at 1000 events a second took 9 ms a batch once the table had grown.
+    let states: Vec<(Uuid, StateRow)> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool)>(
+        "select rsvp_id, event_id, status, guests, last_version, deleted
+           from analytics.rsvp_state where rsvp_id = any($1) for update",
+    )
+    .persistent(false)
+    .bind(&rsvp_ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(id, event_id, status, guests, last_version, deleted)| (id, StateRow { event_id, status, guests, last_version, deleted }))
+    .collect();
+    let seen: Vec<Uuid> = sqlx::query_scalar("select ce_id from analytics.applied_events where ce_id = any($1)")
+        .persistent(false)
+        .bind(&ce_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let plan = plan(events, states.into_iter().collect::<HashMap<_, _>>(), seen.into_iter().collect::<HashSet<_>>());
+    if !plan.applied.is_empty() {
+        write(conn, &plan).await?;
+    }
+    Ok(plan.outcomes)
+}
+
+async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
+    let (ce_ids, rsvp_ids): (Vec<Uuid>, Vec<Uuid>) = plan.applied.iter().copied().unzip();
+    sqlx::query(
+        "insert into analytics.applied_events (ce_id, rsvp_id)
+         select * from unnest($1::uuid[], $2::uuid[]) on conflict (ce_id) do nothing",
+    )
+    .bind(ce_ids)
+    .bind(rsvp_ids)
+    .execute(&mut *conn)
+    .await?;
+
+    let column = |f: fn(&super::StatsChange) -> i64| plan.stats.values().map(f).collect::<Vec<i64>>();
+    let last_event_at: Vec<DateTime<Utc>> = plan.stats.values().map(|s| s.last_event_at).collect();
+    sqlx::query(
+        "insert into analytics.event_stats as s (event_id, going, maybe, declined, cancelled, guests_going,
+                created_total, updated_total, cancelled_total, deleted_total, last_event_at)
+         select * from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                              $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[])
+         on conflict (event_id) do update set
+            going = s.going + excluded.going, maybe = s.maybe + excluded.maybe,
+            declined = s.declined + excluded.declined, cancelled = s.cancelled + excluded.cancelled,
+            guests_going = s.guests_going + excluded.guests_going,
+            created_total = s.created_total + excluded.created_total,
+            updated_total = s.updated_total + excluded.updated_total,
+            cancelled_total = s.cancelled_total + excluded.cancelled_total,
+            deleted_total = s.deleted_total + excluded.deleted_total,
+            last_event_at = greatest(s.last_event_at, excluded.last_event_at), updated_at = now()",
+    )
+    .bind(plan.stats.keys().copied().collect::<Vec<Uuid>>())
+    .bind(column(|s| s.counts.going))
+    .bind(column(|s| s.counts.maybe))
+    .bind(column(|s| s.counts.declined))
+    .bind(column(|s| s.counts.cancelled))
+    .bind(column(|s| s.counts.guests_going))
+    .bind(column(|s| s.created))
+    .bind(column(|s| s.updated))
+    .bind(column(|s| s.cancelled))
+    .bind(column(|s| s.deleted))
+    .bind(last_event_at)
+    .execute(&mut *conn)
+    .await?;
+
+    sqlx::query(
+        "insert into analytics.rsvps_per_hour as h (event_id, hour, created, changes)
+         select * from unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[])
+         on conflict (event_id, hour) do update set created = h.created + excluded.created, changes = h.changes + excluded.changes",
+    )
+    .bind(plan.hours.keys().map(|(event, _)| *event).collect::<Vec<Uuid>>())
+    .bind(plan.hours.keys().map(|(_, hour)| *hour).collect::<Vec<DateTime<Utc>>>())
+    .bind(plan.hours.values().map(|h| h.created).collect::<Vec<i64>>())
+    .bind(plan.hours.values().map(|h| h.changes).collect::<Vec<i64>>())
+    .execute(&mut *conn)
+    .await?;
+
+    let states = plan.states.values();
+    sqlx::query(
+        "insert into analytics.rsvp_state (rsvp_id, event_id, status, guests, last_version, deleted)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::bigint[], $6::boolean[])
+         on conflict (rsvp_id) do update set status = excluded.status, guests = excluded.guests,
+            last_version = excluded.last_version, deleted = excluded.deleted, updated_at = now()",
+    )
+    .bind(plan.states.keys().copied().collect::<Vec<Uuid>>())
+    .bind(states.clone().map(|s| s.event_id).collect::<Vec<Uuid>>())
+    .bind(states.clone().map(|s| s.status.clone()).collect::<Vec<Option<String>>>())
+    .bind(states.clone().map(|s| s.guests).collect::<Vec<i16>>())
+    .bind(states.clone().map(|s| s.last_version).collect::<Vec<i64>>())
+    .bind(states.map(|s| s.deleted).collect::<Vec<bool>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

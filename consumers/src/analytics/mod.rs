@@ -1,0 +1,315 @@
+//! The analytics group's effect: per-event statistics, changed at most once per event.
+//!
+//! Counts are kept as deltas against the last applied state of each rsvp rather than
+//! against `previous_status`: an update can change guests, which `previous_status`
+//! does not carry, and an rsvp whose creation was never seen (lost to retention)
+//! must not be subtracted from counts it was never added to. `previous_status` is
+//! still checked against that state to report gaps.
+//!
+//! The outcome of each event is worked out here, in batch order; [`apply`] reads the
+//! state a batch starts from and writes what it ends with in a fixed number of
+//! statements, however many events the batch holds.
+
+mod apply;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use uuid::Uuid;
+
+pub use apply::{apply, apply_batch};
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The statistics changed.
+    Changed,
+    /// Its `ce_id` was applied before: a redelivery or replay.
+    Duplicate,
+    /// Its version is not above the rsvp's last applied one: an older change.
+    Stale,
+}
+
+impl Applied {
+    pub fn label(self) -> &'static str {
+        match self {
+            Applied::Changed => "applied",
+            Applied::Duplicate | Applied::Stale => "duplicate",
+        }
+    }
+}
+
+/// What one rsvp adds to its event's current counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contribution {
+    pub status: RsvpStatus,
+    pub guests: i16,
+}
+
+/// Changes to one event's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountsDelta {
+    pub going: i64,
+    pub maybe: i64,
+    pub declined: i64,
+    pub cancelled: i64,
+    pub guests_going: i64,
+}
+
+impl CountsDelta {
+    fn add(&mut self, contribution: Contribution, sign: i64) {
+        let slot = match contribution.status {
+            RsvpStatus::Going => &mut self.going,
+            RsvpStatus::Maybe => &mut self.maybe,
+            RsvpStatus::Declined => &mut self.declined,
+            RsvpStatus::Cancelled => &mut self.cancelled,
+        };
+        *slot += sign;
+        if contribution.status == RsvpStatus::Going {
+            self.guests_going += sign * i64::from(contribution.guests);
+        }
+    }
+
+    fn add_delta(&mut self, other: CountsDelta) {
+        self.going += other.going;
+        self.maybe += other.maybe;
+        self.declined += other.declined;
+        self.cancelled += other.cancelled;
+        self.guests_going += other.guests_going;
+    }
+
+    /// From an rsvp counted as `before` (none: not counted) to `after` (none: deleted).
+    pub fn between(before: Option<Contribution>, after: Option<Contribution>) -> Self {
+        let mut delta = CountsDelta::default();
+        if let Some(before) = before {
+            delta.add(before, -1);
+        }
+        if let Some(after) = after {
+            delta.add(after, 1);
+        }
+        delta
+    }
+}
+
+/// What the event makes of the rsvp: its contribution afterwards, none once deleted.
+pub fn contribution_after(event: &CloudEvent) -> Option<Contribution> {
+    match event.event_type {
+        EventType::RsvpDeleted => None,
+        _ => Some(Contribution { status: event.data.status, guests: event.data.guests }),
+    }
+}
+
+/// The last applied state of one rsvp, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct StateRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) status: Option<String>,
+    pub(crate) guests: i16,
+    pub(crate) last_version: i64,
+    pub(crate) deleted: bool,
+}
+
+/// What a batch changes in one event's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StatsChange {
+    pub(crate) counts: CountsDelta,
+    pub(crate) created: i64,
+    pub(crate) updated: i64,
+    pub(crate) cancelled: i64,
+    pub(crate) deleted: i64,
+    pub(crate) last_event_at: DateTime<Utc>,
+}
+
+/// What a batch changes in one event's hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HourChange {
+    pub(crate) created: i64,
+    pub(crate) changes: i64,
+}
+
+/// A batch's outcome per event and the writes that carry it out, one per key.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) outcomes: Vec<Applied>,
+    /// `(ce_id, rsvp_id)` of every applied event.
+    pub(crate) applied: Vec<(Uuid, Uuid)>,
+    pub(crate) stats: BTreeMap<Uuid, StatsChange>,
+    pub(crate) hours: BTreeMap<(Uuid, DateTime<Utc>), HourChange>,
+    /// The state each changed rsvp ends the batch in.
+    pub(crate) states: BTreeMap<Uuid, StateRow>,
+}
+
+/// Applies `events` in order, starting from the rsvps' stored `states` and the
+/// `seen` ce_ids (those of the batch already applied before): an event is stale when
+/// its version is not above its rsvp's last applied one, a duplicate when its ce_id
+/// was applied (before, or earlier in the batch), and changes the counts otherwise.
+pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, mut seen: HashSet<Uuid>) -> Plan {
+    let mut plan = Plan::default();
+    for event in events {
+        let data = &event.data;
+        let state = states.get(&data.id);
+        if state.is_some_and(|s| s.last_version >= data.version) {
+            plan.outcomes.push(Applied::Stale);
+            continue;
+        }
+        if !seen.insert(event.id) {
+            plan.outcomes.push(Applied::Duplicate);
+            continue;
+        }
+        let before = state.and_then(|s| match (s.deleted, s.status.as_deref().and_then(RsvpStatus::parse)) {
+            (false, Some(status)) => Some(Contribution { status, guests: s.guests }),
+            _ => None,
+        });
+        report_gaps(event, state, before);
+        let is = |t: EventType| i64::from(event.event_type == t);
+        let stats = plan.stats.entry(data.event_id).or_insert(StatsChange {
+            counts: CountsDelta::default(),
+            created: 0,
+            updated: 0,
+            cancelled: 0,
+            deleted: 0,
+            last_event_at: event.time,
+        });
+        stats.counts.add_delta(CountsDelta::between(before, contribution_after(event)));
+        stats.created += is(EventType::RsvpCreated);
+        stats.updated += is(EventType::RsvpUpdated);
+        stats.cancelled += is(EventType::RsvpCancelled);
+        stats.deleted += is(EventType::RsvpDeleted);
+        stats.last_event_at = stats.last_event_at.max(event.time);
+        let hour = plan.hours.entry((data.event_id, hour_of(event.time))).or_default();
+        hour.created += is(EventType::RsvpCreated);
+        hour.changes += 1;
+        let deleted = event.event_type == EventType::RsvpDeleted;
+        let after = StateRow {
+            event_id: data.event_id,
+            status: (!deleted).then(|| data.status.as_str().to_owned()),
+            guests: data.guests,
+            last_version: data.version,
+            deleted,
+        };
+        plan.states.insert(data.id, after.clone());
+        states.insert(data.id, after);
+        plan.applied.push((event.id, data.id));
+        plan.outcomes.push(Applied::Changed);
+    }
+    plan
+}
+
+pub(crate) fn hour_of(time: DateTime<Utc>) -> DateTime<Utc> {
+    time.duration_trunc(TimeDelta::hours(1)).unwrap_or(time)
+}
+
+/// Counts a change that does not follow the last applied one: records were lost
+/// before they reached us (retention, an emptied broker). The counts stay right for
+/// every rsvp whose history we saw.
+fn report_gaps(event: &CloudEvent, state: Option<&StateRow>, before: Option<Contribution>) {
+    let expected_previous = before.map(|b| b.status);
+    let gap = match state {
+        Some(state) => state.last_version + 1 != event.data.version,
+        None => event.event_type != EventType::RsvpCreated,
+    };
+    let mismatch = event.data.previous_status.is_some() && event.data.previous_status != expected_previous;
+    if gap || mismatch {
+        metrics::counter!("consumer_version_gaps_total", "group" => crate::group::Group::Analytics.name()).increment(1);
+        tracing::warn!(rsvp_id = %event.data.id, version = event.data.version, ?expected_previous,
+            previous_status = ?event.data.previous_status, "rsvp changes missing before this one");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(status: RsvpStatus, guests: i16) -> Option<Contribution> {
+        Some(Contribution { status, guests })
+    }
+
+    #[test]
+    fn a_new_going_rsvp_adds_itself_and_its_guests() {
+        let delta = CountsDelta::between(None, c(RsvpStatus::Going, 2));
+        assert_eq!(delta, CountsDelta { going: 1, guests_going: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn a_status_change_moves_one_rsvp_between_counts() {
+        let delta = CountsDelta::between(c(RsvpStatus::Going, 3), c(RsvpStatus::Maybe, 3));
+        assert_eq!(delta, CountsDelta { going: -1, maybe: 1, guests_going: -3, ..Default::default() });
+    }
+
+    #[test]
+    fn a_guest_change_of_a_going_rsvp_changes_only_guests() {
+        let delta = CountsDelta::between(c(RsvpStatus::Going, 1), c(RsvpStatus::Going, 4));
+        assert_eq!(delta, CountsDelta { guests_going: 3, ..Default::default() });
+    }
+
+    #[test]
+    fn deleting_a_going_rsvp_removes_its_guests_and_a_cancelled_one_only_itself() {
+        assert_eq!(
+            CountsDelta::between(c(RsvpStatus::Going, 2), None),
+            CountsDelta { going: -1, guests_going: -2, ..Default::default() }
+        );
+        assert_eq!(
+            CountsDelta::between(c(RsvpStatus::Cancelled, 2), None),
+            CountsDelta { cancelled: -1, ..Default::default() }
+        );
+    }
+
+    fn change(event_type: EventType, rsvp: Uuid, event: Uuid, version: i64, status: RsvpStatus, guests: i16) -> CloudEvent {
+        let time: DateTime<Utc> = "2030-01-01T10:30:00Z".parse().unwrap();
+        let data = rsvp_contract::RsvpData {
+            id: rsvp,
+            event_id: event,
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            status,
+            guests,
+            version,
+            created_at: time,
+            updated_at: time,
+            previous_status: None,
+        };
+        CloudEvent::new(event_type, data, time)
+    }
+
+    #[test]
+    fn a_batch_sums_its_changes_per_event_and_keeps_each_rsvps_last_state() {
+        let (event, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 2);
+        let b1 = change(EventType::RsvpCreated, b, event, 1, RsvpStatus::Maybe, 0);
+        let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Declined, 2);
+        let plan = plan(&[&a1, &b1, &a2], HashMap::new(), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Changed; 3]);
+        let stats = plan.stats[&event];
+        assert_eq!(stats.counts, CountsDelta { maybe: 1, declined: 1, ..Default::default() });
+        assert_eq!((stats.created, stats.updated), (2, 1));
+        assert_eq!(plan.hours[&(event, hour_of(a1.time))], HourChange { created: 2, changes: 3 });
+        assert_eq!(plan.states[&a].status.as_deref(), Some("declined"));
+        assert_eq!(plan.states[&a].last_version, 2);
+        assert_eq!(plan.applied.len(), 3);
+    }
+
+    #[test]
+    fn stale_and_duplicate_events_in_a_batch_change_nothing() {
+        let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
+        let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
+        let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 1);
+        let stored = StateRow { event_id: event, status: Some("going".into()), guests: 1, last_version: 1, deleted: false };
+        // a1 is older than the stored state; a2 comes twice in the batch.
+        let plan = plan(&[&a1, &a2, &a2], HashMap::from([(a, stored)]), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Stale, Applied::Changed, Applied::Stale]);
+        assert_eq!(plan.stats[&event].counts, CountsDelta { going: -1, maybe: 1, guests_going: -1, ..Default::default() });
+        // An event whose ce_id was applied before is a duplicate even when its
+        // version is ahead of the state (a replay after the state was reset).
+        let plan = super::plan(&[&a2], HashMap::new(), HashSet::from([a2.id]));
+        assert_eq!(plan.outcomes, vec![Applied::Duplicate]);
+        assert!(plan.applied.is_empty() && plan.stats.is_empty() && plan.states.is_empty());
+    }
+
+    #[test]
+    fn hours_truncate() {
+        let t: DateTime<Utc> = "2030-01-01T10:59:59.9Z".parse().unwrap();
+        assert_eq!(hour_of(t), "2030-01-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap());
+    }
+}
