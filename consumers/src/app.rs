@@ -107,6 +107,10 @@ impl Application {
             settings: WorkerSettings {
                 fetch_max_bytes: self.settings.fetch_max_bytes,
                 fetch_max_wait: self.settings.fetch_max_wait,
+                poll_interval: match group {
+                    Group::Cache => self.settings.cache_poll_interval,
+                    Group::Analytics => self.settings.analytics_poll_interval,
+                },
                 max_attempts: self.settings.max_attempts,
                 retry_max_backoff: self.settings.retry_max_backoff,
                 rebalance_interval: self.settings.rebalance_interval,

@@ -97,6 +97,18 @@ pub struct Settings {
     #[arg(long, env = "FETCH_MAX_WAIT", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
     pub fetch_max_wait: Duration,
 
+    /// How often a caught-up partition of the cache group fetches again. Tansu answers
+    /// an empty fetch at once, so this paces the polling, and it adds up to this much
+    /// to commit-to-cache-invalidated.
+    #[arg(long, env = "CACHE_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
+    pub cache_poll_interval: Duration,
+
+    /// How often a caught-up partition of the analytics group fetches again. Longer
+    /// than the cache group's: statistics may lag a little, and larger batches cost
+    /// Postgres and the broker far less per event.
+    #[arg(long, env = "ANALYTICS_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub analytics_poll_interval: Duration,
+
     /// Failed attempts at applying one record before it is dead-lettered. Outages of
     /// Postgres or Redis are retried forever and never count.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, global = true)]
@@ -127,6 +139,9 @@ impl Settings {
             "REBALANCE_INTERVAL must be at least 50ms"
         );
         anyhow::ensure!(self.fetch_max_wait <= Duration::from_secs(30), "FETCH_MAX_WAIT must be at most 30s");
+        for (name, interval) in [("CACHE_POLL_INTERVAL", self.cache_poll_interval), ("ANALYTICS_POLL_INTERVAL", self.analytics_poll_interval)] {
+            anyhow::ensure!(interval <= Duration::from_secs(60), "{name} must be at most 60s");
+        }
         Ok(())
     }
 
@@ -164,6 +179,8 @@ impl std::fmt::Debug for Settings {
             .field("admin_addr", &self.admin_addr)
             .field("fetch_max_bytes", &self.fetch_max_bytes)
             .field("fetch_max_wait", &self.fetch_max_wait)
+            .field("cache_poll_interval", &self.cache_poll_interval)
+            .field("analytics_poll_interval", &self.analytics_poll_interval)
             .field("max_attempts", &self.max_attempts)
             .field("rebalance_interval", &self.rebalance_interval)
             .finish_non_exhaustive()
@@ -205,5 +222,14 @@ mod tests {
         let cli = parse(&["--fetch-max-wait", "250ms", "--rebalance-interval", "2s"]);
         assert_eq!(cli.settings.fetch_max_wait, Duration::from_millis(250));
         cli.settings.validate().unwrap();
+    }
+
+    #[test]
+    fn the_analytics_group_polls_less_often_than_the_cache_group_and_both_are_bounded() {
+        let cli = parse(&[]);
+        assert_eq!(cli.settings.cache_poll_interval, Duration::from_millis(10));
+        assert_eq!(cli.settings.analytics_poll_interval, Duration::from_millis(100));
+        let cli = parse(&["--analytics-poll-interval", "2m"]);
+        assert!(cli.settings.validate().is_err());
     }
 }

@@ -44,6 +44,8 @@ pub enum Effect {
 pub struct WorkerSettings {
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
+    /// How often a caught-up partition fetches again.
+    pub poll_interval: Duration,
     pub max_attempts: u32,
     pub retry_max_backoff: Duration,
     pub rebalance_interval: Duration,

@@ -82,6 +82,8 @@ pub struct PartitionWorker {
     conn: PgConnection,
     kafka: PartitionClient,
     next_offset: i64,
+    /// The high watermark of the last fetch; none until one succeeded after a reset.
+    high_watermark: Option<i64>,
     failing: Option<Failing>,
 }
 
@@ -112,7 +114,7 @@ impl PartitionWorker {
             }
         };
         tracing::info!(next_offset, "partition acquired");
-        Ok(Some(Self { ctx, key, conn, kafka, next_offset, failing: None }))
+        Ok(Some(Self { ctx, key, conn, kafka, next_offset, high_watermark: None, failing: None }))
     }
 
     pub fn partition(&self) -> i32 {
@@ -121,6 +123,11 @@ impl PartitionWorker {
 
     pub fn next_offset(&self) -> i64 {
         self.next_offset
+    }
+
+    /// Whether the last fetch found nothing beyond what has been applied since.
+    pub fn caught_up(&self) -> bool {
+        self.high_watermark.is_some_and(|high| self.next_offset >= high)
     }
 
     /// Gives the partition up: closing the connection releases its lock at once.
@@ -148,6 +155,7 @@ impl PartitionWorker {
             return Ok(StepOutcome::Processed { records: 0 });
         }
         self.record_lag(high_watermark);
+        self.high_watermark = Some(high_watermark);
         let Some(last) = records.last() else { return Ok(StepOutcome::CaughtUp) };
         let started = Instant::now();
         let (from, to) = (self.next_offset, last.offset + 1);
@@ -221,6 +229,7 @@ impl PartitionWorker {
         );
         metrics::counter!("consumer_offset_resets_total", "group" => self.ctx.group.name()).increment(1);
         self.next_offset = earliest;
+        self.high_watermark = None;
         Ok(())
     }
 }
