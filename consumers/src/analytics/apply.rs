@@ -25,10 +25,12 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
     }
     let rsvp_ids: Vec<Uuid> = events.iter().map(|e| e.data.id).collect();
     let ce_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    // `for update`: the rows this batch changes stay as read until it commits. Both
-    // reads are planned for their own arguments (not prepared): a connection that
-    // started on a new, nearly empty table kept a generic plan that scanned it whole,
-    // which at 1000 events a second took 9 ms a batch once the table had grown.
+    // `for update`: the rows this batch changes stay as read until it commits, also
+    // against a dead letter being redriven, which applies outside the partition's
+    // ownership and its offset fence. Both reads are planned for their own arguments
+    // (not prepared): a connection that started on a new, nearly empty table kept a
+    // generic plan that scanned it whole, which at 1000 events a second took 9 ms a
+    // batch once the table had grown.
     let states: Vec<(Uuid, StateRow)> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool)>(
         "select rsvp_id, event_id, status, guests, last_version, deleted
            from analytics.rsvp_state where rsvp_id = any($1) for update",
