@@ -267,27 +267,22 @@ async fn commit_batch(
     range: (i64, i64),
     apply_statistics: bool,
 ) -> Result<Vec<&'static str>, WorkerError> {
-    match commit_batch_as(conn, key, batch, range, apply_statistics, Granularity::Batch).await {
+    match commit_batch_in_chunks(conn, key, batch, range, apply_statistics, batch.len()).await {
         Err(WorkerError::Record { .. }) if batch.len() > 1 => {
-            commit_batch_as(conn, key, batch, range, apply_statistics, Granularity::PerRecord).await
+            commit_batch_in_chunks(conn, key, batch, range, apply_statistics, 1).await
         }
         result => result,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Granularity {
-    Batch,
-    PerRecord,
-}
-
-async fn commit_batch_as(
+/// [`commit_batch`], applying the statistics `chunk` records at a time.
+async fn commit_batch_in_chunks(
     conn: &mut PgConnection,
     key: &OffsetKey,
     batch: &[Decoded],
     (from, to): (i64, i64),
     apply_statistics: bool,
-    granularity: Granularity,
+    chunk: usize,
 ) -> Result<Vec<&'static str>, WorkerError> {
     let mut labels = Vec::with_capacity(batch.len());
     let mut tx = conn.begin().await.map_err(db)?;
@@ -302,11 +297,7 @@ async fn commit_batch_as(
             Ok(_) => labels.push("applied"),
         }
     }
-    let chunks: Vec<&[(i64, &CloudEvent)]> = match granularity {
-        Granularity::Batch => vec![&events[..]],
-        Granularity::PerRecord => events.chunks(1).collect(),
-    };
-    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+    for chunk in events.chunks(chunk.max(1)) {
         let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
         match analytics::apply_batch(&mut tx, &chunk_events).await {
             Ok(applied) => labels.extend(applied.into_iter().map(analytics::Applied::label)),

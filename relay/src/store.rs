@@ -24,13 +24,6 @@ pub struct Cursor {
     pub receipts_ahead: Option<Position>,
 }
 
-impl Cursor {
-    /// Whether rows read after `after` may already have receipts.
-    pub fn receipts_possible_after(&self, after: Position) -> bool {
-        self.receipts_ahead.is_some_and(|last| last > after)
-    }
-}
-
 /// The cursor of relay `name`, created at the start of the outbox when missing.
 #[tracing::instrument(skip_all, fields(name), err)]
 pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {

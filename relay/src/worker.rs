@@ -48,9 +48,8 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(pool: &PgPool, settings: &Settings, cursor: Cursor, after: Position) -> Self {
+    fn start(pool: &PgPool, settings: &Settings, after: Position, receipts_until: Option<Position>) -> Self {
         let (pool, topic, limit) = (pool.clone(), settings.topic.clone(), settings.batch_rows);
-        let receipts_until = cursor.receipts_ahead;
         let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, after, limit, receipts_until).await });
         Self { after, rows }
     }
@@ -97,7 +96,7 @@ impl Worker {
         // a query that finds nothing.
         if read >= self.settings.batch_rows as usize || rows.len() < read {
             let last = rows.last().expect("not empty").position;
-            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, self.cursor, last));
+            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last, self.cursor.receipts_ahead));
         }
         if self.kafka.is_none() {
             self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
