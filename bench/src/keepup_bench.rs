@@ -38,7 +38,7 @@ async fn backlog(pool: &PgPool) -> anyhow::Result<u64> {
 }
 
 async fn receipts(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("select count(*) from relay_receipts where topic = $1").bind(TOPIC).fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("select coalesce(sum(cardinality(outbox_ids)), 0)::bigint from relay_receipts where topic = $1").bind(TOPIC).fetch_one(pool).await?)
 }
 
 /// Samples the backlog until `stop`; returns the samples in order.

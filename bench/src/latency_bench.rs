@@ -139,7 +139,7 @@ impl LatencyBench {
             // Every row of the window acknowledged, then the receipts give commit-to-ack.
             let last_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while sqlx::query_scalar::<_, i64>("select count(*) from relay_receipts where outbox_id > $1 and outbox_id <= $2")
+            while sqlx::query_scalar::<_, i64>("select count(*) from relay_row_receipts where outbox_id > $1 and outbox_id <= $2")
                 .bind(first_id)
                 .bind(last_id)
                 .fetch_one(&pool)
@@ -152,7 +152,7 @@ impl LatencyBench {
             let commit_to_ack_ms: (f64, f64) = sqlx::query_as(
                 "select percentile_cont(0.5) within group (order by ms), percentile_cont(0.99) within group (order by ms)
                    from (select extract(epoch from r.published_at - o.created_at)::float8 * 1000 as ms
-                           from outbox o join relay_receipts r on r.outbox_id = o.id
+                           from outbox o join relay_row_receipts r on r.outbox_id = o.id
                           where o.id > $1 and o.id <= $2) t",
             )
             .bind(first_id)

@@ -99,7 +99,9 @@ pub async fn audit(
                   coalesce((o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1), false),
                   r.partition, r."offset"
              from outbox o
-             left join relay_receipts r on r.outbox_id = o.id and r.topic = $1
+             left join (select distinct on (outbox_id) outbox_id, partition, "offset"
+                          from relay_row_receipts where topic = $1
+                         order by outbox_id, receipt_id) r on r.outbox_id = o.id
             where o.xid < pg_snapshot_xmin(pg_current_snapshot())
               and ($2::timestamptz is null or o.created_at >= $2)
             order by o.id"#,

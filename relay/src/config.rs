@@ -27,7 +27,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Check that every published row has a receipt and that Kafka holds its record there.
     Audit(AuditArgs),
-    /// Delete published rows older than the retention window, in small batches, and exit.
+    /// Delete rows published longer ago than the retention window, in small batches, and exit.
     Prune,
 }
 
@@ -81,15 +81,16 @@ pub struct Settings {
     #[arg(long, env = "RELAY_COMPRESSION", value_enum, default_value_t = CompressionSetting::None)]
     pub compression: CompressionSetting,
 
-    /// Published rows older than this are deleted from the outbox.
+    /// Rows published longer ago than this are deleted from the outbox, with their receipts.
     #[arg(long, env = "RELAY_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// How often the leader prunes rows older than the retention window.
+    /// How often the leader prunes rows published longer ago than the retention window.
     #[arg(long, env = "RELAY_PRUNE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub prune_interval: Duration,
 
-    /// Rows deleted per prune statement: small, so pruning never holds long locks.
+    /// About this many rows deleted per prune statement (whole receipts, at least one):
+    /// small, so pruning never holds long locks.
     #[arg(long, env = "RELAY_PRUNE_BATCH", default_value_t = 1000)]
     pub prune_batch: u32,
 

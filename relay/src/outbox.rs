@@ -161,18 +161,19 @@ pub async fn read_eligible(
     let rows = sqlx::query(&sql).bind(after.xid_text()).bind(after.id).bind(i64::from(limit)).fetch_all(db).await?;
     let mut rows: Vec<OutboxRow> = rows.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
     let Some(until) = receipts_until else { return Ok(rows) };
-    // A separate lookup by primary key, because an EXISTS in the query above is
-    // planned as a hash of every receipt of the topic.
-    let ids: Vec<i64> = rows.iter().map(|r| r.position).take_while(|p| *p <= until).map(|p| p.id).collect();
-    if !ids.is_empty() {
-        let published: Vec<i64> =
-            sqlx::query_scalar("select outbox_id from relay_receipts where outbox_id = any($1) and topic = $2")
-                .bind(&ids)
-                .bind(topic)
-                .fetch_all(db)
-                .await?;
+    // A separate lookup: every receipt holding a row after `after` ends after it,
+    // which the receipts' (topic, last row) index finds without older receipts.
+    if rows.first().is_some_and(|row| row.position <= until) {
+        let published: Vec<i64> = sqlx::query_scalar(
+            "select unnest(outbox_ids) from relay_receipts where topic = $1 and (last_xid, last_id) > ($2::xid8, $3)",
+        )
+        .bind(topic)
+        .bind(after.xid_text())
+        .bind(after.id)
+        .fetch_all(db)
+        .await?;
         let published: std::collections::HashSet<i64> = published.into_iter().collect();
-        for row in &mut rows {
+        for row in rows.iter_mut().take_while(|row| row.position <= until) {
             row.published = published.contains(&row.position.id);
         }
     }

@@ -1,4 +1,4 @@
-//! Retention: deletes published rows older than the window, a small batch at a time.
+//! Retention: deletes rows published longer ago than the window, a small batch at a time.
 
 use std::time::Duration;
 
@@ -7,48 +7,49 @@ use sqlx::PgPool;
 
 use crate::metrics;
 
-/// Deletes up to `batch` rows that are older than `retention`, behind the cursor and
-/// receipted; returns how many. Call until it returns less than `batch`.
+/// Deletes the receipts published more than `retention` ago whose rows are all
+/// behind the cursor, oldest first, about `batch` rows' worth (at least one
+/// receipt), with their rows; returns how many rows. Call until it returns `None`.
 #[tracing::instrument(skip_all, fields(topic, batch), err)]
-pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: u32) -> Result<u64, sqlx::Error> {
+pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: u32) -> Result<Option<u64>, sqlx::Error> {
     let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    // Both checks, so that neither a lost receipt nor a cursor that was reset can
-    // ever delete a row the broker has not acknowledged. The row's receipts go in the
-    // same statement: nothing else deletes them.
-    let deleted: i64 = sqlx::query_scalar(
-        "with pruned as (
-            delete from outbox where id in (
-                select o.id
-                  from outbox o
-                  join relay_cursors c on c.name = $1
-                 where o.created_at < $2
-                   and (o.xid, o.id) <= (c.xid, c.id)
-                   and exists (select 1 from relay_receipts r where r.outbox_id = o.id and r.topic = $1)
-                 order by o.created_at
-                 limit $3)
-            returning id),
-         receipts as (delete from relay_receipts r using pruned p where r.outbox_id = p.id)
-         select count(*) from pruned",
+    // Rows go only with a receipt and only behind the cursor, so that neither a lost
+    // receipt nor a cursor that was reset can ever delete a row the broker has not
+    // acknowledged.
+    let (receipts, rows): (i64, i64) = sqlx::query_as(
+        "with oldest as (
+            select r.id,
+                   sum(cardinality(r.outbox_ids)) over (order by r.published_at, r.id)
+                     - cardinality(r.outbox_ids) as rows_before
+              from relay_receipts r
+              join relay_cursors c on c.name = r.topic
+             where r.topic = $1 and r.published_at < $2 and (r.last_xid, r.last_id) <= (c.xid, c.id)
+             order by r.published_at, r.id
+             limit $3),
+         receipts as (
+            delete from relay_receipts r using oldest k where r.id = k.id and k.rows_before < $3
+            returning r.outbox_ids),
+         pruned as (
+            delete from outbox o using (select unnest(outbox_ids) as id from receipts) p where o.id = p.id
+            returning o.id)
+         select (select count(*) from receipts), (select count(*) from pruned)",
     )
     .bind(topic)
     .bind(cutoff)
-    .bind(i64::from(batch))
+    .bind(i64::from(batch.max(1)))
     .fetch_one(pool)
     .await?;
-    let deleted = u64::try_from(deleted).unwrap_or_default();
-    ::metrics::counter!(metrics::PRUNED).increment(deleted);
-    Ok(deleted)
+    let rows = u64::try_from(rows).unwrap_or_default();
+    ::metrics::counter!(metrics::PRUNED).increment(rows);
+    Ok((receipts > 0).then_some(rows))
 }
 
 /// Prunes until nothing is left to prune; returns the total.
 pub async fn prune_all(pool: &PgPool, topic: &str, retention: Duration, batch: u32) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let deleted = prune_step(pool, topic, retention, batch).await?;
+        let Some(deleted) = prune_step(pool, topic, retention, batch).await? else { return Ok(total) };
         total += deleted;
-        if deleted < u64::from(batch) {
-            return Ok(total);
-        }
         // Let the relay's own statements through between batches.
         tokio::task::yield_now().await;
     }
@@ -60,6 +61,6 @@ pub async fn command(settings: crate::config::Settings) -> anyhow::Result<()> {
     let pool = crate::startup::connect_pool(&settings).await?;
     crate::startup::MIGRATOR.run(&pool).await?;
     let deleted = prune_all(&pool, &settings.topic, settings.retention, settings.prune_batch).await?;
-    println!("pruned {deleted} published outbox rows older than {}", humantime::format_duration(settings.retention));
+    println!("pruned {deleted} outbox rows published more than {} ago", humantime::format_duration(settings.retention));
     Ok(())
 }

@@ -66,9 +66,12 @@ impl Selection {
 }
 
 /// Only rows the relay already published: replaying a row ahead of the relay would
-/// put it on the topic before rows that committed earlier.
-const PUBLISHED: &str = "(exists (select 1 from relay_receipts r where r.outbox_id = o.id and r.topic = $1)
-     or (o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1))";
+/// put it on the topic before rows that committed earlier. A row ahead of the cursor
+/// can have a receipt only up to the cursor's last receipt ahead.
+const PUBLISHED: &str = "((o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1)
+     or ((o.xid, o.id) <= (select c.receipts_ahead_xid, c.receipts_ahead_id from relay_cursors c where c.name = $1)
+         and exists (select 1 from relay_receipts r
+                      where r.topic = $1 and (r.last_xid, r.last_id) >= (o.xid, o.id) and o.id = any(r.outbox_ids))))";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {

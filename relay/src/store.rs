@@ -1,17 +1,36 @@
 //! The relay's cursor and receipts in Postgres.
 
 use sqlx::{PgConnection, PgExecutor, Row};
-use uuid::Uuid;
-
 use crate::outbox::Position;
 
-/// Where one row landed on the topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where one produced batch landed: its rows, in offset order from `base_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    pub outbox_id: i64,
-    pub message_id: Uuid,
     pub partition: i32,
-    pub offset: i64,
+    pub base_offset: i64,
+    pub outbox_ids: Vec<i64>,
+    /// The batch's last row in commit order.
+    pub last: Position,
+}
+
+impl Receipt {
+    /// The receipts of one partition's acknowledged batch: `rows` (outbox id and
+    /// position, in commit order) at `offsets`. One receipt per run of consecutive
+    /// offsets, which a batch always is on Kafka; anything else still gets receipts
+    /// that say where each row is.
+    pub fn of_batch(partition: i32, rows: impl IntoIterator<Item = (Position, i64)>) -> Vec<Receipt> {
+        let mut receipts: Vec<Receipt> = Vec::new();
+        for (position, offset) in rows {
+            match receipts.last_mut() {
+                Some(r) if r.base_offset + r.outbox_ids.len() as i64 == offset => {
+                    r.outbox_ids.push(position.id);
+                    r.last = position;
+                }
+                _ => receipts.push(Receipt { partition, base_offset: offset, outbox_ids: vec![position.id], last: position }),
+            }
+        }
+        receipts
+    }
 }
 
 /// A relay's stored progress.
@@ -69,23 +88,32 @@ pub async fn commit(
     // durably later in the same WAL, which makes the moves it saw durable first.
     sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
     if !receipts.is_empty() {
-        let ids: Vec<i64> = receipts.iter().map(|r| r.outbox_id).collect();
-        let message_ids: Vec<Uuid> = receipts.iter().map(|r| r.message_id).collect();
+        // All receipts' ids in one array; each receipt takes its slice [first, last].
+        let mut ids = Vec::new();
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for receipt in receipts {
+            first.push(ids.len() as i32 + 1);
+            ids.extend_from_slice(&receipt.outbox_ids);
+            last.push(ids.len() as i32);
+        }
         let partitions: Vec<i32> = receipts.iter().map(|r| r.partition).collect();
-        let offsets: Vec<i64> = receipts.iter().map(|r| r.offset).collect();
-        // A row republished after a crash keeps its first surviving receipt.
+        let base_offsets: Vec<i64> = receipts.iter().map(|r| r.base_offset).collect();
+        let last_xids: Vec<String> = receipts.iter().map(|r| r.last.xid_text()).collect();
+        let last_ids: Vec<i64> = receipts.iter().map(|r| r.last.id).collect();
         sqlx::query(
-            r#"insert into relay_receipts (outbox_id, topic, message_id, partition, "offset")
-               select u.id, $1, u.message_id, u.partition, u.offset
-                 from unnest($2::bigint[], $3::uuid[], $4::int[], $5::bigint[])
-                      as u(id, message_id, partition, "offset")
-               on conflict (outbox_id, topic) do nothing"#,
+            "insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
+             select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
+               from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
+                    as u(partition, base_offset, first, last, last_xid, last_id)",
         )
         .bind(topic)
         .bind(ids)
-        .bind(message_ids)
         .bind(partitions)
-        .bind(offsets)
+        .bind(base_offsets)
+        .bind(first)
+        .bind(last)
+        .bind(last_xids)
+        .bind(last_ids)
         .execute(&mut *tx)
         .await?;
     }
@@ -104,4 +132,29 @@ pub async fn commit(
         .await?;
     }
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: i64) -> Position {
+        Position { xid: 7, id }
+    }
+
+    #[test]
+    fn a_batch_at_consecutive_offsets_gets_one_receipt_ending_at_its_last_row() {
+        let receipts = Receipt::of_batch(2, [(at(3), 40), (at(5), 41), (at(9), 42)]);
+        assert_eq!(receipts, vec![Receipt { partition: 2, base_offset: 40, outbox_ids: vec![3, 5, 9], last: at(9) }]);
+    }
+
+    #[test]
+    fn a_gap_in_the_offsets_starts_another_receipt() {
+        let receipts = Receipt::of_batch(0, [(at(1), 10), (at(2), 11), (at(4), 15), (at(6), 16)]);
+        assert_eq!(receipts, vec![
+            Receipt { partition: 0, base_offset: 10, outbox_ids: vec![1, 2], last: at(2) },
+            Receipt { partition: 0, base_offset: 15, outbox_ids: vec![4, 6], last: at(6) },
+        ]);
+        assert!(Receipt::of_batch(0, []).is_empty());
+    }
 }

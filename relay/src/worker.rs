@@ -120,7 +120,7 @@ impl Worker {
             in_flight.spawn(async move { (partition, indexes, producer.produce(records).await) });
         }
 
-        let mut receipts = Vec::with_capacity(rows.len());
+        let mut receipts = Vec::new();
         let mut failed = HashSet::new();
         let mut first_error = None;
         while let Some(joined) = in_flight.join_next().await {
@@ -130,11 +130,11 @@ impl Worker {
                     let acked_at = Utc::now();
                     let label = partition.to_string();
                     metrics::published(&label, indexes.len());
-                    for (&index, offset) in indexes.iter().zip(offsets) {
-                        let row = &rows[index];
-                        metrics::commit_to_ack((acked_at - row.created_at).to_std().unwrap_or_default());
-                        receipts.push(Receipt { outbox_id: row.position.id, message_id: row.message_id, partition, offset });
+                    for &index in &indexes {
+                        metrics::commit_to_ack((acked_at - rows[index].created_at).to_std().unwrap_or_default());
                     }
+                    let acknowledged = indexes.iter().zip(offsets).map(|(&index, offset)| (rows[index].position, offset));
+                    receipts.extend(Receipt::of_batch(partition, acknowledged));
                 }
                 Err(error) => {
                     tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");

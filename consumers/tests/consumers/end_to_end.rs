@@ -51,7 +51,7 @@ async fn an_api_write_is_read_fresh_within_a_second_and_stats_match_the_rsvps_ta
         // The relay's receipt tells how much of that was the relay's.
         let relayed: f64 = sqlx::query_scalar(
             "select extract(epoch from r.published_at - o.created_at)::float8
-             from outbox o join relay_receipts r on r.outbox_id = o.id order by o.id desc limit 1",
+             from outbox o join relay_row_receipts r on r.outbox_id = o.id order by o.id desc limit 1",
         )
         .fetch_one(&env.db)
         .await

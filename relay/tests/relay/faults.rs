@@ -146,11 +146,7 @@ async fn a_new_leader_skips_the_rows_a_partly_failed_step_left_acknowledged_ahea
         let xid: String = sqlx::query_scalar("select xid::text from outbox where id = $1").bind(row.id).fetch_one(&db.pool).await.unwrap();
         positions.push(Position { xid: xid.parse().unwrap(), id: row.id });
     }
-    let receipted: Vec<Receipt> = written[5..8]
-        .iter()
-        .zip(0..)
-        .map(|(row, offset)| Receipt { outbox_id: row.id, message_id: row.message_id, partition: 0, offset })
-        .collect();
+    let receipted = Receipt::of_batch(0, positions[5..8].iter().copied().zip(0..));
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     store::ensure_cursor(&mut conn, &settings.topic).await.unwrap();
     let left = Cursor { position: positions[2], receipts_ahead: Some(positions[7]) };

@@ -307,7 +307,9 @@ pub(crate) async fn scrape(admin_port: u16, name: &str) -> Option<f64> {
 
 /// Receipts as (outbox id, partition, offset).
 pub(crate) async fn receipts(pool: &PgPool) -> BTreeMap<i64, (i32, i64)> {
-    sqlx::query_as::<_, (i64, i32, i64)>(r#"select outbox_id, partition, "offset" from relay_receipts"#)
+    sqlx::query_as::<_, (i64, i32, i64)>(
+        r#"select distinct on (outbox_id) outbox_id, partition, "offset" from relay_row_receipts order by outbox_id, receipt_id"#,
+    )
         .fetch_all(pool)
         .await
         .unwrap()

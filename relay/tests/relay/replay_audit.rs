@@ -97,19 +97,16 @@ async fn audit_fails_when_a_receipt_points_at_another_record_or_is_missing() {
     let written = write_rows(&db.pool, 1, 3).await; // one key: one partition
     drain(&mut worker, 3).await;
 
-    // Act: swap two receipts' offsets, drop a third receipt.
-    sqlx::query(
-        r#"update relay_receipts r set "offset" = o.swapped
-             from (values ($1::bigint, (select "offset" from relay_receipts where outbox_id = $2)),
-                          ($2::bigint, (select "offset" from relay_receipts where outbox_id = $1))) as o(id, swapped)
-            where r.outbox_id = o.id"#,
-    )
-    .bind(written[0].id)
-    .bind(written[1].id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query("delete from relay_receipts where outbox_id = $1").bind(written[2].id).execute(&db.pool).await.unwrap();
+    // Act: swap the first two rows of their receipt and drop the third from it.
+    let ids: Vec<i64> = written.iter().map(|row| row.id).collect();
+    let stored: Vec<i64> = sqlx::query_scalar("select outbox_ids from relay_receipts").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stored, ids, "one receipt for the one partition's batch");
+    sqlx::query("update relay_receipts set outbox_ids = array[$2::bigint, $1::bigint]")
+        .bind(ids[0])
+        .bind(ids[1])
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let report = audit(&db.pool, &settings, None, Duration::from_secs(300)).await.unwrap();
 
     // Assert
@@ -120,8 +117,9 @@ async fn audit_fails_when_a_receipt_points_at_another_record_or_is_missing() {
 }
 
 #[tokio::test]
-async fn prune_deletes_only_published_rows_older_than_the_retention_window() {
-    // Arrange: old published, recent published, old unpublished rows.
+async fn prune_deletes_only_rows_published_longer_ago_than_the_retention_window() {
+    // Arrange: rows published long ago, old rows published now, recent rows, an old
+    // unpublished row.
     let broker = Broker::start().await;
     let db = fresh_db().await;
     let settings = settings(&db, &broker.address());
@@ -132,8 +130,14 @@ async fn prune_deletes_only_published_rows_older_than_the_retention_window() {
         append_created_at(&mut tx, Uuid::now_v7(), version, eight_days_ago).await;
     }
     tx.commit().await.unwrap();
+    drain(&mut worker, 5).await;
+    sqlx::query("update relay_receipts set published_at = now() - interval '8 days'").execute(&db.pool).await.unwrap();
+    // Old but published just now: retention counts from the receipt.
+    let mut tx = db.pool.begin().await.unwrap();
+    let late = append_created_at(&mut tx, Uuid::now_v7(), 1, eight_days_ago).await;
+    tx.commit().await.unwrap();
     let recent = write_rows(&db.pool, 2, 1).await;
-    drain(&mut worker, 7).await;
+    drain(&mut worker, 3).await;
     let mut tx = db.pool.begin().await.unwrap();
     let unpublished = append_created_at(&mut tx, Uuid::now_v7(), 1, eight_days_ago).await;
     tx.commit().await.unwrap();
@@ -146,6 +150,11 @@ async fn prune_deletes_only_published_rows_older_than_the_retention_window() {
     assert_eq!(deleted, 5);
     assert!(ok && out.contains("pruned 0"), "{out}");
     let left: Vec<i64> = sqlx::query_scalar("select id from outbox order by id").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(left, vec![recent[0].id, recent[1].id, unpublished.id]);
-    assert_eq!(receipts(&db.pool).await.len(), 2, "receipts of pruned rows go with them");
+    assert_eq!(left, vec![late.id, recent[0].id, recent[1].id, unpublished.id]);
+    assert_eq!(receipts(&db.pool).await.len(), 3);
+    let old_receipts: i64 = sqlx::query_scalar("select count(*) from relay_receipts where published_at < now() - interval '7 days'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(old_receipts, 0, "receipts of pruned rows go with them");
 }
