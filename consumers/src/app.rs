@@ -111,6 +111,10 @@ impl Application {
                     Group::Cache => self.settings.cache_poll_interval,
                     Group::Analytics => self.settings.analytics_poll_interval,
                 },
+                commit_interval: match group {
+                    Group::Cache => self.settings.cache_commit_interval,
+                    Group::Analytics => Duration::ZERO,
+                },
                 max_attempts: self.settings.max_attempts,
                 retry_max_backoff: self.settings.retry_max_backoff,
                 rebalance_interval: self.settings.rebalance_interval,

@@ -103,6 +103,13 @@ pub struct Settings {
     #[arg(long, env = "CACHE_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
     pub cache_poll_interval: Duration,
 
+    /// How often at most the cache group stores a partition's offset while records keep
+    /// coming. Invalidating is idempotent, so a crash invalidates at most this much
+    /// again; a fetch that finds nothing new, a released partition and a batch with
+    /// dead letters store it at once. The analytics group stores it with every batch.
+    #[arg(long, env = "CACHE_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub cache_commit_interval: Duration,
+
     /// How often a caught-up partition of the analytics group fetches again. Longer
     /// than the cache group's: statistics may lag a little, and larger batches cost
     /// Postgres and the broker far less per event.
@@ -139,7 +146,11 @@ impl Settings {
             "REBALANCE_INTERVAL must be at least 50ms"
         );
         anyhow::ensure!(self.fetch_max_wait <= Duration::from_secs(30), "FETCH_MAX_WAIT must be at most 30s");
-        for (name, interval) in [("CACHE_POLL_INTERVAL", self.cache_poll_interval), ("ANALYTICS_POLL_INTERVAL", self.analytics_poll_interval)] {
+        for (name, interval) in [
+            ("CACHE_POLL_INTERVAL", self.cache_poll_interval),
+            ("ANALYTICS_POLL_INTERVAL", self.analytics_poll_interval),
+            ("CACHE_COMMIT_INTERVAL", self.cache_commit_interval),
+        ] {
             anyhow::ensure!(interval <= Duration::from_secs(60), "{name} must be at most 60s");
         }
         Ok(())
@@ -181,6 +192,7 @@ impl std::fmt::Debug for Settings {
             .field("fetch_max_wait", &self.fetch_max_wait)
             .field("cache_poll_interval", &self.cache_poll_interval)
             .field("analytics_poll_interval", &self.analytics_poll_interval)
+            .field("cache_commit_interval", &self.cache_commit_interval)
             .field("max_attempts", &self.max_attempts)
             .field("rebalance_interval", &self.rebalance_interval)
             .finish_non_exhaustive()
@@ -231,5 +243,12 @@ mod tests {
         assert_eq!(cli.settings.analytics_poll_interval, Duration::from_millis(100));
         let cli = parse(&["--analytics-poll-interval", "2m"]);
         assert!(cli.settings.validate().is_err());
+    }
+
+    #[test]
+    fn the_cache_group_stores_its_offsets_at_most_every_100ms_by_default_and_the_interval_is_bounded() {
+        assert_eq!(parse(&[]).settings.cache_commit_interval, Duration::from_millis(100));
+        assert!(parse(&["--cache-commit-interval", "0s"]).settings.validate().is_ok());
+        assert!(parse(&["--cache-commit-interval", "2m"]).settings.validate().is_err());
     }
 }

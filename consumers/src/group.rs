@@ -46,6 +46,9 @@ pub struct WorkerSettings {
     pub fetch_max_wait: Duration,
     /// How often a caught-up partition fetches again.
     pub poll_interval: Duration,
+    /// How long a batch's offset may wait to be stored with a later one; zero when
+    /// the offset must commit with the batch's effects.
+    pub commit_interval: Duration,
     pub max_attempts: u32,
     pub retry_max_backoff: Duration,
     pub rebalance_interval: Duration,

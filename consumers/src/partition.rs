@@ -3,6 +3,7 @@
 //!
 //! The offset only ever moves to the end of a fetched batch: Tansu skips the rest of a
 //! record batch when a fetch starts inside it, and one commit per batch is cheaper.
+//! The cache group, whose effects live in Redis, may store it with a later batch.
 
 use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
@@ -82,6 +83,10 @@ pub struct PartitionWorker {
     conn: PgConnection,
     kafka: PartitionClient,
     next_offset: i64,
+    /// The offset stored in Postgres: behind `next_offset` while the cache group
+    /// waits to store it with a later batch.
+    stored_offset: i64,
+    last_stored: Instant,
     /// The high watermark of the last fetch; none until one succeeded after a reset.
     high_watermark: Option<i64>,
     failing: Option<Failing>,
@@ -114,7 +119,17 @@ impl PartitionWorker {
             }
         };
         tracing::info!(next_offset, "partition acquired");
-        Ok(Some(Self { ctx, key, conn, kafka, next_offset, high_watermark: None, failing: None }))
+        Ok(Some(Self {
+            ctx,
+            key,
+            conn,
+            kafka,
+            next_offset,
+            stored_offset: next_offset,
+            last_stored: Instant::now(),
+            high_watermark: None,
+            failing: None,
+        }))
     }
 
     pub fn partition(&self) -> i32 {
@@ -130,8 +145,12 @@ impl PartitionWorker {
         self.high_watermark.is_some_and(|high| self.next_offset >= high)
     }
 
-    /// Gives the partition up: closing the connection releases its lock at once.
-    pub async fn release(self) {
+    /// Gives the partition up, storing its offset first: closing the connection
+    /// releases its lock at once.
+    pub async fn release(mut self) {
+        if let Err(error) = self.store_offset().await {
+            tracing::warn!(%error, partition = self.key.partition, "storing the offset on release failed; its records are applied again");
+        }
         let _ = self.conn.close().await;
         tracing::info!(group = self.ctx.group.name(), partition = self.key.partition, "partition released");
     }
@@ -156,9 +175,12 @@ impl PartitionWorker {
         }
         self.record_lag(high_watermark);
         self.high_watermark = Some(high_watermark);
-        let Some(last) = records.last() else { return Ok(StepOutcome::CaughtUp) };
+        let Some(last) = records.last() else {
+            self.store_offset().await?;
+            return Ok(StepOutcome::CaughtUp);
+        };
         let started = Instant::now();
-        let (from, to) = (self.next_offset, last.offset + 1);
+        let (from, to) = (self.stored_offset, last.offset + 1);
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
         let count = batch.len();
         let apply_statistics = match &self.ctx.effect {
@@ -168,11 +190,20 @@ impl PartitionWorker {
             }
             Effect::Analytics => true,
         };
-        let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), apply_statistics).await;
-        if let Err(WorkerError::Record { offset, source }) = &result {
-            self.note_failure(*offset, source);
-        }
-        let labels = result?;
+        let defer = !apply_statistics
+            && batch.iter().all(|d| d.event.is_ok())
+            && self.last_stored.elapsed() < settings.commit_interval;
+        let labels = if defer {
+            vec!["applied"; count]
+        } else {
+            let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), apply_statistics).await;
+            if let Err(WorkerError::Record { offset, source }) = &result {
+                self.note_failure(*offset, source);
+            }
+            let labels = result?;
+            (self.stored_offset, self.last_stored) = (to, Instant::now());
+            labels
+        };
         self.next_offset = to;
         self.failing = None;
         let group = self.ctx.group.name();
@@ -216,19 +247,31 @@ impl PartitionWorker {
             .set(lag as f64);
     }
 
+    /// Stores the offset of the batches applied since it was last stored.
+    async fn store_offset(&mut self) -> Result<(), WorkerError> {
+        if self.stored_offset == self.next_offset {
+            return Ok(());
+        }
+        let mut tx = self.conn.begin().await.map_err(db)?;
+        self.key.advance(&mut tx, self.stored_offset, self.next_offset).await?;
+        tx.commit().await.map_err(db)?;
+        (self.stored_offset, self.last_stored) = (self.next_offset, Instant::now());
+        Ok(())
+    }
+
     /// The stored offset is not on the broker (retention, or a broker that lost its
     /// data): start again from the earliest record it has.
     async fn reset_to_earliest(&mut self) -> Result<(), WorkerError> {
         let earliest = self.kafka.get_offset(OffsetAt::Earliest).await?;
         let mut tx = self.conn.begin().await.map_err(db)?;
-        self.key.advance(&mut tx, self.next_offset, earliest).await?;
+        self.key.advance(&mut tx, self.stored_offset, earliest).await?;
         tx.commit().await.map_err(db)?;
         tracing::warn!(
             group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
             "offset out of range: restarting from the earliest offset"
         );
         metrics::counter!("consumer_offset_resets_total", "group" => self.ctx.group.name()).increment(1);
-        self.next_offset = earliest;
+        (self.next_offset, self.stored_offset) = (earliest, earliest);
         self.high_watermark = None;
         Ok(())
     }

@@ -3,7 +3,11 @@
 
 use std::{net::SocketAddr, time::{Duration, Instant}};
 
-use rsvp_consumers::{app::Application, group::Group};
+use rsvp_consumers::{
+    app::Application,
+    group::Group,
+    partition::{PartitionWorker, StepOutcome},
+};
 use rsvp_contract::testing::TcpProxy;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -150,4 +154,35 @@ async fn after_redis_is_unreachable_for_10s_under_writes_no_stale_cache_entry_re
     tokio::join!(relay, workload);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), consumer).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_cache_group_stores_its_offset_with_a_later_batch_and_at_once_when_nothing_new_comes_or_on_release() {
+    // Arrange: a minute between stored offsets, one partition holding a cached event's rows.
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "cache", "--cache-commit-interval", "60s"]).await;
+    let event = api.create_event(None).await;
+    api.rsvp(event, "ada@example.com", "going", 0).await;
+    let first = env.relay_outbox().await;
+    let ctx = consumers.app.group_context(Group::Cache, env.kafka.clone()).unwrap();
+    let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().expect("the partition is free");
+    assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![1, 0, 0, 0, 0]);
+    api.rsvp(event, "grace@example.com", "going", 0).await;
+    let second = env.relay_outbox().await;
+
+    // Act / Assert: the batch is applied, its offset waits.
+    assert_eq!(worker.step().await.unwrap(), StepOutcome::Processed { records: first + second });
+    assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![2, 0, 0, 0, 0], "invalidated before the offset is stored");
+    assert_eq!(env.stored_offsets(Group::Cache).await, 0);
+    // A fetch that finds nothing new stores it.
+    assert_eq!(worker.step().await.unwrap(), StepOutcome::CaughtUp);
+    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second) as i64);
+    // So does giving the partition up.
+    api.rsvp(event, "alan@example.com", "going", 0).await;
+    let third = env.relay_outbox().await;
+    assert_eq!(worker.step().await.unwrap(), StepOutcome::Processed { records: third });
+    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second) as i64);
+    worker.release().await;
+    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second + third) as i64);
 }
