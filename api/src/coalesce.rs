@@ -1,20 +1,26 @@
 //! Write coalescing: concurrent writes share one transaction, so that one commit
 //! (one WAL flush) makes many rsvps durable.
 //!
-//! Handlers queue a [`WriteOp`]; a few workers each take what is queued (up to
-//! `max_batch`, waiting at most `max_wait` for more), apply the writes one after the
-//! other in one transaction, commit, and only then answer each request with its own
-//! outcome. Writes refused for a client mistake leave the transaction usable (see
+//! Handlers queue a [`WriteOp`] on one of a few lanes, each with its own worker: the
+//! worker takes what is queued (up to `max_batch`, waiting at most `max_wait` for
+//! more), applies the writes one after the other in one transaction, commits, and
+//! only then answers each request with its own outcome. Creates take the lane of
+//! their event: a batch locks the events it writes to until it commits, so lanes
+//! that shared events would wait for each other's commits instead of running side
+//! by side. Writes refused for a client mistake leave the transaction usable (see
 //! `writes`), so a neighbour's 409 never fails a batch. Should the batch transaction
 //! fail for any other reason (a deadlock between two batches, a lost connection),
 //! every write of it is retried alone, so each request gets the answer it would have
 //! had without coalescing.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::Duration,
+};
 
 use metrics::counter;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     auth::TokenHash,
@@ -30,6 +36,7 @@ pub struct CoalescingSettings {
     pub enabled: bool,
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// Lanes, each committing one transaction at a time.
     pub workers: usize,
 }
 
@@ -43,28 +50,32 @@ struct Pending {
 #[derive(Clone)]
 pub struct Writer {
     db: PgPool,
-    queue: Option<mpsc::Sender<Pending>>,
+    /// One queue per lane; empty when coalescing is off.
+    lanes: Vec<mpsc::Sender<Pending>>,
 }
 
 impl Writer {
     /// Starts the workers (when coalescing); they stop when the last `Writer` is dropped.
     pub fn start(db: PgPool, settings: CoalescingSettings) -> Self {
         if !settings.enabled {
-            return Self { db, queue: None };
+            return Self { db, lanes: Vec::new() };
         }
-        let (sender, receiver) = mpsc::channel(settings.max_batch * settings.workers * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..settings.workers.max(1) {
-            tokio::spawn(work(db.clone(), receiver.clone(), settings));
-        }
-        Self { db, queue: Some(sender) }
+        let lanes = (0..settings.workers.max(1))
+            .map(|_| {
+                let (sender, receiver) = mpsc::channel(settings.max_batch * 4);
+                tokio::spawn(work(db.clone(), receiver, settings));
+                sender
+            })
+            .collect();
+        Self { db, lanes }
     }
 
     /// Applies `op` and answers once its transaction has committed.
     pub async fn run(&self, op: WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
-        let Some(queue) = &self.queue else {
+        if self.lanes.is_empty() {
             return run_alone(&self.db, &op, traceparent).await;
-        };
+        }
+        let queue = &self.lanes[lane(&op, self.lanes.len())];
         let (reply, answer) = oneshot::channel();
         let pending = Pending { op, traceparent: traceparent.map(str::to_owned), reply };
         queue
@@ -75,15 +86,27 @@ impl Writer {
     }
 }
 
-async fn work(db: PgPool, queue: Arc<Mutex<mpsc::Receiver<Pending>>>, settings: CoalescingSettings) {
-    while let Some(batch) = next_batch(&queue, settings).await {
+/// The lane of a write: its event's for a create; for the other writes, whose event
+/// is not known before their rsvp is read, any lane will do, and any lane is safe:
+/// every batch locks its events in one global order.
+fn lane(op: &WriteOp, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    match op {
+        WriteOp::Create { event_id, .. } => event_id.hash(&mut hasher),
+        WriteOp::Update { id, .. } | WriteOp::Delete { id } => id.hash(&mut hasher),
+        WriteOp::Cancel { token } => token.hash(&mut hasher),
+    }
+    (hasher.finish() % lanes as u64) as usize
+}
+
+async fn work(db: PgPool, mut queue: mpsc::Receiver<Pending>, settings: CoalescingSettings) {
+    while let Some(batch) = next_batch(&mut queue, settings).await {
         run_batch(&db, batch).await;
     }
 }
 
-/// Takes the next batch; one worker gathers at a time while the others commit.
-async fn next_batch(queue: &Mutex<mpsc::Receiver<Pending>>, settings: CoalescingSettings) -> Option<Vec<Pending>> {
-    let mut queue = queue.lock().await;
+/// Takes the lane's next batch.
+async fn next_batch(queue: &mut mpsc::Receiver<Pending>, settings: CoalescingSettings) -> Option<Vec<Pending>> {
     let first = queue.recv().await?;
     let mut batch = Vec::with_capacity(settings.max_batch);
     batch.push(first);
@@ -195,5 +218,31 @@ async fn run_alone(db: &PgPool, op: &WriteOp, traceparent: Option<&str>) -> Resu
 fn count_outbox_row(outcome: &WriteOutcome) {
     if let Some(event_type) = outcome.written.event_type {
         counter!("outbox_rows_written_total", "type" => event_type.as_str()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{CreateRsvpRequest, NewRsvp};
+
+    fn create(event_id: Uuid, email: &str) -> WriteOp {
+        let request: CreateRsvpRequest =
+            serde_json::from_value(serde_json::json!({"name": "Ada", "email": email, "status": "going"})).unwrap();
+        WriteOp::Create { event_id, rsvp: NewRsvp::parse(request).unwrap() }
+    }
+
+    #[test]
+    fn creates_for_one_event_share_its_lane_and_events_spread_over_every_lane() {
+        let event = Uuid::now_v7();
+        let lanes: HashSet<usize> = (0..20).map(|i| lane(&create(event, &format!("p{i}@example.com")), 3)).collect();
+        assert_eq!(lanes.len(), 1);
+        let lanes: HashSet<usize> = (0..60).map(|_| lane(&create(Uuid::now_v7(), "a@example.com"), 3)).collect();
+        assert_eq!(lanes, HashSet::from([0, 1, 2]));
+        assert_eq!(lane(&WriteOp::Delete { id: Uuid::now_v7() }, 1), 0);
     }
 }

@@ -75,8 +75,9 @@ pub struct Settings {
     #[arg(long, env = "WRITE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub write_batch_wait: Duration,
 
-    /// Transactions of coalesced writes in flight at once.
-    #[arg(long, env = "WRITE_WORKERS", default_value_t = 2)]
+    /// Lanes of coalesced writes, each committing one transaction at a time; creates
+    /// take the lane of their event, so lanes rarely wait for each other's locks.
+    #[arg(long, env = "WRITE_WORKERS", default_value_t = 3)]
     pub write_workers: usize,
 
     /// How long one request may take before it is answered 503.
