@@ -19,8 +19,8 @@ pub const KAFKA_REQUEST_DURATION: &str = "relay_kafka_request_duration_seconds";
 /// Registers help texts and sets the gauges to zero, so a scrape shows every series
 /// from the start.
 pub fn describe() {
-    describe_gauge!(BACKLOG_ROWS, "Committed outbox rows the relay has not published yet.");
-    describe_gauge!(OLDEST_UNPUBLISHED_AGE, Unit::Seconds, "Age of the oldest committed, unpublished outbox row.");
+    describe_gauge!(BACKLOG_ROWS, "Committed outbox rows the relay has not published yet: counted up to 10000, estimated from outbox ids above.");
+    describe_gauge!(OLDEST_UNPUBLISHED_AGE, Unit::Seconds, "Age of the first committed, unpublished outbox row in commit order.");
     describe_counter!(PUBLISHED, "Outbox rows the broker acknowledged, by partition.");
     describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Duration of one produce request, by result.");
     describe_histogram!(COMMIT_TO_ACK, Unit::Seconds, "From an outbox row's insert to the broker's acknowledgement.");

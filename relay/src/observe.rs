@@ -21,12 +21,12 @@ pub struct Blocker {
 /// One look at the outbox as the relay sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
-    /// Committed rows after the cursor.
+    /// Committed rows after the cursor: exact up to [`COUNTED_UP_TO`], estimated above.
     pub backlog_rows: i64,
-    /// Age of the oldest of them.
+    /// Age of the first of them in commit order.
     pub oldest_unpublished_age: Duration,
-    /// Age of the oldest committed row that is not yet eligible because an older
-    /// transaction is still open; zero when none waits.
+    /// Age of the first committed row in commit order that is not yet eligible because
+    /// an older transaction is still open; zero when none waits.
     pub watermark_stall: Duration,
     /// Who holds the watermark, looked up once the stall passes the warning threshold.
     pub blocker: Option<Blocker>,
@@ -38,6 +38,10 @@ pub struct Observer {
     stall_warning: Duration,
     last_warned: Option<Instant>,
 }
+
+/// A backlog up to this many rows is counted; a larger one is estimated from the
+/// outbox ids after the cursor's (ids that a rolled-back write took count too).
+const COUNTED_UP_TO: i64 = 10_000;
 
 /// How often a continuing stall is logged again.
 const STALL_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -55,21 +59,28 @@ impl Observer {
     #[tracing::instrument(skip_all, err)]
     pub async fn tick(&mut self) -> Result<Observation, sqlx::Error> {
         // Rows after the cursor: all of them are committed (we can see them); those
-        // at or above xmin wait for an older transaction.
+        // at or above xmin wait for an older transaction. Every part is an index
+        // lookup or a bounded scan: counting the whole backlog took 0.46 s of
+        // parallel scanning per tick with 1M rows behind the cursor.
         let row = sqlx::query(
-            "with s as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin),
-                  c as (select coalesce((select xid from relay_cursors where name = $1), '0'::xid8) as xid,
-                               coalesce((select id from relay_cursors where name = $1), 0) as id)
-             select count(*) as backlog,
-                    extract(epoch from clock_timestamp() - min(o.created_at))::float8 as oldest,
-                    extract(epoch from clock_timestamp() - min(o.created_at) filter (where o.xid >= s.xmin))::float8 as stall
-               from outbox o, c, s
-              where (o.xid, o.id) > (c.xid, c.id)",
+            "with c as (select coalesce((select xid from relay_cursors where name = $1), '0'::xid8) as xid,
+                               coalesce((select id from relay_cursors where name = $1), 0) as id),
+                  s as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin)
+             select (select count(*) from (select from outbox o, c where (o.xid, o.id) > (c.xid, c.id) limit $2) b) as counted,
+                    coalesce((select max(id) from outbox), 0) - (select id from c) as ids_after,
+                    extract(epoch from clock_timestamp() - (
+                        select o.created_at from outbox o, c where (o.xid, o.id) > (c.xid, c.id)
+                         order by o.xid, o.id limit 1))::float8 as oldest,
+                    extract(epoch from clock_timestamp() - (
+                        select o.created_at from outbox o, s where o.xid >= s.xmin
+                         order by o.xid, o.id limit 1))::float8 as stall",
         )
         .bind(&self.topic)
+        .bind(COUNTED_UP_TO)
         .fetch_one(&self.pool)
         .await?;
-        let backlog_rows: i64 = row.try_get("backlog")?;
+        let counted: i64 = row.try_get("counted")?;
+        let backlog_rows = if counted < COUNTED_UP_TO { counted } else { counted.max(row.try_get("ids_after")?) };
         let oldest_unpublished_age = seconds(row.try_get("oldest")?);
         let watermark_stall = seconds(row.try_get("stall")?);
         ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);

@@ -183,3 +183,25 @@ async fn records_published_with_compression_read_back_unchanged() {
     let theirs = confluent_kafka(&["consume", &broker.address(), "rsvp-events"]).await;
     assert_eq!(theirs.len(), written.len());
 }
+
+#[tokio::test]
+async fn a_backlog_beyond_ten_thousand_rows_is_estimated_from_the_outbox_ids_and_a_smaller_one_counted() {
+    // Arrange: 10,050 committed rows, no relay yet.
+    let db = fresh_db().await;
+    sqlx::query(
+        "insert into outbox (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload)
+         select 'rsvp', gen_random_uuid(), 'k' || (i % 7), 'RSVP_CREATED', gen_random_uuid(), 1, '{}'::jsonb
+           from generate_series(1, 10050) i",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut observer = Observer::new(db.pool.clone(), "rsvp-events", Duration::from_secs(60));
+
+    // Act / Assert: ids are consecutive here, so the estimate is exact.
+    let seen = observer.tick().await.unwrap();
+    assert_eq!(seen.backlog_rows, 10_050);
+    assert!(seen.oldest_unpublished_age > Duration::ZERO);
+    sqlx::query("delete from outbox where id > 20").execute(&db.pool).await.unwrap();
+    assert_eq!(observer.tick().await.unwrap().backlog_rows, 20);
+}
