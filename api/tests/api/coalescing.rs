@@ -124,3 +124,54 @@ async fn with_coalescing_off_each_write_commits_alone() {
         sqlx::query_scalar("select count(distinct xid) from outbox").fetch_one(&app.db).await.unwrap();
     assert_eq!(transactions, 5);
 }
+
+#[tokio::test]
+async fn creates_updates_and_cancels_of_one_event_from_every_lane_never_overbook_it_and_keep_its_seat_count() {
+    // Arrange: four lanes; 10 maybes and 5 goings hold 5 of 20 seats.
+    let app = spawn_app_with(|settings| settings.write_workers = 4).await;
+    let event_id = app.create_event(Some(20)).await;
+    let mut maybes = Vec::new();
+    for i in 0..10 {
+        let body = json!({"name": "M", "email": format!("m{i}@example.com"), "status": "maybe"});
+        let created: serde_json::Value = app.create_rsvp_with(event_id, &body).await.json().await.unwrap();
+        maybes.push((created["id"].as_str().unwrap().parse::<Uuid>().unwrap(), created["token"].as_str().unwrap().to_owned()));
+    }
+    let mut goings = Vec::new();
+    for i in 0..5 {
+        goings.push(app.create_rsvp(event_id, &format!("g{i}@example.com"), 0).await["token"].as_str().unwrap().to_owned());
+    }
+
+    // Act: at once, 30 new goings (event's lane), 10 maybes turning going with a guest
+    // and 5 cancels (lanes of their rsvps and tokens): 50 seats asked, 5 given back.
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
+        let body = json!({"name": "P", "email": format!("p{i}@example.com"), "status": "going"});
+        writes.spawn(async move { client.post(url).json(&body).send().await.unwrap().status() });
+    }
+    for (id, token) in maybes {
+        let request = app.client.patch(app.url(&format!("/rsvps/{id}"))).bearer_auth(token).json(&json!({"status": "going", "guests": 1}));
+        writes.spawn(async move { request.send().await.unwrap().status() });
+    }
+    for token in goings {
+        let request = app.client.post(app.url("/rsvps/cancel")).json(&json!({"token": token}));
+        writes.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let statuses = writes.join_all().await;
+
+    // Assert: every write answered 200/201 or 409, the seats counted equal the going
+    // rsvps' seats and stay within capacity, and each accepted write has its outbox row.
+    assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CREATED, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
+    let (taken, going_seats): (i32, i64) = sqlx::query_as(
+        "select e.seats_taken, (select coalesce(sum(1 + guests), 0) from rsvps where event_id = e.id and status = 'going')::bigint
+           from events e where e.id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(i64::from(taken), going_seats);
+    assert!((15..=20).contains(&taken), "the 5 cancels free 5 seats that the 40 asking writes fill: {taken}");
+    let accepted = statuses.iter().filter(|s| **s != StatusCode::CONFLICT).count();
+    assert_eq!(app.outbox_payloads().await.len(), 15 + accepted);
+}
