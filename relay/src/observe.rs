@@ -62,20 +62,21 @@ impl Observer {
         // at or above xmin wait for an older transaction. Every part is an index
         // lookup or a bounded scan: counting the whole backlog took 0.46 s of
         // parallel scanning per tick with 1M rows behind the cursor.
+        let cursor = crate::store::load_cursor(&self.pool, &self.topic).await?.unwrap_or_default().position;
+        // The cursor goes in as parameters: joined in as a row, it let the planner
+        // walk the whole outbox index whenever nothing was after the cursor.
         let row = sqlx::query(
-            "with c as (select coalesce((select xid from relay_cursors where name = $1), '0'::xid8) as xid,
-                               coalesce((select id from relay_cursors where name = $1), 0) as id),
-                  s as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin)
-             select (select count(*) from (select from outbox o, c where (o.xid, o.id) > (c.xid, c.id) limit $2) b) as counted,
-                    coalesce((select max(id) from outbox), 0) - (select id from c) as ids_after,
+            "select (select count(*) from (select from outbox where (xid, id) > ($1::xid8, $2) limit $3) b) as counted,
+                    coalesce((select max(id) from outbox), 0) - $2 as ids_after,
                     extract(epoch from clock_timestamp() - (
-                        select o.created_at from outbox o, c where (o.xid, o.id) > (c.xid, c.id)
-                         order by o.xid, o.id limit 1))::float8 as oldest,
+                        select created_at from outbox where (xid, id) > ($1::xid8, $2)
+                         order by xid, id limit 1))::float8 as oldest,
                     extract(epoch from clock_timestamp() - (
-                        select o.created_at from outbox o, s where o.xid >= s.xmin
-                         order by o.xid, o.id limit 1))::float8 as stall",
+                        select created_at from outbox where xid >= pg_snapshot_xmin(pg_current_snapshot())
+                         order by xid, id limit 1))::float8 as stall",
         )
-        .bind(&self.topic)
+        .bind(cursor.xid_text())
+        .bind(cursor.id)
         .bind(COUNTED_UP_TO)
         .fetch_one(&self.pool)
         .await?;
