@@ -94,15 +94,19 @@ pub async fn audit(
     pending_grace: Duration,
 ) -> Result<AuditReport, RelayError> {
     let overdue = Utc::now() - chrono::Duration::from_std(pending_grace).unwrap_or(chrono::Duration::MAX);
+    // Behind the cursor: every row of an earlier generation (below its since_id), and
+    // rows of its own generation up to its position. Rows written on another cluster
+    // are all committed; their xids say nothing about this cluster's snapshot.
     let rows = sqlx::query_as::<_, (i64, Uuid, DateTime<Utc>, bool, Option<i32>, Option<i64>)>(
         r#"select o.id, o.message_id, o.created_at,
-                  coalesce((o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1), false),
+                  coalesce(o.id < c.since_id or (o.written_on = c.cluster and (o.xid, o.id) <= (c.xid, c.id)), false),
                   r.partition, r."offset"
              from outbox o
+             left join relay_cursors c on c.name = $1
              left join (select distinct on (outbox_id) outbox_id, partition, "offset"
                           from relay_row_receipts where topic = $1
                          order by outbox_id, receipt_id) r on r.outbox_id = o.id
-            where o.xid < pg_snapshot_xmin(pg_current_snapshot())
+            where (o.written_on <> (select outbox_cluster()) or o.xid < pg_snapshot_xmin(pg_current_snapshot()))
               and ($2::timestamptz is null or o.created_at >= $2)
             order by o.id"#,
     )

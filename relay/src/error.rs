@@ -23,6 +23,11 @@ pub enum RelayError {
     /// The leader's session ended, so its lock is gone; another relay may lead now.
     #[error("lost the leader lock")]
     LostLeadership,
+    /// The stored cursor cannot belong to this database (its rows came from another
+    /// cluster without saying so): publishing from it could skip rows, so the relay
+    /// does not publish until an operator fixes it.
+    #[error("the relay cursor {problem}: refusing to publish, see {}", crate::generation::RUNBOOK)]
+    CursorImpossible { problem: String },
 }
 
 impl RelayError {
@@ -34,6 +39,7 @@ impl RelayError {
             RelayError::KafkaTimeout { .. } => "kafka_timeout",
             RelayError::TopicMissing(_) => "topic_missing",
             RelayError::LostLeadership => "leadership",
+            RelayError::CursorImpossible { .. } => "cursor",
         }
     }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod kafka;
 pub mod leader;
 pub mod metrics;

@@ -15,6 +15,9 @@ pub const REPLAYED: &str = "relay_replayed_total";
 pub const PRUNED: &str = "relay_pruned_total";
 pub const KAFKA_REQUESTS: &str = "relay_kafka_requests_total";
 pub const KAFKA_REQUEST_DURATION: &str = "relay_kafka_request_duration_seconds";
+pub const CLUSTER_MOVES: &str = "relay_cluster_moves_total";
+pub const EARLIER_CLUSTER_ROWS: &str = "outbox_earlier_cluster_rows";
+pub const CURSOR_IMPOSSIBLE: &str = "relay_cursor_impossible";
 
 /// Registers help texts and sets the gauges to zero, so a scrape shows every series
 /// from the start.
@@ -35,7 +38,12 @@ pub fn describe() {
     describe_counter!(PRUNED, "Published outbox rows deleted by retention.");
     describe_counter!(KAFKA_REQUESTS, "Kafka client calls, by operation and result.");
     describe_histogram!(KAFKA_REQUEST_DURATION, Unit::Seconds, "Kafka client call duration, by operation and result.");
+    describe_counter!(CLUSTER_MOVES, "Times the cursor moved on from the rows written on one Postgres cluster to the next (after a restore or move).");
+    describe_gauge!(EARLIER_CLUSTER_ROWS, "Unpublished outbox rows written on an earlier Postgres cluster (restored or moved here), counted up to 10000.");
+    describe_gauge!(CURSOR_IMPOSSIBLE, "1 while the stored cursor cannot belong to this database and the relay refuses to publish (RUNBOOK: Moving the database).");
     metrics::gauge!(BACKLOG_ROWS).set(0.0);
+    metrics::gauge!(EARLIER_CLUSTER_ROWS).set(0.0);
+    metrics::gauge!(CURSOR_IMPOSSIBLE).set(0.0);
     metrics::gauge!(OLDEST_UNPUBLISHED_AGE).set(0.0);
     metrics::gauge!(LEADER).set(0.0);
     metrics::gauge!(WATERMARK_STALL).set(0.0);

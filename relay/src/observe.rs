@@ -1,12 +1,13 @@
 //! Backlog and watermark gauges, and the log line naming the transaction that holds
-//! the watermark back.
+//! the watermark back; rows restored from an earlier cluster count as backlog, and a
+//! cursor that cannot belong to this database shows as `relay_cursor_impossible`.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use crate::metrics;
+use crate::{generation, metrics, store::{self, Generation}};
 
 /// The backend whose open transaction is the oldest one still running.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,10 @@ pub struct Observation {
     pub watermark_stall: Duration,
     /// Who holds the watermark, looked up once the stall passes the warning threshold.
     pub blocker: Option<Blocker>,
+    /// Of the backlog, rows written on an earlier cluster (restored or moved here).
+    pub earlier_cluster_rows: i64,
+    /// Why the cursor cannot belong to this database, when it cannot.
+    pub cursor_problem: Option<String>,
 }
 
 pub struct Observer {
@@ -62,28 +67,73 @@ impl Observer {
         // at or above xmin wait for an older transaction. Every part is an index
         // lookup or a bounded scan: counting the whole backlog took 0.46 s of
         // parallel scanning per tick with 1M rows behind the cursor.
-        let cursor = crate::store::load_cursor(&self.pool, &self.topic).await?.unwrap_or_default().position;
-        // The cursor goes in as parameters: joined in as a row, it let the planner
-        // walk the whole outbox index whenever nothing was after the cursor.
-        let row = sqlx::query(
-            "select (select count(*) from (select from outbox where (xid, id) > ($1::xid8, $2) limit $3) b) as counted,
-                    coalesce((select max(id) from outbox), 0) - $2 as ids_after,
-                    extract(epoch from clock_timestamp() - (
-                        select created_at from outbox where (xid, id) > ($1::xid8, $2)
-                         order by xid, id limit 1))::float8 as oldest,
-                    extract(epoch from clock_timestamp() - (
-                        select created_at from outbox where xid >= pg_snapshot_xmin(pg_current_snapshot())
-                         order by xid, id limit 1))::float8 as stall",
-        )
+        let cursor = store::load_cursor(&self.pool, &self.topic).await?.unwrap_or_default().position;
+        let cluster = generation::current_cluster(&self.pool).await?;
+        let cursor_problem = generation::cursor_problem(&self.pool, &self.topic).await?;
+        // No cursor yet, or none usable: measured as if from the start of this cluster's rows.
+        let generation = store::load_generation(&self.pool, &self.topic)
+            .await?
+            .flatten()
+            .unwrap_or(Generation { cluster, since_id: 0 });
+        let row = if generation.cluster == cluster {
+            // The cursor goes in as parameters: joined in as a row, it let the planner
+            // walk the whole outbox index whenever nothing was after the cursor. Rows
+            // of this cluster are below its next xid; the bound keeps the scans off
+            // the rows of an earlier cluster, whose xids may be anything.
+            sqlx::query(
+                "select (select count(*) from (select from outbox
+                                                where (xid, id) > ($1::xid8, $2) and id >= $4
+                                                  and xid < pg_snapshot_xmax(pg_current_snapshot())
+                                                limit $3) b) as counted,
+                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as ids_after,
+                        extract(epoch from clock_timestamp() - (
+                            select created_at from outbox
+                             where (xid, id) > ($1::xid8, $2) and id >= $4
+                               and xid < pg_snapshot_xmax(pg_current_snapshot())
+                             order by xid, id limit 1))::float8 as oldest,
+                        extract(epoch from clock_timestamp() - (
+                            select created_at from outbox
+                             where xid >= pg_snapshot_xmin(pg_current_snapshot())
+                               and xid < pg_snapshot_xmax(pg_current_snapshot()) and written_on = $5
+                             order by xid, id limit 1))::float8 as stall,
+                        0::bigint as earlier, $6::bigint as generation_cluster",
+            )
+        } else {
+            // The cursor is among an earlier cluster's rows: everything from its
+            // generation's first id on that is not behind it, in id order (the xids of
+            // different clusters do not compare). Scans the published rows of that
+            // generation too, but only until the relay has moved past it.
+            sqlx::query(
+                "with pending as (
+                    select written_on, created_at from outbox
+                     where id >= $4 and (written_on <> $6 or (xid, id) > ($1::xid8, $2))
+                     order by id limit $3)
+                 select (select count(*) from pending) as counted,
+                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as ids_after,
+                        extract(epoch from clock_timestamp() - (select min(created_at) from pending))::float8 as oldest,
+                        extract(epoch from clock_timestamp() - (
+                            select created_at from outbox
+                             where xid >= pg_snapshot_xmin(pg_current_snapshot())
+                               and xid < pg_snapshot_xmax(pg_current_snapshot()) and written_on = $5
+                             order by xid, id limit 1))::float8 as stall,
+                        (select count(*) from pending where written_on <> $5) as earlier",
+            )
+        }
         .bind(cursor.xid_text())
         .bind(cursor.id)
         .bind(COUNTED_UP_TO)
+        .bind(generation.since_id)
+        .bind(cluster)
+        .bind(generation.cluster)
         .fetch_one(&self.pool)
         .await?;
         let counted: i64 = row.try_get("counted")?;
         let backlog_rows = if counted < COUNTED_UP_TO { counted } else { counted.max(row.try_get("ids_after")?) };
         let oldest_unpublished_age = seconds(row.try_get("oldest")?);
         let watermark_stall = seconds(row.try_get("stall")?);
+        let earlier_cluster_rows: i64 = row.try_get("earlier")?;
+        ::metrics::gauge!(metrics::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
+        ::metrics::gauge!(metrics::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
         ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);
         ::metrics::gauge!(metrics::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
         ::metrics::gauge!(metrics::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
@@ -120,7 +170,7 @@ impl Observer {
         } else {
             self.last_warned = None;
         }
-        Ok(Observation { backlog_rows, oldest_unpublished_age, watermark_stall, blocker })
+        Ok(Observation { backlog_rows, oldest_unpublished_age, watermark_stall, blocker, earlier_cluster_rows, cursor_problem })
     }
 
     /// The session with the oldest transaction id still running: the snapshot's xmin.

@@ -140,25 +140,53 @@ impl OutboxRow {
     }
 }
 
-/// Up to `limit` rows after `after` in commit order, only from transactions older
-/// than every transaction still open: such a row can no longer be joined by a row
-/// that sorts before it. Rows up to `receipts_until` are checked for a receipt of
-/// `topic` (see [`crate::store::Cursor::receipts_ahead`]); later rows cannot have one.
-#[tracing::instrument(skip_all, fields(after_id = after.id, limit), err)]
+/// Which rows a read may return: one generation, the rows written on `cluster` with
+/// an id from `since_id` on (see `docs/relay.md`, "Restores and moves").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub cluster: i64,
+    pub since_id: i64,
+    /// The rows were written on another cluster than the one the relay reads from:
+    /// all of them are committed, and their xids are not comparable with this
+    /// cluster's snapshot.
+    pub earlier_cluster: bool,
+}
+
+/// Up to `limit` rows of `scope` after `after` in commit order. On the current
+/// cluster, only rows from transactions older than every transaction still open:
+/// such a row can no longer be joined by a row that sorts before it. Rows up to
+/// `receipts_until` are checked for a receipt of `topic` (see
+/// [`crate::store::Cursor::receipts_ahead`]); later rows cannot have one.
+#[tracing::instrument(skip_all, fields(after_id = after.id, limit, earlier_cluster = scope.earlier_cluster), err)]
 pub async fn read_eligible(
     db: &PgPool,
     topic: &str,
+    scope: Scope,
     after: Position,
     limit: u32,
     receipts_until: Option<Position>,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let sql = select_rows(
+    // Two texts rather than one with a flag: a generic plan of `$flag or xid < xmin`
+    // could no longer bound the index scan by the snapshot.
+    let sql = select_rows(if scope.earlier_cluster {
+        "where (o.xid, o.id) > ($1::xid8, $2) and o.written_on = $4 and o.id >= $5
+         order by o.xid, o.id
+         limit $3"
+    } else {
         "where (o.xid, o.id) > ($1::xid8, $2)
            and o.xid < pg_snapshot_xmin(pg_current_snapshot())
+           and o.written_on = $4 and o.id >= $5
          order by o.xid, o.id
-         limit $3",
-    );
-    let rows = sqlx::query(&sql).bind(after.xid_text()).bind(after.id).bind(i64::from(limit)).fetch_all(db).await?;
+         limit $3"
+    });
+    let rows = sqlx::query(&sql)
+        .bind(after.xid_text())
+        .bind(after.id)
+        .bind(i64::from(limit))
+        .bind(scope.cluster)
+        .bind(scope.since_id)
+        .fetch_all(db)
+        .await?;
     let mut rows: Vec<OutboxRow> = rows.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
     let Some(until) = receipts_until else { return Ok(rows) };
     // A separate lookup: every receipt holding a row after `after` ends after it,

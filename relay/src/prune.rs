@@ -15,7 +15,9 @@ pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: 
     let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     // Rows go only with a receipt and only behind the cursor, so that neither a lost
     // receipt nor a cursor that was reset can ever delete a row the broker has not
-    // acknowledged.
+    // acknowledged. A receipt's rows are of one generation; one below the cursor's
+    // since_id is of an earlier generation, all of which is behind the cursor (its
+    // xids are another cluster's and do not compare with the cursor's).
     let (receipts, rows): (i64, i64) = sqlx::query_as(
         "with oldest as (
             select r.id,
@@ -23,7 +25,8 @@ pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: 
                      - cardinality(r.outbox_ids) as rows_before
               from relay_receipts r
               join relay_cursors c on c.name = r.topic
-             where r.topic = $1 and r.published_at < $2 and (r.last_xid, r.last_id) <= (c.xid, c.id)
+             where r.topic = $1 and r.published_at < $2
+               and (r.last_id < c.since_id or (r.last_xid, r.last_id) <= (c.xid, c.id))
              order by r.published_at, r.id
              limit $3),
          receipts as (

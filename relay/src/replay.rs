@@ -67,11 +67,15 @@ impl Selection {
 
 /// Only rows the relay already published: replaying a row ahead of the relay would
 /// put it on the topic before rows that committed earlier. A row ahead of the cursor
-/// can have a receipt only up to the cursor's last receipt ahead.
-const PUBLISHED: &str = "((o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1)
+/// can have a receipt only up to the cursor's last receipt ahead. Rows of an earlier
+/// generation (below the cursor's since_id) are all published; positions compare
+/// only inside the cursor's generation.
+const PUBLISHED: &str = "(o.id < (select c.since_id from relay_cursors c where c.name = $1)
+     or (o.written_on = (select c.cluster from relay_cursors c where c.name = $1)
+      and ((o.xid, o.id) <= (select c.xid, c.id from relay_cursors c where c.name = $1)
      or ((o.xid, o.id) <= (select c.receipts_ahead_xid, c.receipts_ahead_id from relay_cursors c where c.name = $1)
          and exists (select 1 from relay_receipts r
-                      where r.topic = $1 and (r.last_xid, r.last_id) >= (o.xid, o.id) and o.id = any(r.outbox_ids))))";
+                      where r.topic = $1 and (r.last_xid, r.last_id) >= (o.xid, o.id) and o.id = any(r.outbox_ids))))))";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -144,7 +148,7 @@ async fn count(pool: &PgPool, settings: &Settings, selection: &Selection) -> Res
                 min(o.id) filter (where {PUBLISHED}) as first_id,
                 max(o.id) filter (where {PUBLISHED}) as last_id
            from outbox o
-          where o.xid < pg_snapshot_xmin(pg_current_snapshot())
+          where (o.written_on <> (select outbox_cluster()) or o.xid < pg_snapshot_xmin(pg_current_snapshot()))
             -- unused, so that the selection's parameters are $5 and $6 as in the page query
             and $2::text is null and $3::bigint is null and $4::bigint is null
             and {}",

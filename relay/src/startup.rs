@@ -60,16 +60,22 @@ impl Application {
             shutdown.await;
             trigger.cancel();
         });
-        let (pool, brokers) = (self.pool.clone(), self.settings.kafka_brokers.clone());
+        let (pool, brokers, topic) = (self.pool.clone(), self.settings.kafka_brokers.clone(), self.settings.topic.clone());
         let readiness: ReadinessCheck = Arc::new(move || {
-            let (pool, brokers) = (pool.clone(), brokers.clone());
+            let (pool, brokers, topic) = (pool.clone(), brokers.clone(), topic.clone());
             Box::pin(async move {
                 let postgres = async {
                     let ping = sqlx::query("select 1").execute(&pool);
                     matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
                 };
-                let (postgres, kafka) = tokio::join!(postgres, admin::kafka_answers(brokers));
-                Readiness::default().with("postgres", postgres).with("kafka", kafka)
+                // A cursor that cannot belong to this database: the relay refuses to
+                // publish (RUNBOOK: Moving the database).
+                let cursor = async {
+                    let check = crate::generation::cursor_problem(&pool, &topic);
+                    matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(None)))
+                };
+                let (postgres, cursor, kafka) = tokio::join!(postgres, cursor, admin::kafka_answers(brokers));
+                Readiness::default().with("postgres", postgres).with("cursor", cursor).with("kafka", kafka)
             })
         });
         let admin = admin::serve(self.admin_listener, readiness, token.clone().cancelled_owned());

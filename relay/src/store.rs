@@ -1,7 +1,7 @@
 //! The relay's cursor and receipts in Postgres.
 
 use sqlx::{PgConnection, PgExecutor, Row};
-use crate::outbox::Position;
+use crate::outbox::{Position, Scope};
 
 /// Where one produced batch landed: its rows, in offset order from `base_offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +43,40 @@ pub struct Cursor {
     pub receipts_ahead: Option<Position>,
 }
 
-/// The cursor of relay `name`, created at the start of the outbox when missing.
+/// The generation a cursor's position is in: the rows written on `cluster` with an
+/// id from `since_id` on. Every row of an earlier generation has a smaller id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub cluster: i64,
+    pub since_id: i64,
+}
+
+impl Generation {
+    /// The rows to read in this generation while the relay runs on cluster `current`.
+    pub fn scope(self, current: i64) -> Scope {
+        Scope { cluster: self.cluster, since_id: self.since_id, earlier_cluster: self.cluster != current }
+    }
+}
+
+/// The generation of relay `name`'s cursor: `Some(None)` when the cursor has no
+/// cluster (written by hand), which the relay refuses to publish from.
+pub async fn load_generation(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Option<Generation>>, sqlx::Error> {
+    let row: Option<(Option<i64>, i64)> = sqlx::query_as("select cluster, since_id from relay_cursors where name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|(cluster, since_id)| cluster.map(|cluster| Generation { cluster, since_id })))
+}
+
+/// The cursor of relay `name`, created at the start of the outbox when missing: in
+/// the generation of the first row (restored rows of another cluster come first).
 #[tracing::instrument(skip_all, fields(name), err)]
 pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {
-    sqlx::query("insert into relay_cursors (name) values ($1) on conflict (name) do nothing")
+    sqlx::query(
+        "insert into relay_cursors (name, cluster)
+         values ($1, coalesce((select written_on from outbox order by id limit 1), outbox_cluster()))
+         on conflict (name) do nothing",
+    )
         .bind(name)
         .execute(&mut *conn)
         .await?;
@@ -73,7 +103,9 @@ pub async fn load_cursor(db: impl PgExecutor<'_>, name: &str) -> Result<Option<C
 }
 
 /// Stores `receipts` and the new `cursor` (when it changed), in one transaction on
-/// the leader's session. The cursor's position only ever moves forward.
+/// the leader's session. The cursor's position only ever moves forward. The guard
+/// compares positions inside the stored generation: only the leader session moves
+/// the cursor, and it leaves a generation only through [`crate::generation::enter`].
 #[tracing::instrument(skip_all, fields(receipts = receipts.len(), cursor_id = cursor.map(|c| c.position.id)), err)]
 pub async fn commit(
     conn: &mut PgConnection,

@@ -17,9 +17,10 @@ use crate::{
     kafka::{Kafka, TopicMode},
     leader::Leader,
     metrics,
-    outbox::{self, OutboxRow, Position},
+    generation,
+    outbox::{self, OutboxRow, Position, Scope},
     partitioner::partition_for_key,
-    store::{self, Cursor, Receipt},
+    store::{self, Cursor, Generation, Receipt},
 };
 
 /// What a step did; tests step until [`StepOutcome::Idle`].
@@ -38,6 +39,10 @@ pub struct Worker {
     pool: PgPool,
     kafka: Option<Kafka>,
     cursor: Cursor,
+    /// The rows the cursor is among; see [`crate::generation`].
+    generation: Generation,
+    /// The cluster the leader session runs on.
+    cluster: i64,
     read_ahead: Option<ReadAhead>,
 }
 
@@ -48,9 +53,9 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(pool: &PgPool, settings: &Settings, after: Position, receipts_until: Option<Position>) -> Self {
+    fn start(pool: &PgPool, settings: &Settings, scope: Scope, after: Position, receipts_until: Option<Position>) -> Self {
         let (pool, topic, limit) = (pool.clone(), settings.topic.clone(), settings.batch_rows);
-        let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, after, limit, receipts_until).await });
+        let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, scope, after, limit, receipts_until).await });
         Self { after, rows }
     }
 }
@@ -64,13 +69,31 @@ impl Drop for ReadAhead {
 impl Worker {
     /// Starts publishing after the stored cursor (creating it at the outbox start).
     /// Reads go through `pool`; receipts and the cursor through the leader session.
+    /// Refuses a cursor that cannot belong to this database ([`RelayError::CursorImpossible`]).
     pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
         let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
+        let problem = generation::cursor_problem(&mut leader.conn, &settings.topic).await?;
+        let stored = store::load_generation(&mut leader.conn, &settings.topic).await?.flatten();
+        let (Some(generation), None) = (stored, &problem) else {
+            let problem = problem.unwrap_or_else(|| "has no cluster".into());
+            tracing::error!(%problem, runbook = generation::RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
+            leader.resign().await;
+            return Err(RelayError::CursorImpossible { problem });
+        };
+        let cluster = generation::current_cluster(&mut leader.conn).await?;
         tracing::info!(
             cursor_xid = cursor.position.xid, cursor_id = cursor.position.id, receipts_ahead = ?cursor.receipts_ahead,
+            cursor_cluster = generation.cluster, since_id = generation.since_id, cluster,
             "leading: publishing after the cursor"
         );
-        Ok(Self { leader, settings, pool, kafka: None, cursor, read_ahead: None })
+        if generation.cluster != cluster {
+            tracing::warn!(
+                cursor_cluster = generation.cluster, cluster,
+                "the cursor is among rows written on another Postgres cluster (a restore or a move): \
+                 publishing the rest of them first, then the rows written here"
+            );
+        }
+        Ok(Self { leader, settings, pool, kafka: None, cursor, generation, cluster, read_ahead: None })
     }
 
     pub fn cursor(&self) -> Position {
@@ -88,7 +111,7 @@ impl Worker {
         let topic = self.settings.topic.clone();
         let rows = self.next_rows().await?;
         if rows.is_empty() {
-            return Ok(StepOutcome::Idle);
+            return self.after_last_row().await;
         }
         let read = rows.len();
         let mut rows = take_within_bytes(rows, self.settings.batch_bytes);
@@ -96,7 +119,8 @@ impl Worker {
         // a query that finds nothing.
         if read >= self.settings.batch_rows as usize || rows.len() < read {
             let last = rows.last().expect("not empty").position;
-            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, last, self.cursor.receipts_ahead));
+            let scope = self.generation.scope(self.cluster);
+            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
         }
         if self.kafka.is_none() {
             self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
@@ -165,8 +189,25 @@ impl Worker {
                 return Ok(rows);
             }
         }
-        let (topic, limit) = (&self.settings.topic, self.settings.batch_rows);
-        Ok(outbox::read_eligible(&self.pool, topic, self.cursor.position, limit, self.cursor.receipts_ahead).await?)
+        let (topic, limit, scope) = (&self.settings.topic, self.settings.batch_rows, self.generation.scope(self.cluster));
+        Ok(outbox::read_eligible(&self.pool, topic, scope, self.cursor.position, limit, self.cursor.receipts_ahead).await?)
+    }
+
+    /// Nothing is left after the cursor in its generation. On this cluster that means
+    /// idle; rows of an earlier cluster are all committed, so none can come any more
+    /// and the cursor moves on to the next generation.
+    async fn after_last_row(&mut self) -> Result<StepOutcome, RelayError> {
+        if self.generation.cluster == self.cluster {
+            return Ok(StepOutcome::Idle);
+        }
+        let next = generation::next(&self.pool, self.generation, self.cluster).await?;
+        generation::enter(&mut self.leader.conn, &self.settings.topic, self.generation, next).await?;
+        tracing::warn!(
+            from_cluster = self.generation.cluster, to_cluster = next.cluster, since_id = next.since_id,
+            "published every row written on an earlier cluster; moving on to the next cluster's rows"
+        );
+        (self.generation, self.cursor, self.read_ahead) = (next, Cursor::default(), None);
+        Ok(StepOutcome::Published { rows: 0 })
     }
 }
 
