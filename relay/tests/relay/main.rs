@@ -5,3 +5,4 @@ mod helpers;
 mod leadership;
 mod publishing;
 mod replay_audit;
+mod restore;
