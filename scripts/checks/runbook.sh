@@ -131,6 +131,13 @@ grep -q '^relay_leader 0' "$WORK/section-$n.out" || fail "the second relay was n
 
 run_section "$(section_number 'API errors and latency')"
 
+# Moving the database: where the relay is; on a database that never moved the cursor
+# is on this cluster and nothing is refused.
+n=$(section_number 'Moving the database')
+run_section "$n"
+grep -q ' t  *|' "$WORK/section-$n.out" || fail "the cursor is not on this cluster"
+[ "$(prom_value 'max(relay_cursor_impossible)')" = 0 ] || fail "the relay refuses its cursor"
+
 # Every block of the runbook ran.
 all=$(ls "$WORK/blocks" | grep '\.sh$' | sed 's/\.sh$//' | sort)
 done_=$(printf '%s\n' "${ran[@]}" | sort -u)
