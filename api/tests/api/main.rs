@@ -8,5 +8,7 @@ mod health;
 mod helpers;
 mod metrics;
 mod outbox;
+mod paging;
+mod privacy;
 mod rsvps;
 mod stats;
