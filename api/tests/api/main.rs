@@ -3,6 +3,7 @@
 
 mod cache;
 mod coalescing;
+mod connections;
 mod events;
 mod health;
 mod helpers;
