@@ -199,3 +199,19 @@ async fn one_hundred_thousand_rsvps_walk_in_pages_of_200_exactly_once() {
     assert_eq!(pages, ROWS / 200);
     assert_eq!(seen, expected, "every rsvp exactly once");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_paging_and_both_views_of_an_rsvp() {
+    let app = spawn_app().await;
+
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+
+    let list = &doc["paths"]["/events/{id}/rsvps"]["get"];
+    let params: Vec<&str> = list["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(params.contains(&"limit") && params.contains(&"cursor"), "{params:?}");
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["RsvpPage"]["properties"]["next"].is_object());
+    assert!(schemas["PublicRsvp"]["properties"].get("email").is_none());
+    assert_eq!(schemas["PublicRsvp"]["additionalProperties"], false);
+    assert_eq!(schemas["RsvpRead"]["oneOf"].as_array().map(Vec::len), Some(2));
+}
