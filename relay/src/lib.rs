@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod batch_size;
 pub mod config;
 pub mod error;
 pub mod kafka;
