@@ -15,6 +15,7 @@ pub const REPLAYED: &str = "relay_replayed_total";
 pub const PRUNED: &str = "relay_pruned_total";
 pub const KAFKA_REQUESTS: &str = "relay_kafka_requests_total";
 pub const KAFKA_REQUEST_DURATION: &str = "relay_kafka_request_duration_seconds";
+pub const BATCH_SPLITS: &str = "relay_batch_splits_total";
 
 /// Registers help texts and sets the gauges to zero, so a scrape shows every series
 /// from the start.
@@ -35,15 +36,22 @@ pub fn describe() {
     describe_counter!(PRUNED, "Published outbox rows deleted by retention.");
     describe_counter!(KAFKA_REQUESTS, "Kafka client calls, by operation and result.");
     describe_histogram!(KAFKA_REQUEST_DURATION, Unit::Seconds, "Kafka client call duration, by operation and result.");
+    describe_counter!(BATCH_SPLITS, "Batches the broker refused as too large and the relay split; more than a few mean RELAY_MAX_BATCH_BYTES is above the broker's message.max.bytes.");
     metrics::gauge!(BACKLOG_ROWS).set(0.0);
     metrics::gauge!(OLDEST_UNPUBLISHED_AGE).set(0.0);
     metrics::gauge!(LEADER).set(0.0);
     metrics::gauge!(WATERMARK_STALL).set(0.0);
+    metrics::counter!(BATCH_SPLITS).increment(0);
 }
 
 /// Counts rows the broker acknowledged on `partition`.
 pub fn published(partition: &str, rows: usize) {
     metrics::counter!(PUBLISHED, "partition" => partition.to_owned()).increment(rows as u64);
+}
+
+/// Counts a batch the broker refused as too large and the relay split.
+pub fn batch_split() {
+    metrics::counter!(BATCH_SPLITS).increment(1);
 }
 
 /// Records the time from a row's insert to its acknowledgement.
