@@ -17,6 +17,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::{
     analytics, cache, dlq,
+    fault::{self, Fault},
     group::{Effect, GroupContext},
     offsets::{OffsetError, OffsetKey},
     ownership,
@@ -46,12 +47,16 @@ pub enum WorkerError {
     /// Postgres rejected applying the record at `offset`; counts towards its dead-lettering.
     #[error("applying the record at offset {offset} failed")]
     Record { offset: i64, source: sqlx::Error },
+    /// Postgres failed for a reason that is not the record's (a lock or statement
+    /// timeout, a deadlock, a serialization failure): retried without limit.
+    #[error("applying the batch failed for now")]
+    Transient(#[source] sqlx::Error),
 }
 
 impl WorkerError {
     /// Whether the worker may retry while keeping the partition.
     pub fn keeps_ownership(&self) -> bool {
-        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. })
+        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_))
     }
 }
 
@@ -197,8 +202,12 @@ impl PartitionWorker {
             vec!["applied"; count]
         } else {
             let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), apply_statistics).await;
-            if let Err(WorkerError::Record { offset, source }) = &result {
-                self.note_failure(*offset, source);
+            match &result {
+                Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
+                Err(WorkerError::Transient(_) | WorkerError::Connection(_)) => {
+                    metrics::counter!("consumer_transient_errors_total", "group" => self.ctx.group.name()).increment(1);
+                }
+                _ => {}
             }
             let labels = result?;
             (self.stored_offset, self.last_stored) = (to, Instant::now());
@@ -344,13 +353,16 @@ async fn commit_batch_in_chunks(
         let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
         match analytics::apply_batch(&mut tx, &chunk_events).await {
             Ok(applied) => labels.extend(applied.into_iter().map(analytics::Applied::label)),
-            Err(source @ sqlx::Error::Database(_)) => {
+            Err(source) => {
                 // Roll back now rather than on the next use of the connection: an
                 // open transaction holds back the relay's xmin watermark cluster-wide.
                 let _ = tx.rollback().await;
-                return Err(WorkerError::Record { offset: chunk[0].0, source });
+                return Err(match fault::classify(&source) {
+                    Fault::Record => WorkerError::Record { offset: chunk[0].0, source },
+                    Fault::Transient => WorkerError::Transient(source),
+                    Fault::ConnectionLost => db(source),
+                });
             }
-            Err(other) => return Err(db(other)),
         }
     }
     key.advance(&mut tx, from, to).await?;

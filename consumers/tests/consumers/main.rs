@@ -7,3 +7,4 @@ mod dead_letters;
 mod end_to_end;
 mod helpers;
 mod ownership;
+mod transient;
