@@ -6,5 +6,6 @@ mod cache;
 mod dead_letters;
 mod end_to_end;
 mod helpers;
+mod lost_log;
 mod ownership;
 mod transient;
