@@ -21,8 +21,9 @@ async fn step_until_caught_up(worker: &mut PartitionWorker) {
     }
 }
 
-async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, n: usize, one_batch_each: bool) {
-    for i in 0..n {
+/// `range` numbers the guests, whose emails must differ per event.
+async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, range: std::ops::Range<usize>, one_batch_each: bool) {
+    for i in range {
         api.rsvp(event, &format!("guest{i}-{event}@example.com"), ["going", "maybe"][i % 2], (i % 3) as i64).await;
         if one_batch_each {
             env.relay_outbox().await;
@@ -42,7 +43,7 @@ async fn the_new_log_is_applied_from_its_start(reacquire: bool) {
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
     let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
     let before = api.create_event(None).await;
-    rsvps(&api, &env, before, 3, false).await;
+    rsvps(&api, &env, before, 0..3, false).await;
     let mut worker = PartitionWorker::acquire(ctx.clone(), 0).await.unwrap().unwrap();
     step_until_caught_up(&mut worker).await;
     assert_eq!(worker.next_offset(), 3);
@@ -52,7 +53,7 @@ async fn the_new_log_is_applied_from_its_start(reacquire: bool) {
     env.broker.restart_empty().await;
     env.kafka.controller_client().unwrap().create_topic(TOPIC, 1, 1, 5_000).await.expect("create the topic again");
     let after = api.create_event(None).await;
-    rsvps(&api, &env, after, 5, true).await;
+    rsvps(&api, &env, after, 0..5, true).await;
     assert_eq!(env.records_on_topic().await, 5);
     if reacquire {
         tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
@@ -94,12 +95,12 @@ async fn the_same_log_is_not_read_again() {
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
     let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
     let event = api.create_event(None).await;
-    rsvps(&api, &env, event, 3, true).await;
+    rsvps(&api, &env, event, 0..3, true).await;
     let mut worker = PartitionWorker::acquire(ctx.clone(), 0).await.unwrap().unwrap();
     step_until_caught_up(&mut worker).await;
     tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
     let resets_before = metric_value(&metrics.render(), RESETS).unwrap_or(0.0);
-    rsvps(&api, &env, event, 2, true).await;
+    rsvps(&api, &env, event, 3..5, true).await;
 
     // Act: a worker that keeps the partition, and one that takes it again.
     let mut worker = PartitionWorker::acquire(ctx.clone(), 0).await.unwrap().unwrap();
