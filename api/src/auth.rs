@@ -13,10 +13,16 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(strip_bearer_scheme)
         .filter(|token| !token.is_empty())
         .ok_or(ApiError::Unauthorized)
+}
+
+/// The credentials after a `Bearer` scheme: RFC 9110 (11.1) makes the scheme name
+/// case-insensitive and lets one or more spaces follow it.
+fn strip_bearer_scheme(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
 /// The admin token, compared without leaking its content through timing.
@@ -30,12 +36,16 @@ impl AdminToken {
 
     /// `Unauthorized` without a bearer token, `Forbidden` with another one.
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let presented = TokenHash::of(bearer_token(headers)?);
-        if presented.matches(&self.0) {
+        if self.matches(bearer_token(headers)?) {
             Ok(())
         } else {
             Err(ApiError::Forbidden)
         }
+    }
+
+    /// Whether `token` is the admin token.
+    pub fn matches(&self, token: &str) -> bool {
+        TokenHash::of(token).matches(&self.0)
     }
 }
 
@@ -89,6 +99,16 @@ mod tests {
         assert!(matches!(admin.authorize(&HeaderMap::new()), Err(ApiError::Unauthorized)));
         assert!(matches!(admin.authorize(&headers("Basic abc")), Err(ApiError::Unauthorized)));
         assert!(matches!(admin.authorize(&headers("Bearer nope")), Err(ApiError::Forbidden)));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR   abc "] {
+            assert_eq!(bearer_token(&headers(value)).ok(), Some("abc"), "{value}");
+        }
+        for value in ["Bearerabc", "Bearer ", "Bearer", "Basic abc", "Bear abc"] {
+            assert!(matches!(bearer_token(&headers(value)), Err(ApiError::Unauthorized)), "{value}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::coalesce::CoalescingSettings;
+use crate::{coalesce::CoalescingSettings, serve::ConnectionLimits};
 
 #[derive(Debug, Parser)]
 #[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
@@ -83,6 +83,15 @@ pub struct Settings {
     /// How long one request may take before it is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// How long a client may take to send a request's headers (and an idle keep-alive
+    /// connection may wait for its next request) before its connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most client connections open at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 impl Settings {
@@ -97,12 +106,18 @@ impl Settings {
             "DATABASE_MAX_CONNECTIONS must be at least 1"
         );
         anyhow::ensure!(self.write_batch_max >= 1, "WRITE_BATCH_MAX must be at least 1");
+        anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
+        anyhow::ensure!(!self.header_read_timeout.is_zero(), "HEADER_READ_TIMEOUT must be above zero");
         anyhow::ensure!(self.write_workers >= 1, "WRITE_WORKERS must be at least 1");
         anyhow::ensure!(
             self.write_workers as u32 <= self.database_max_connections,
             "WRITE_WORKERS must not exceed DATABASE_MAX_CONNECTIONS"
         );
         Ok(())
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits { header_read_timeout: self.header_read_timeout, max_connections: self.max_connections }
     }
 
     pub fn coalescing(&self) -> CoalescingSettings {
@@ -124,6 +139,7 @@ impl std::fmt::Debug for Settings {
             .field("database_max_connections", &self.database_max_connections)
             .field("redis_timeout", &self.redis_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("connections", &self.connection_limits())
             .field("coalescing", &self.coalescing())
             .finish_non_exhaustive()
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http_metrics;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod store;
 pub mod writes;

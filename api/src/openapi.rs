@@ -14,6 +14,7 @@ use crate::routes::{events, rsvps, stats};
         events::create_event, events::get_event, events::list_rsvps, events::create_rsvp,
         rsvps::get_rsvp, rsvps::update_rsvp, rsvps::cancel_rsvp, rsvps::delete_rsvp, stats::get_stats,
     ),
+    components(schemas(crate::routes::views::PublicRsvp)),
     modifiers(&BearerSchemes),
 )]
 pub struct ApiDoc;

@@ -16,7 +16,15 @@ use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
 use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 
-use crate::{auth::AdminToken, cache::Cache, coalesce::Writer, config::Settings, error::ApiError, http_metrics, openapi, routes};
+use crate::{
+    auth::AdminToken,
+    cache::Cache,
+    coalesce::Writer,
+    config::Settings,
+    error::ApiError,
+    http_metrics, openapi, routes,
+    serve::{self, ConnectionLimits},
+};
 
 /// Largest request body accepted: 16 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -50,6 +58,7 @@ pub struct Application {
     admin_listener: TcpListener,
     state: AppState,
     request_timeout: Duration,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -78,7 +87,13 @@ impl Application {
             .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?;
         let writer = Writer::start(db.clone(), settings.coalescing());
         let state = AppState { db, analytics, cache, admin: AdminToken::new(&settings.admin_token), writer };
-        Ok(Self { api_listener, admin_listener, state, request_timeout: settings.request_timeout })
+        Ok(Self {
+            api_listener,
+            admin_listener,
+            state,
+            request_timeout: settings.request_timeout,
+            connection_limits: settings.connection_limits(),
+        })
     }
 
     pub fn api_port(&self) -> u16 {
@@ -110,10 +125,9 @@ impl Application {
         });
         let admin = admin::serve(self.admin_listener, readiness, stopped(stop_rx.clone()));
         let app = router(self.state, self.request_timeout);
-        let api = axum::serve(self.api_listener, app).with_graceful_shutdown(stopped(stop_rx));
+        let api = serve::serve(self.api_listener, app, self.connection_limits, stopped(stop_rx));
         tracing::info!("rsvp-api serving");
-        let (api, admin) = tokio::join!(api, admin);
-        api.context("serving the api")?;
+        let ((), admin) = tokio::join!(api, admin);
         admin.context("serving the admin port")?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::{
     cache::{self, Invalidator},
     group::{Effect, Group},
     offsets::OffsetKey,
-    record::RawRecord,
+    record::{printable, RawRecord},
 };
 
 /// Stores `record` as dead, inside the caller's transaction that also moves the
@@ -24,8 +24,8 @@ pub async fn insert(
     error: &str,
     attempts: u32,
 ) -> Result<(), sqlx::Error> {
-    let (names, values): (Vec<&str>, Vec<&[u8]>) =
-        record.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).unzip();
+    let (names, values): (Vec<&[u8]>, Vec<&[u8]>) =
+        record.headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).unzip();
     sqlx::query(
         "insert into consumer_dead_letters
             (group_name, topic, partition, kafka_offset, record_key, record_value, header_names, header_values, error, attempts)
@@ -39,13 +39,22 @@ pub async fn insert(
     .bind(record.value.as_deref())
     .bind(names)
     .bind(values)
-    .bind(error)
+    .bind(storable(error))
     .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
     .execute(conn)
     .await?;
     metrics::counter!("consumer_dead_letters_total", "group" => key.group.name()).increment(1);
     tracing::warn!(error, attempts, "record dead-lettered");
     Ok(())
+}
+
+/// `error` as a text column takes it: Postgres text cannot hold NUL, and an error
+/// that quotes the record may contain one; a failed insert would never set it aside.
+fn storable(error: &str) -> std::borrow::Cow<'_, str> {
+    match error.contains('\0') {
+        true => error.replace('\0', "\\0").into(),
+        false => error.into(),
+    }
 }
 
 /// A dead letter as `dlq list` prints it.
@@ -58,7 +67,7 @@ pub struct DeadLetter {
     pub kafka_offset: i64,
     pub record_key: Option<Vec<u8>>,
     pub record_value: Option<Vec<u8>>,
-    pub header_names: Vec<String>,
+    pub header_names: Vec<Vec<u8>>,
     pub header_values: Vec<Vec<u8>>,
     pub error: String,
     pub attempts: i32,
@@ -77,19 +86,26 @@ impl DeadLetter {
         }
     }
 
-    /// One line per dead letter; the value shortened to what fits a terminal.
+    /// A few lines per dead letter, every byte escaped so that the terminal shows it
+    /// as it is; the value shortened to what fits a terminal.
     pub fn summary(&self) -> String {
-        let value = self.record_value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let value = self.record_value.as_deref().map(printable).unwrap_or_default();
         let value: String = value.chars().take(120).collect();
+        let headers: Vec<String> = self
+            .header_names
+            .iter()
+            .zip(&self.header_values)
+            .map(|(name, value)| format!("{}={}", printable(name), printable(value)))
+            .collect();
         let state = match (&self.redriven_at, &self.redrive_error) {
             (Some(at), _) => format!("redriven {}", at.to_rfc3339()),
             (None, Some(error)) => format!("pending (last redrive failed: {error})"),
             (None, None) => "pending".to_owned(),
         };
         format!(
-            "#{} {} {}[{}]@{} attempts={} at={} {}\n    error: {}\n    value: {}",
+            "#{} {} {}[{}]@{} attempts={} at={} {}\n    error: {}\n    headers: {}\n    value: {}",
             self.id, self.group_name, self.topic, self.partition, self.kafka_offset, self.attempts,
-            self.created_at.to_rfc3339(), state, self.error, value
+            self.created_at.to_rfc3339(), state, printable(self.error.as_bytes()), headers.join(" "), value
         )
     }
 }
@@ -171,7 +187,7 @@ async fn redrive_one(pool: &PgPool, effect: &Effect, id: i64) -> Result<Redriven
             tx = pool.begin().await?;
             sqlx::query("update consumer_dead_letters set redrive_error = $2, attempts = attempts + 1 where id = $1")
                 .bind(id)
-                .bind(&error)
+                .bind(storable(&error))
                 .execute(&mut *tx)
                 .await?;
             Redriven::Failed { id, error }

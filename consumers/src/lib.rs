@@ -7,6 +7,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod dlq;
+pub mod fault;
 pub mod group;
 pub mod offsets;
 pub mod ownership;

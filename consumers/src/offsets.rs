@@ -12,6 +12,23 @@ pub struct OffsetKey {
     pub partition: i32,
 }
 
+/// A record the stored offset was taken after: where it was and what it was. The log
+/// still holds it there unless the broker lost the log (or retention removed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The first record of the last applied fetch: a record batch's start.
+    pub offset: i64,
+    /// [`crate::record::RawRecord::fingerprint`] of that record.
+    pub fingerprint: Vec<u8>,
+}
+
+/// A partition's stored position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub next_offset: i64,
+    pub anchor: Option<Anchor>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     /// The stored offset is not the one this worker read from: another instance
@@ -24,15 +41,20 @@ pub enum OffsetError {
 
 impl OffsetKey {
     #[tracing::instrument(skip_all, fields(group = self.group.name(), partition = self.partition), err)]
-    pub async fn load(&self, conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(
-            "select next_offset from consumer_offsets where group_name = $1 and topic = $2 and partition = $3",
+    pub async fn load(&self, conn: &mut PgConnection) -> Result<Option<Stored>, sqlx::Error> {
+        let row: Option<(i64, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "select next_offset, anchor_offset, anchor_fingerprint from consumer_offsets
+             where group_name = $1 and topic = $2 and partition = $3",
         )
         .bind(self.group.name())
         .bind(&self.topic)
         .bind(self.partition)
         .fetch_optional(conn)
-        .await
+        .await?;
+        Ok(row.map(|(next_offset, offset, fingerprint)| Stored {
+            next_offset,
+            anchor: offset.zip(fingerprint).map(|(offset, fingerprint)| Anchor { offset, fingerprint }),
+        }))
     }
 
     /// Sets the offset unconditionally: a new group's start, or a reset after
@@ -42,7 +64,8 @@ impl OffsetKey {
         sqlx::query(
             "insert into consumer_offsets (group_name, topic, partition, next_offset) values ($1, $2, $3, $4)
              on conflict (group_name, topic, partition)
-             do update set next_offset = excluded.next_offset, updated_at = now()",
+             do update set next_offset = excluded.next_offset, anchor_offset = null, anchor_fingerprint = null,
+                           updated_at = now()",
         )
         .bind(self.group.name())
         .bind(&self.topic)
@@ -55,10 +78,22 @@ impl OffsetKey {
 
     /// Moves the offset from `from` to `to` inside the caller's transaction, which
     /// also holds the batch's effects; refuses when it is no longer at `from`.
-    #[tracing::instrument(skip_all, fields(group = self.group.name(), partition = self.partition, from, to), err)]
+    /// Forgets the anchor: [`OffsetKey::advance_after`] keeps one.
     pub async fn advance(&self, conn: &mut PgConnection, from: i64, to: i64) -> Result<(), OffsetError> {
+        self.advance_after(conn, from, to, None).await
+    }
+
+    /// [`OffsetKey::advance`], storing the record the new offset was taken after.
+    #[tracing::instrument(skip_all, fields(group = self.group.name(), partition = self.partition, from, to), err)]
+    pub async fn advance_after(
+        &self,
+        conn: &mut PgConnection,
+        from: i64,
+        to: i64,
+        anchor: Option<&Anchor>,
+    ) -> Result<(), OffsetError> {
         let moved = sqlx::query(
-            "update consumer_offsets set next_offset = $5, updated_at = now()
+            "update consumer_offsets set next_offset = $5, anchor_offset = $6, anchor_fingerprint = $7, updated_at = now()
              where group_name = $1 and topic = $2 and partition = $3 and next_offset = $4",
         )
         .bind(self.group.name())
@@ -66,6 +101,8 @@ impl OffsetKey {
         .bind(self.partition)
         .bind(from)
         .bind(to)
+        .bind(anchor.map(|a| a.offset))
+        .bind(anchor.map(|a| a.fingerprint.as_slice()))
         .execute(conn)
         .await?;
         if moved.rows_affected() != 1 {

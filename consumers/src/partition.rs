@@ -12,16 +12,22 @@ use rskafka::client::{
     error::{Error as KafkaError, ProtocolError},
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
+use rskafka::record::RecordAndOffset;
 use rsvp_contract::CloudEvent;
 use sqlx::{Connection, PgConnection};
 
 use crate::{
     analytics, cache, dlq,
+    fault::{self, Fault},
     group::{Effect, GroupContext},
-    offsets::{OffsetError, OffsetKey},
+    offsets::{Anchor, OffsetError, OffsetKey},
     ownership,
     record::RawRecord,
 };
+
+/// The end of the size range when fetching the anchor record alone: at most one byte
+/// (rskafka asks for one byte less than the range's end), so the first batch only.
+const ANCHOR_FETCH_BYTES: i32 = 2;
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +52,16 @@ pub enum WorkerError {
     /// Postgres rejected applying the record at `offset`; counts towards its dead-lettering.
     #[error("applying the record at offset {offset} failed")]
     Record { offset: i64, source: sqlx::Error },
+    /// Postgres failed for a reason that is not the record's (a lock or statement
+    /// timeout, a deadlock, a serialization failure): retried without limit.
+    #[error("applying the batch failed for now")]
+    Transient(#[source] sqlx::Error),
 }
 
 impl WorkerError {
     /// Whether the worker may retry while keeping the partition.
     pub fn keeps_ownership(&self) -> bool {
-        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. })
+        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_))
     }
 }
 
@@ -90,6 +100,9 @@ pub struct PartitionWorker {
     /// The high watermark of the last fetch; none until one succeeded after a reset.
     high_watermark: Option<i64>,
     failing: Option<Failing>,
+    /// The record `next_offset` was taken after, to tell a log the broker lost and
+    /// refilled from the one the offset belongs to; none before the first batch.
+    anchor: Option<Anchor>,
 }
 
 impl PartitionWorker {
@@ -110,12 +123,12 @@ impl PartitionWorker {
         }
         let key = OffsetKey { group: ctx.group, topic: ctx.topic.clone(), partition };
         let kafka = ctx.kafka.partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry).await?;
-        let next_offset = match key.load(&mut conn).await.map_err(db)? {
-            Some(offset) => offset,
+        let (next_offset, anchor) = match key.load(&mut conn).await.map_err(db)? {
+            Some(stored) => (stored.next_offset, stored.anchor),
             None => {
                 let earliest = kafka.get_offset(OffsetAt::Earliest).await?;
                 key.store(&mut conn, earliest).await.map_err(db)?;
-                earliest
+                (earliest, None)
             }
         };
         tracing::info!(next_offset, "partition acquired");
@@ -129,6 +142,7 @@ impl PartitionWorker {
             last_stored: Instant::now(),
             high_watermark: None,
             failing: None,
+            anchor,
         }))
     }
 
@@ -163,14 +177,20 @@ impl PartitionWorker {
         let (records, high_watermark) = match fetched {
             Ok(fetched) => fetched,
             Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                self.reset_to_earliest().await?;
+                self.reset_to_earliest("offset out of range").await?;
                 return Ok(StepOutcome::Processed { records: 0 });
             }
             Err(error) => return Err(error.into()),
         };
         // Tansu answers a fetch beyond its log with nothing rather than OffsetOutOfRange.
         if records.is_empty() && (0..self.next_offset).contains(&high_watermark) {
-            self.reset_to_earliest().await?;
+            self.reset_to_earliest("offset beyond the log").await?;
+            return Ok(StepOutcome::Processed { records: 0 });
+        }
+        // Checked after the fetch, so that a log lost before it is seen here; one lost
+        // after it is seen with the next batch, whose anchor it then lacks.
+        if !records.is_empty() && !self.same_log(&records).await? {
+            self.reset_to_earliest("the broker holds another log than the offset was taken from").await?;
             return Ok(StepOutcome::Processed { records: 0 });
         }
         self.record_lag(high_watermark);
@@ -182,6 +202,7 @@ impl PartitionWorker {
         let started = Instant::now();
         let (from, to) = (self.stored_offset, last.offset + 1);
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
+        let anchor = Anchor { offset: batch[0].raw.offset, fingerprint: batch[0].raw.fingerprint() };
         let count = batch.len();
         let apply_statistics = match &self.ctx.effect {
             Effect::Cache(invalidator) => {
@@ -196,15 +217,20 @@ impl PartitionWorker {
         let labels = if defer {
             vec!["applied"; count]
         } else {
-            let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), apply_statistics).await;
-            if let Err(WorkerError::Record { offset, source }) = &result {
-                self.note_failure(*offset, source);
+            let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), &anchor, apply_statistics).await;
+            match &result {
+                Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
+                Err(WorkerError::Transient(_) | WorkerError::Connection(_)) => {
+                    metrics::counter!("consumer_transient_errors_total", "group" => self.ctx.group.name()).increment(1);
+                }
+                _ => {}
             }
             let labels = result?;
             (self.stored_offset, self.last_stored) = (to, Instant::now());
             labels
         };
         self.next_offset = to;
+        self.anchor = Some(anchor);
         self.failing = None;
         let group = self.ctx.group.name();
         for label in labels {
@@ -253,26 +279,58 @@ impl PartitionWorker {
             return Ok(());
         }
         let mut tx = self.conn.begin().await.map_err(db)?;
-        self.key.advance(&mut tx, self.stored_offset, self.next_offset).await?;
+        self.key.advance_after(&mut tx, self.stored_offset, self.next_offset, self.anchor.as_ref()).await?;
         tx.commit().await.map_err(db)?;
         (self.stored_offset, self.last_stored) = (self.next_offset, Instant::now());
         Ok(())
     }
 
+    /// Whether the broker still holds the log the offset was taken from: the anchor
+    /// record is still at its offset. A broker that lost its log and was refilled past
+    /// the offset would otherwise have its new log's start skipped without a trace.
+    async fn same_log(&self, fetched: &[RecordAndOffset]) -> Result<bool, WorkerError> {
+        let Some(anchor) = &self.anchor else { return Ok(true) };
+        let matches = |record: RecordAndOffset| {
+            record.offset == anchor.offset && RawRecord::from(record).fingerprint() == anchor.fingerprint
+        };
+        if let Some(record) = fetched.iter().find(|r| r.offset == anchor.offset) {
+            return Ok(matches(record.clone()));
+        }
+        // From the anchor, which starts a record batch: Tansu skips the rest of a
+        // batch when a fetch starts inside it. The smallest size brings the first
+        // batch alone; should a broker bring nothing that small, the usual size.
+        for max_bytes in [ANCHOR_FETCH_BYTES, self.ctx.settings.fetch_max_bytes] {
+            let (records, high_watermark) =
+                match self.kafka.fetch_records(anchor.offset, 1..max_bytes, 0).await {
+                    Ok(fetched) => fetched,
+                    Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => return Ok(false),
+                    Err(error) => return Err(error.into()),
+                };
+            if let Some(first) = records.into_iter().next() {
+                return Ok(matches(first));
+            }
+            if high_watermark <= anchor.offset {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
     /// The stored offset is not on the broker (retention, or a broker that lost its
     /// data): start again from the earliest record it has.
-    async fn reset_to_earliest(&mut self) -> Result<(), WorkerError> {
+    async fn reset_to_earliest(&mut self, why: &'static str) -> Result<(), WorkerError> {
         let earliest = self.kafka.get_offset(OffsetAt::Earliest).await?;
         let mut tx = self.conn.begin().await.map_err(db)?;
         self.key.advance(&mut tx, self.stored_offset, earliest).await?;
         tx.commit().await.map_err(db)?;
         tracing::warn!(
             group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
-            "offset out of range: restarting from the earliest offset"
+            why, "restarting from the earliest offset"
         );
         metrics::counter!("consumer_offset_resets_total", "group" => self.ctx.group.name()).increment(1);
         (self.next_offset, self.stored_offset) = (earliest, earliest);
         self.high_watermark = None;
+        self.anchor = None;
         Ok(())
     }
 }
@@ -308,11 +366,12 @@ async fn commit_batch(
     key: &OffsetKey,
     batch: &[Decoded],
     range: (i64, i64),
+    anchor: &Anchor,
     apply_statistics: bool,
 ) -> Result<Vec<&'static str>, WorkerError> {
-    match commit_batch_in_chunks(conn, key, batch, range, apply_statistics, batch.len()).await {
+    match commit_batch_in_chunks(conn, key, batch, range, anchor, apply_statistics, batch.len()).await {
         Err(WorkerError::Record { .. }) if batch.len() > 1 => {
-            commit_batch_in_chunks(conn, key, batch, range, apply_statistics, 1).await
+            commit_batch_in_chunks(conn, key, batch, range, anchor, apply_statistics, 1).await
         }
         result => result,
     }
@@ -324,6 +383,7 @@ async fn commit_batch_in_chunks(
     key: &OffsetKey,
     batch: &[Decoded],
     (from, to): (i64, i64),
+    anchor: &Anchor,
     apply_statistics: bool,
     chunk: usize,
 ) -> Result<Vec<&'static str>, WorkerError> {
@@ -344,16 +404,19 @@ async fn commit_batch_in_chunks(
         let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
         match analytics::apply_batch(&mut tx, &chunk_events).await {
             Ok(applied) => labels.extend(applied.into_iter().map(analytics::Applied::label)),
-            Err(source @ sqlx::Error::Database(_)) => {
+            Err(source) => {
                 // Roll back now rather than on the next use of the connection: an
                 // open transaction holds back the relay's xmin watermark cluster-wide.
                 let _ = tx.rollback().await;
-                return Err(WorkerError::Record { offset: chunk[0].0, source });
+                return Err(match fault::classify(&source) {
+                    Fault::Record => WorkerError::Record { offset: chunk[0].0, source },
+                    Fault::Transient => WorkerError::Transient(source),
+                    Fault::ConnectionLost => db(source),
+                });
             }
-            Err(other) => return Err(db(other)),
         }
     }
-    key.advance(&mut tx, from, to).await?;
+    key.advance_after(&mut tx, from, to, Some(anchor)).await?;
     tx.commit().await.map_err(db)?;
     Ok(labels)
 }

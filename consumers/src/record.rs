@@ -2,6 +2,7 @@
 
 use rskafka::record::RecordAndOffset;
 use rsvp_contract::{headers, CloudEvent};
+use sha2::{Digest, Sha256};
 
 /// Why a record cannot be applied however often it is retried.
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +19,15 @@ pub enum DecodeError {
 }
 
 /// A record as it came from the broker, kept raw for the dead-letter table.
+///
+/// Header names are bytes too: Kafka does not promise UTF-8 or the absence of NUL in
+/// them, and a name Postgres cannot store as text must still reach the table.
 #[derive(Debug, Clone, Default)]
 pub struct RawRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl From<RecordAndOffset> for RawRecord {
@@ -32,14 +36,14 @@ impl From<RecordAndOffset> for RawRecord {
             offset: record.offset,
             key: record.record.key,
             value: record.record.value,
-            headers: record.record.headers.into_iter().collect(),
+            headers: record.record.headers.into_iter().map(|(name, value)| (name.into_bytes(), value)).collect(),
         }
     }
 }
 
 impl RawRecord {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
 
     /// The event in the value. Headers are optional (a hand-produced record may lack
@@ -59,6 +63,35 @@ impl RawRecord {
         expect(headers::CE_TYPE, event.event_type.as_str().to_owned())?;
         expect(headers::RSVP_VERSION, event.data.version.to_string())?;
         Ok(event)
+    }
+
+    /// What identifies this record at its offset, to tell later whether the broker
+    /// still holds the same log: its `ce_id` header, else a digest of its key and value.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        match self.header(headers::CE_ID) {
+            Some(id) if !id.is_empty() => id.to_vec(),
+            _ => {
+                let mut digest = Sha256::new();
+                for part in [&self.key, &self.value] {
+                    let part = part.as_deref().unwrap_or_default();
+                    digest.update((part.len() as u64).to_be_bytes());
+                    digest.update(part);
+                }
+                digest.finalize().to_vec()
+            }
+        }
+    }
+}
+
+/// Bytes as a terminal can show them: text as it is with control characters (NUL
+/// among them) escaped, and anything that is not UTF-8 as `\xNN` escapes.
+pub fn printable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.chars().flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        }).collect(),
+        Err(_) => bytes.escape_ascii().to_string(),
     }
 }
 
@@ -94,7 +127,7 @@ mod tests {
             offset: 0,
             key: Some(event.kafka_key().into_bytes()),
             value: Some(serde_json::to_vec(event).unwrap()),
-            headers: headers.into_iter().map(|(n, v)| (n.to_owned(), v.into_bytes())).collect(),
+            headers: headers.into_iter().map(|(n, v)| (n.as_bytes().to_vec(), v.into_bytes())).collect(),
         }
     }
 
@@ -116,6 +149,22 @@ mod tests {
         let event = event();
         let record = raw(&event, vec![(headers::RSVP_VERSION, "2".into())]);
         assert!(matches!(record.decode(), Err(DecodeError::HeaderMismatch { header: "rsvp_version", .. })));
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_ce_id_else_a_digest_of_key_and_value() {
+        let event = event();
+        assert_eq!(raw(&event, vec![(headers::CE_ID, event.id.to_string())]).fingerprint(), event.id.to_string().into_bytes());
+        let (a, b) = (RawRecord { value: Some(b"ab".to_vec()), ..Default::default() }, RawRecord { key: Some(b"a".to_vec()), value: Some(b"b".to_vec()), ..Default::default() });
+        assert_eq!(a.fingerprint().len(), 32);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_and_bytes_that_are_not_utf8() {
+        assert_eq!(printable("Zoë \"x\"".as_bytes()), "Zoë \"x\"");
+        assert_eq!(printable(b"a\0b\n"), "a\\u{0}b\\n");
+        assert_eq!(printable(b"\xff\0a"), "\\xff\\x00a");
     }
 
     #[test]

@@ -39,9 +39,11 @@ pub fn event_detail(event_id: Uuid, generation: &str) -> String {
     format!("{PREFIX}:event:{event_id}:g{generation}:detail")
 }
 
-/// The event's rsvp list, under generation `generation`.
-pub fn event_rsvps(event_id: Uuid, generation: &str) -> String {
-    format!("{PREFIX}:event:{event_id}:g{generation}:rsvps")
+/// One page of the event's rsvp list, under generation `generation`; `page` names the
+/// page (its limit and cursor). Every page of an event shares the event's generation,
+/// so one invalidation retires them all.
+pub fn event_rsvps_page(event_id: Uuid, generation: &str, page: &str) -> String {
+    format!("{PREFIX}:event:{event_id}:g{generation}:rsvps:{page}")
 }
 
 /// The generation key of one rsvp.
@@ -69,7 +71,9 @@ mod tests {
         let (a, b) = (new_generation(), new_generation());
         assert_ne!(a, b);
         assert_ne!(event_detail(id, &a), event_detail(id, &b));
-        assert_ne!(event_detail(id, &a), event_rsvps(id, &a));
+        assert_ne!(event_detail(id, &a), event_rsvps_page(id, &a, "50:first"));
+        assert_ne!(event_rsvps_page(id, &a, "50:first"), event_rsvps_page(id, &a, "200:first"));
+        assert_ne!(event_rsvps_page(id, &a, "50:first"), event_rsvps_page(id, &b, "50:first"));
         assert!(event_detail(id, &a).starts_with("rsvp:v1:event:"));
     }
 }

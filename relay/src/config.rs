@@ -6,6 +6,14 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
+/// Default of `RELAY_MAX_BATCH_BYTES`: 48 KB under Kafka's default `message.max.bytes`
+/// (1048588), which leaves room for the produce request around the batch.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
+
+/// Smallest `RELAY_MAX_BATCH_BYTES`: twice the api's 16 KiB body cap, far above the
+/// largest row the api can write (a test checks that), so a row never exceeds it.
+pub const MIN_MAX_BATCH_BYTES: usize = 32 * 1024;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rsvp-relay",
@@ -54,10 +62,18 @@ pub struct Settings {
     #[arg(long, env = "RELAY_BATCH_ROWS", default_value_t = 1000)]
     pub batch_rows: u32,
 
-    /// Largest number of record bytes (key, value, headers) published in one step; a
-    /// single larger row still goes alone.
+    /// Largest number of bytes published in one step: the encoded record batches of all
+    /// partitions together (bounds the memory of a step; a single larger row still goes
+    /// alone).
     #[arg(long, env = "RELAY_BATCH_BYTES", default_value_t = 1024 * 1024)]
     pub batch_bytes: usize,
+
+    /// Largest encoded size of one partition's record batch (uncompressed, with its
+    /// header): keep it below the broker's `message.max.bytes` (Kafka's default is
+    /// 1048588) and the topic's `max.message.bytes`. A batch the broker still refuses
+    /// is split. At least 32 KiB, so that any row the api writes fits.
+    #[arg(long, env = "RELAY_MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES)]
+    pub max_batch_bytes: usize,
 
     /// How often the relay looks for rows when no commit notification arrives: the most
     /// a notification lost while the listener reconnected can delay a row.
@@ -145,6 +161,10 @@ impl Settings {
         anyhow::ensure!(self.partitions >= 1, "RELAY_PARTITIONS must be at least 1");
         anyhow::ensure!(self.batch_rows >= 1, "RELAY_BATCH_ROWS must be at least 1");
         anyhow::ensure!(self.batch_bytes >= 1024, "RELAY_BATCH_BYTES must be at least 1024");
+        anyhow::ensure!(
+            (MIN_MAX_BATCH_BYTES..=i32::MAX as usize).contains(&self.max_batch_bytes),
+            "RELAY_MAX_BATCH_BYTES must be at least {MIN_MAX_BATCH_BYTES} (and fit a Kafka int32)"
+        );
         anyhow::ensure!(self.prune_batch >= 1, "RELAY_PRUNE_BATCH must be at least 1");
         anyhow::ensure!(!self.poll_interval.is_zero(), "RELAY_POLL_INTERVAL must be positive");
         anyhow::ensure!(!self.kafka_timeout.is_zero(), "RELAY_KAFKA_TIMEOUT must be positive");
@@ -161,6 +181,7 @@ impl std::fmt::Debug for Settings {
             .field("partitions", &self.partitions)
             .field("batch_rows", &self.batch_rows)
             .field("batch_bytes", &self.batch_bytes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
             .field("poll_interval", &self.poll_interval)
             .field("compression", &self.compression)
             .field("retention", &self.retention)
@@ -235,6 +256,19 @@ mod tests {
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
         assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:9465");
+        assert_eq!(settings.max_batch_bytes, 1_000_000);
+        assert!(settings.max_batch_bytes + 48 * 1000 <= 1_048_588, "room for the produce request around the batch");
+    }
+
+    #[test]
+    fn the_batch_limit_is_validated() {
+        let mut settings = Settings::defaults("postgres://x/y", "a:1");
+        settings.max_batch_bytes = MIN_MAX_BATCH_BYTES - 1;
+        assert!(settings.validate().is_err());
+        settings.max_batch_bytes = MIN_MAX_BATCH_BYTES;
+        settings.validate().unwrap();
+        let parsed = Cli::try_parse_from(["rsvp-relay"]).unwrap();
+        assert_eq!(parsed.settings.max_batch_bytes, DEFAULT_MAX_BATCH_BYTES);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum RelayError {
     /// The leader's session ended, so its lock is gone; another relay may lead now.
     #[error("lost the leader lock")]
     LostLeadership,
+    /// The broker refuses the record of outbox row `id` alone as too large: publishing
+    /// cannot pass it until the broker's `message.max.bytes` grows.
+    #[error("the broker refuses outbox row {id} ({bytes} bytes as a batch) as too large")]
+    RecordTooLarge { id: i64, bytes: usize },
     /// The stored cursor cannot belong to this database (its rows came from another
     /// cluster without saying so): publishing from it could skip rows, so the relay
     /// does not publish until an operator fixes it.
@@ -39,8 +43,22 @@ impl RelayError {
             RelayError::KafkaTimeout { .. } => "kafka_timeout",
             RelayError::TopicMissing(_) => "topic_missing",
             RelayError::LostLeadership => "leadership",
+            RelayError::RecordTooLarge { .. } => "record_too_large",
             RelayError::CursorImpossible { .. } => "cursor",
         }
+    }
+
+    /// The broker refused a produce request as too large (`MESSAGE_TOO_LARGE`,
+    /// `RECORD_LIST_TOO_LARGE`): sending it again can never succeed, a smaller one may.
+    pub fn is_too_large(&self) -> bool {
+        use rskafka::client::error::{Error, ProtocolError};
+        matches!(
+            self,
+            RelayError::Kafka {
+                source: Error::ServerError { protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge, .. },
+                ..
+            }
+        )
     }
 
     /// Counts the error in `relay_errors_total{kind}`.

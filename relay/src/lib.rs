@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod batch_size;
+pub mod batches;
 pub mod config;
 pub mod error;
 pub mod generation;

@@ -15,6 +15,7 @@ pub const REPLAYED: &str = "relay_replayed_total";
 pub const PRUNED: &str = "relay_pruned_total";
 pub const KAFKA_REQUESTS: &str = "relay_kafka_requests_total";
 pub const KAFKA_REQUEST_DURATION: &str = "relay_kafka_request_duration_seconds";
+pub const BATCH_SPLITS: &str = "relay_batch_splits_total";
 pub const CLUSTER_MOVES: &str = "relay_cluster_moves_total";
 pub const EARLIER_CLUSTER_ROWS: &str = "outbox_earlier_cluster_rows";
 pub const CURSOR_IMPOSSIBLE: &str = "relay_cursor_impossible";
@@ -38,6 +39,7 @@ pub fn describe() {
     describe_counter!(PRUNED, "Published outbox rows deleted by retention.");
     describe_counter!(KAFKA_REQUESTS, "Kafka client calls, by operation and result.");
     describe_histogram!(KAFKA_REQUEST_DURATION, Unit::Seconds, "Kafka client call duration, by operation and result.");
+    describe_counter!(BATCH_SPLITS, "Batches the broker refused as too large and the relay split; more than a few mean RELAY_MAX_BATCH_BYTES is above the broker's message.max.bytes.");
     describe_counter!(CLUSTER_MOVES, "Times the cursor moved on from the rows written on one Postgres cluster to the next (after a restore or move).");
     describe_gauge!(EARLIER_CLUSTER_ROWS, "Unpublished outbox rows written on an earlier Postgres cluster (restored or moved here), counted up to 10000.");
     describe_gauge!(CURSOR_IMPOSSIBLE, "1 while the stored cursor cannot belong to this database and the relay refuses to publish (RUNBOOK: Moving the database).");
@@ -47,11 +49,17 @@ pub fn describe() {
     metrics::gauge!(OLDEST_UNPUBLISHED_AGE).set(0.0);
     metrics::gauge!(LEADER).set(0.0);
     metrics::gauge!(WATERMARK_STALL).set(0.0);
+    metrics::counter!(BATCH_SPLITS).increment(0);
 }
 
 /// Counts rows the broker acknowledged on `partition`.
 pub fn published(partition: &str, rows: usize) {
     metrics::counter!(PUBLISHED, "partition" => partition.to_owned()).increment(rows as u64);
+}
+
+/// Counts a batch the broker refused as too large and the relay split.
+pub fn batch_split() {
+    metrics::counter!(BATCH_SPLITS).increment(1);
 }
 
 /// Records the time from a row's insert to its acknowledgement.

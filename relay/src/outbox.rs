@@ -96,12 +96,6 @@ impl OutboxRow {
         })
     }
 
-    /// Bytes the record adds to a batch, before compression.
-    pub fn approximate_size(&self) -> usize {
-        // Headers are about 250 bytes; counting them keeps batch_bytes honest for tiny payloads.
-        self.kafka_key.len() + self.payload.len() + 250
-    }
-
     /// The Kafka record: key = event id, value = the CloudEvent JSON, CloudEvents
     /// binary-mode headers plus `rsvp_version`. Identical on every publish and replay.
     pub fn to_record(&self) -> Record {

@@ -4,14 +4,14 @@
 //! next one is read ahead on a pool connection; it is used only when the step that
 //! started it moved the cursor over its whole batch, and read again otherwise.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::Utc;
-use rskafka::record::Record;
 use sqlx::PgPool;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::{
+    batches::{self, Plan},
     config::Settings,
     error::RelayError,
     kafka::{Kafka, TopicMode},
@@ -19,7 +19,6 @@ use crate::{
     metrics,
     generation,
     outbox::{self, OutboxRow, Position, Scope},
-    partitioner::partition_for_key,
     store::{self, Cursor, Generation, Receipt},
 };
 
@@ -44,6 +43,8 @@ pub struct Worker {
     /// The cluster the leader session runs on.
     cluster: i64,
     read_ahead: Option<ReadAhead>,
+    /// `RELAY_MAX_BATCH_BYTES`, or less once the broker refused a batch below it.
+    batch_limit: usize,
 }
 
 /// Rows after `after`, being read while the batch that ends at `after` is in flight.
@@ -93,7 +94,8 @@ impl Worker {
                  publishing the rest of them first, then the rows written here"
             );
         }
-        Ok(Self { leader, settings, pool, kafka: None, cursor, generation, cluster, read_ahead: None })
+        let batch_limit = settings.max_batch_bytes;
+        Ok(Self { leader, settings, pool, kafka: None, cursor, generation, cluster, read_ahead: None, batch_limit })
     }
 
     pub fn cursor(&self) -> Position {
@@ -109,12 +111,18 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.position.id), err)]
     pub async fn step(&mut self) -> Result<StepOutcome, RelayError> {
         let topic = self.settings.topic.clone();
-        let rows = self.next_rows().await?;
+        let mut rows = self.next_rows().await?;
         if rows.is_empty() {
             return self.after_last_row().await;
         }
         let read = rows.len();
-        let mut rows = take_within_bytes(rows, self.settings.batch_bytes);
+        if self.kafka.is_none() {
+            self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
+        }
+        let kafka = self.kafka.as_ref().expect("connected above");
+        // Rows of one partition keep their commit order inside its single batch.
+        let Plan { partition_of, batches } =
+            batches::plan(&mut rows, kafka.partitions(), self.batch_limit, self.settings.batch_bytes);
         // A short read means the relay has caught up: reading ahead would only cost
         // a query that finds nothing.
         if read >= self.settings.batch_rows as usize || rows.len() < read {
@@ -122,33 +130,19 @@ impl Worker {
             let scope = self.generation.scope(self.cluster);
             self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
         }
-        if self.kafka.is_none() {
-            self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
-        }
-        let kafka = self.kafka.as_ref().expect("connected above");
-        let partitions = kafka.partitions();
-        let partition_of: Vec<i32> = rows.iter().map(|row| partition_for_key(row.kafka_key.as_bytes(), partitions)).collect();
-
-        // Rows of one partition keep their commit order inside its single batch.
-        let mut batches: BTreeMap<i32, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
-        for (index, row) in rows.iter_mut().enumerate() {
-            if !row.published {
-                let (indexes, records) = batches.entry(partition_of[index]).or_default();
-                indexes.push(index);
-                records.push(row.take_record());
-            }
-        }
         let mut in_flight = JoinSet::new();
-        for (partition, (indexes, records)) in batches {
+        for (partition, batch) in batches {
             let producer = kafka.producer(partition);
-            in_flight.spawn(async move { (partition, indexes, producer.produce(records).await) });
+            let (indexes, bytes) = (batch.indexes, batch.size.bytes());
+            in_flight.spawn(async move { (partition, indexes, bytes, producer.produce(batch.records).await) });
         }
 
         let mut receipts = Vec::new();
         let mut failed = HashSet::new();
         let mut first_error = None;
+        let mut refused_rows = 0;
         while let Some(joined) = in_flight.join_next().await {
-            let (partition, indexes, result) = joined.expect("a produce task never panics");
+            let (partition, indexes, bytes, result) = joined.expect("a produce task never panics");
             match result {
                 Ok(offsets) => {
                     let acked_at = Utc::now();
@@ -160,8 +154,28 @@ impl Worker {
                     let acknowledged = indexes.iter().zip(offsets).map(|(&index, offset)| (rows[index].position, offset));
                     receipts.extend(Receipt::of_batch(partition, acknowledged));
                 }
+                Err(error) if error.is_too_large() && indexes.len() > 1 => {
+                    // Split: from now on batches are at most half as large, so the next
+                    // step sends about the first half of this one, and the second half
+                    // only after the first was acknowledged; per-key order holds.
+                    self.batch_limit = self.batch_limit.min(bytes / 2);
+                    metrics::batch_split();
+                    tracing::warn!(
+                        %error, partition, rows = indexes.len(), bytes, batch_limit = self.batch_limit,
+                        "the broker refused a batch as too large; splitting it (set RELAY_MAX_BATCH_BYTES below the broker's message.max.bytes)"
+                    );
+                    failed.insert(partition);
+                    refused_rows += indexes.len();
+                }
                 Err(error) => {
-                    tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");
+                    let error = if error.is_too_large() {
+                        let id = rows[indexes[0]].position.id;
+                        tracing::error!(%error, partition, outbox_id = id, bytes, "the broker refuses a single record as too large; publishing cannot pass it");
+                        RelayError::RecordTooLarge { id, bytes }
+                    } else {
+                        tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");
+                        error
+                    };
                     failed.insert(partition);
                     first_error.get_or_insert(error);
                 }
@@ -177,7 +191,7 @@ impl Worker {
             self.read_ahead = None;
             return Err(error);
         }
-        Ok(StepOutcome::Published { rows: rows.len() })
+        Ok(StepOutcome::Published { rows: rows.len() - refused_rows })
     }
 
     /// The rows read ahead when they start right after the cursor and are not empty
@@ -222,22 +236,6 @@ fn advance(old: Cursor, rows: &[OutboxRow], partition_of: &[i32], failed: &HashS
     let last_receipted = steps.rfind(|step| !unacknowledged(step)).map(|(row, _)| row.position);
     let receipts_ahead = old.receipts_ahead.max(last_receipted).filter(|last| *last > position);
     Cursor { position, receipts_ahead }
-}
-
-/// The longest prefix of `rows` within `max_bytes`; always at least one row, so an
-/// oversized row is published alone rather than never.
-fn take_within_bytes(mut rows: Vec<OutboxRow>, max_bytes: usize) -> Vec<OutboxRow> {
-    let mut total = 0;
-    let keep = rows
-        .iter()
-        .position(|row| {
-            total += row.approximate_size();
-            total > max_bytes
-        })
-        .unwrap_or(rows.len())
-        .max(1);
-    rows.truncate(keep);
-    rows
 }
 
 #[cfg(test)]
@@ -301,13 +299,5 @@ mod tests {
         let old = Cursor { position: at(1), receipts_ahead: Some(at(4)) };
         let cursor = advance(old, &rows, &[0, 1, 0, 1], &HashSet::new());
         assert_eq!(cursor, Cursor { position: at(5), receipts_ahead: None });
-    }
-
-    #[test]
-    fn batches_stop_before_the_byte_limit_but_never_come_out_empty() {
-        let rows = (1..=10).map(|id| row(id, 750)).collect(); // 1000 bytes each
-        assert_eq!(take_within_bytes(rows, 3500).len(), 3);
-        let rows = vec![row(1, 10_000), row(2, 10)];
-        assert_eq!(take_within_bytes(rows, 1024).len(), 1);
     }
 }

@@ -2,17 +2,23 @@
 //! through the cache, and rsvping to them.
 
 use axum::{
-    extract::State,
+    extract::{rejection::QueryRejection, Query, State},
     http::{HeaderMap, StatusCode},
     routing::{get, post},
     Router,
 };
 use rsvp_contract::cache_keys;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{traceparent, ApiJson, ApiPath};
+use super::{
+    paging::{PageKey, PageQuery, PageRequest},
+    traceparent,
+    views::{Reader, RsvpPage},
+    ApiJson, ApiPath,
+};
 use crate::{
     domain::{
         CreateEventRequest, CreateRsvpRequest,
@@ -74,31 +80,62 @@ pub async fn get_event(
     event.map(ApiJson).ok_or(ApiError::NotFound("event"))
 }
 
-/// The event's rsvps, oldest first; never their tokens.
+/// One page of the event's rsvps, oldest first; emails only with the admin token,
+/// never tokens. Pass a page's `next` as `cursor` for the next page.
 #[utoipa::path(
     get, path = "/events/{id}/rsvps", tag = "rsvps",
-    params(("id" = Uuid, Path, description = "Event id")),
-    responses((status = 200, body = Vec<RsvpView>), (status = 404, body = ErrorBody))
+    params(("id" = Uuid, Path, description = "Event id"), PageQuery),
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, body = RsvpPage, description = "Public rsvps, or with emails for the admin token"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
 )]
 pub async fn list_rsvps(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<ApiJson<Vec<RsvpView>>, ApiError> {
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<ApiJson<RsvpPage>, ApiError> {
+    let view = Reader::of(&headers, &state.admin)?.list_view()?;
+    let query = query.map_err(|rejection| ApiError::field("query", rejection.body_text()))?;
+    let page = PageRequest::parse(query.0)?;
     let db = &state.db;
-    let list = state
+    // Pages are cached with emails, whoever asked first, and projected per reader.
+    let stored = state
         .cache
         .read_through(
             &cache_keys::event_generation(id),
-            |generation| cache_keys::event_rsvps(id, generation),
-            || async move {
-                if !events::event_exists(db, id).await? {
-                    return Ok::<_, sqlx::Error>(None);
-                }
-                rsvps::list_for_event(db, id).await.map(Some)
-            },
+            |generation| cache_keys::event_rsvps_page(id, generation, &page.cache_id()),
+            || load_page(db, id, page),
         )
         .await?;
-    list.map(ApiJson).ok_or(ApiError::NotFound("event"))
+    let stored = stored.ok_or(ApiError::NotFound("event"))?;
+    Ok(ApiJson(RsvpPage { items: stored.items.into_iter().map(|rsvp| view.show(rsvp)).collect(), next: stored.next }))
+}
+
+/// A page as the cache keeps it: every field, for whichever reader comes next.
+#[derive(Serialize, Deserialize)]
+struct StoredPage {
+    items: Vec<RsvpView>,
+    next: Option<String>,
+}
+
+/// `None` when the event does not exist.
+async fn load_page(db: &PgPool, event_id: Uuid, page: PageRequest) -> Result<Option<StoredPage>, sqlx::Error> {
+    if !events::event_exists(db, event_id).await? {
+        return Ok(None);
+    }
+    let after = page.after.map(|key| (key.created_at, key.id));
+    // One row more than the page tells whether another page follows.
+    let mut items = rsvps::page_for_event(db, event_id, after, i64::from(page.limit) + 1).await?;
+    let more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    let next = more
+        .then(|| items.last().map(|last| PageKey { created_at: last.created_at, id: last.id }.encode()))
+        .flatten();
+    Ok(Some(StoredPage { items, next }))
 }
 
 /// A new rsvp with its secret token: keep it, it is the only way to change or

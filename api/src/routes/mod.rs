@@ -2,8 +2,10 @@
 
 pub mod events;
 pub mod health;
+pub mod paging;
 pub mod rsvps;
 pub mod stats;
+pub mod views;
 
 use axum::{
     extract::{FromRequest, FromRequestParts},

@@ -9,7 +9,11 @@ use axum::{
 use rsvp_contract::cache_keys;
 use uuid::Uuid;
 
-use super::{traceparent, ApiJson, ApiPath};
+use super::{
+    traceparent,
+    views::{Reader, RsvpRead, View},
+    ApiJson, ApiPath,
+};
 use crate::{
     auth::bearer_token,
     domain::{CancelRsvpRequest, RsvpChanges, UpdateRsvpRequest},
@@ -25,16 +29,22 @@ pub fn router() -> Router<AppState> {
         .route("/rsvps/{id}", get(get_rsvp).patch(update_rsvp).delete(delete_rsvp))
 }
 
-/// One rsvp; never its token.
+/// One rsvp; its email only with the admin token or the rsvp's own token; never its token.
 #[utoipa::path(
     get, path = "/rsvps/{id}", tag = "rsvps",
     params(("id" = Uuid, Path, description = "Rsvp id")),
-    responses((status = 200, body = RsvpView), (status = 404, body = ErrorBody))
+    security((), ("admin_token" = []), ("rsvp_token" = [])),
+    responses(
+        (status = 200, body = RsvpRead, description = "Public, or with the email for the admin or the rsvp's token"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
 )]
 pub async fn get_rsvp(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<ApiJson<RsvpView>, ApiError> {
+    headers: HeaderMap,
+) -> Result<ApiJson<RsvpRead>, ApiError> {
+    let reader = Reader::of(&headers, &state.admin)?;
     let rsvp = state
         .cache
         .read_through(
@@ -42,8 +52,20 @@ pub async fn get_rsvp(
             |generation| cache_keys::rsvp(id, generation),
             || rsvps::find(&state.db, id),
         )
-        .await?;
-    rsvp.map(ApiJson).ok_or(ApiError::NotFound("rsvp"))
+        .await?
+        .ok_or(ApiError::NotFound("rsvp"))?;
+    let view = match reader {
+        Reader::Token(presented) => {
+            // Tokens are not cached: the owner check reads the stored hash.
+            let owner = rsvps::token_hash(&state.db, id).await?.is_some_and(|stored| stored.matches(&presented));
+            if !owner {
+                return Err(ApiError::Forbidden);
+            }
+            View::Full
+        }
+        other => other.list_view()?,
+    };
+    Ok(ApiJson(view.show(rsvp)))
 }
 
 /// Changes an rsvp; authorized by the rsvp's own token. A request that changes

@@ -161,7 +161,8 @@ pub async fn lock_by_token(tx: &mut Tx<'_>, hash: &TokenHash) -> Result<Option<R
 }
 
 /// Writes the new field values and bumps the version.
-#[tracing::instrument(skip(tx), err)]
+// The name is personal data: never a span field.
+#[tracing::instrument(skip(tx, name), err)]
 pub async fn update(
     tx: &mut Tx<'_>,
     id: Uuid,
@@ -199,14 +200,47 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<RsvpView>, sqlx::Err
     Ok(row.as_ref().map(RsvpRow::view))
 }
 
-/// The event's rsvps, oldest first.
-#[tracing::instrument(skip(pool), err)]
-pub async fn list_for_event(pool: &PgPool, event_id: Uuid) -> Result<Vec<RsvpView>, sqlx::Error> {
-    let rows: Vec<RsvpRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from rsvps where event_id = $1 order by created_at, id"
-    ))
-    .bind(event_id)
-    .fetch_all(pool)
-    .await?;
+/// Up to `limit` of the event's rsvps after `after` in `(created_at, id)` order: one
+/// index range scan of `rsvps_event_id_created_at_idx`, however deep the page.
+#[tracing::instrument(skip(pool, after), fields(after = after.is_some()), err)]
+pub async fn page_for_event(
+    pool: &PgPool,
+    event_id: Uuid,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<RsvpView>, sqlx::Error> {
+    // Two statements rather than `$2 is null or …`, which a generic plan cannot
+    // turn into an index range.
+    let rows: Vec<RsvpRow> = match after {
+        None => {
+            sqlx::query_as(&format!(
+                "select {COLUMNS} from rsvps where event_id = $1 order by created_at, id limit $2"
+            ))
+            .bind(event_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+        Some((created_at, id)) => {
+            sqlx::query_as(&format!(
+                "select {COLUMNS} from rsvps where event_id = $1 and (created_at, id) > ($2, $3)
+                 order by created_at, id limit $4"
+            ))
+            .bind(event_id)
+            .bind(created_at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }
+    };
     Ok(rows.iter().map(RsvpRow::view).collect())
+}
+
+/// The hash of the rsvp's token, to tell its owner from other readers.
+#[tracing::instrument(skip(pool), err)]
+pub async fn token_hash(pool: &PgPool, id: Uuid) -> Result<Option<TokenHash>, sqlx::Error> {
+    let stored: Option<Vec<u8>> =
+        sqlx::query_scalar("select token_hash from rsvps where id = $1").bind(id).fetch_optional(pool).await?;
+    Ok(stored.as_deref().and_then(TokenHash::from_stored))
 }

@@ -3,10 +3,13 @@
 
 mod cache;
 mod coalescing;
+mod connections;
 mod events;
 mod health;
 mod helpers;
 mod metrics;
 mod outbox;
+mod paging;
+mod privacy;
 mod rsvps;
 mod stats;

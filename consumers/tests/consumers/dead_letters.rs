@@ -1,6 +1,6 @@
 //! Poison records go to the dead-letter table without blocking their partition.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
 use rskafka::record::Record;
@@ -113,4 +113,72 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_max_attempts_and_the
     assert_eq!(stats, truth);
     assert_eq!(worker.next_offset(), 2);
     tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_and_its_partition_moves_on() {
+    // Arrange: a real event whose ce_id header is not its id (NUL and a byte that is
+    // not UTF-8), with a header whose name holds NUL; the real change behind it.
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
+    let event = api.create_event(None).await;
+    api.rsvp(event, "first@example.com", "going", 2).await;
+    let payload: Value = sqlx::query_scalar("select payload from outbox").fetch_one(&env.db).await.unwrap();
+    let (bad_id, odd_name, odd_value) = (b"\xff\x00not-an-id".to_vec(), "x-odd\0name", b"\x00\xc3\x28".to_vec());
+    let poison = Record {
+        key: Some(event.to_string().into_bytes()),
+        value: Some(serde_json::to_vec(&payload).unwrap()),
+        headers: BTreeMap::from([("ce_id".to_owned(), bad_id.clone()), (odd_name.to_owned(), odd_value.clone())]),
+        timestamp: Utc::now(),
+    };
+    env.produce(0, vec![poison]).await;
+    env.relay_outbox().await;
+    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
+
+    // Act: step until caught up; a step that fails would be retried forever.
+    let mut steps = 0;
+    loop {
+        match worker.step().await {
+            Ok(StepOutcome::Processed { .. }) => steps += 1,
+            Ok(StepOutcome::CaughtUp) => break,
+            Err(error) => panic!("step {steps} failed: {:#}", anyhow::Error::new(error)),
+        }
+        assert!(steps < 10, "the partition does not move on");
+    }
+    tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
+
+    // Assert: the raw bytes are in the table, and the change behind it is applied.
+    let (id, offset, names, values, error): (i64, i64, Vec<Vec<u8>>, Vec<Vec<u8>>, String) = sqlx::query_as(
+        "select id, kafka_offset, header_names, header_values, error from consumer_dead_letters",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(offset, 0);
+    assert_eq!(names, vec![b"ce_id".to_vec(), odd_name.as_bytes().to_vec()]);
+    assert_eq!(values, vec![bad_id, odd_value]);
+    assert!(error.contains("header ce_id"), "{error}");
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
+
+    // `dlq list` shows every byte escaped.
+    let (ok, listed) = run_binary(&env, &["dlq", "list", "--group", "analytics"]).await;
+    assert!(ok, "{listed}");
+    assert!(listed.contains(r"ce_id=\xff\x00not-an-id x-odd\u{0}name=\x00\xc3("), "{listed}");
+    assert!(!listed.contains('\0'), "{listed}");
+
+    // Redriven as it is, it is still poison and stays pending; without the bad header
+    // it is the change already applied, so nothing changes twice.
+    let (ok, redriven) = run_binary(&env, &["dlq", "redrive", "--group", "analytics"]).await;
+    assert!(!ok && redriven.contains(&format!("#{id} not redriven: header ce_id")), "{redriven}");
+    sqlx::query("update consumer_dead_letters set header_names = header_names[2:2], header_values = header_values[2:2]")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let (ok, redriven) = run_binary(&env, &["dlq", "redrive", "--group", "analytics"]).await;
+    assert!(ok && redriven.contains(&format!("#{id} redriven: duplicate")), "{redriven}");
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
 }

@@ -1,8 +1,10 @@
 //! Integration tests against real Postgres and a real Tansu broker.
 
+mod batching;
 mod faults;
 mod helpers;
 mod leadership;
+mod limited_broker;
 mod publishing;
 mod replay_audit;
 mod restore;
