@@ -7,6 +7,7 @@ mod events;
 mod health;
 mod helpers;
 mod metrics;
+mod ordering;
 mod outbox;
 mod rsvps;
 mod stats;
