@@ -5,4 +5,5 @@ mod cache;
 mod dead_letters;
 mod end_to_end;
 mod helpers;
+mod ordering;
 mod ownership;
