@@ -38,6 +38,7 @@ use crate::{
 /// transaction can touch its events or their rsvps, and events are then row-locked
 /// in id order as before (those row locks still guard seat counts against writers
 /// that bypass these locks). Two events sharing a key only wait for each other.
+#[tracing::instrument(skip_all, err)]
 pub async fn lock_writers<'o>(
     tx: &mut Tx<'_>,
     ops: impl IntoIterator<Item = &'o WriteOp>,
