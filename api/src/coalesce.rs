@@ -23,10 +23,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    auth::TokenHash,
     error::ApiError,
     store::Tx,
-    writes::{apply, create_rsvps, CreateRequest, WriteOp, WriteOutcome},
+    writes::{apply, create_rsvps, lock_writers, CreateRequest, WriteOp, WriteOutcome},
 };
 
 /// How writes are committed.
@@ -181,34 +180,22 @@ async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Resu
     Ok(outcomes.into_iter().map(|o| o.expect("every write has an outcome")).collect())
 }
 
-/// Locks every event the batch writes to, in id order, before any write: batches
-/// running side by side then take event locks in one global order and cannot deadlock.
-/// An rsvp's event never changes, so it can be looked up before the rsvp is locked.
+/// Locks every event the batch writes to before any write: first their advisory
+/// locks (see [`lock_writers`]: before the transaction has an xid, which keeps each
+/// key's `(xid, id)` order its commit order), then their rows in id order, as the
+/// seat counts need.
 async fn lock_events(tx: &mut Tx<'_>, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let (mut event_ids, mut rsvp_ids, mut token_hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for pending in batch {
-        match &pending.op {
-            WriteOp::Create { event_id, .. } => event_ids.push(*event_id),
-            WriteOp::Update { id, .. } | WriteOp::Delete { id } => rsvp_ids.push(*id),
-            WriteOp::Cancel { token } => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
-        }
-    }
-    sqlx::query(
-        "select id from events
-         where id = any($1) or id in (select event_id from rsvps where id = any($2) or token_hash = any($3))
-         order by id
-         for no key update",
-    )
-    .bind(&event_ids)
-    .bind(&rsvp_ids)
-    .bind(&token_hashes)
-    .execute(&mut **tx)
-    .await?;
+    let event_ids = lock_writers(tx, batch.iter().map(|p| &p.op)).await?;
+    sqlx::query("select id from events where id = any($1) order by id for no key update")
+        .bind(&event_ids)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 async fn run_alone(db: &PgPool, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
     let mut tx = db.begin().await?;
+    lock_writers(&mut tx, [op]).await?;
     let outcome = apply(&mut tx, op, traceparent).await?;
     tx.commit().await?;
     count_outbox_row(&outcome);

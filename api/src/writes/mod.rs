@@ -1,6 +1,8 @@
 //! The api's writes: each changes an rsvp and appends its outbox row inside the
 //! caller's transaction, locking the rsvp row before the outbox row is inserted, so
-//! that one rsvp's outbox rows and versions follow commit order. The caller commits.
+//! that one rsvp's versions follow commit order. The caller commits, and first calls
+//! [`lock_writers`], so that the relay publishes each key's outbox rows in commit
+//! order too.
 //!
 //! A write refused for a client mistake (404, 403, 409) returns before writing, or
 //! undoes what it wrote, and never leaves the transaction aborted: many writes can
@@ -10,8 +12,10 @@ use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
 use uuid::Uuid;
 
 mod create;
+mod order;
 
 pub use create::{create_rsvps, CreateRequest};
+pub use order::lock_writers;
 
 use crate::{
     auth::TokenHash,

@@ -8,6 +8,7 @@ mod events;
 mod health;
 mod helpers;
 mod metrics;
+mod ordering;
 mod outbox;
 mod paging;
 mod privacy;

@@ -6,6 +6,22 @@
 //! must not be subtracted from counts it was never added to. `previous_status` is
 //! still checked against that state to report gaps.
 //!
+//! Changes of one rsvp may arrive out of version order (a replay, a redelivered dead
+//! letter, a broker that lost records and got them republished), so each counter says
+//! what it means whatever the order:
+//!
+//! - `going`, `maybe`, `declined`, `cancelled`, `guests_going`: the rsvps of the
+//!   event as their newest applied version describes them (deleted ones not at all).
+//!   Only a version above the rsvp's last applied one moves them; an older one
+//!   arriving later would describe the past.
+//! - `created_total`, `updated_total`, `cancelled_total`, `deleted_total` and
+//!   `rsvps_per_hour` (`created`, `changes`): the number of distinct changes (ce_ids)
+//!   of each kind applied, whatever their order; `applied_events` keeps each ce_id
+//!   from counting twice. An older version arriving after a newer one still counts
+//!   here: it happened.
+//! - `last_event_at`: the latest `time` of any applied change (a maximum, so order
+//!   does not matter).
+//!
 //! The outcome of each event is worked out here, in batch order; [`apply`] reads the
 //! state a batch starts from and writes what it ends with in a fixed number of
 //! statements, however many events the batch holds.
@@ -28,15 +44,18 @@ pub enum Applied {
     Changed,
     /// Its `ce_id` was applied before: a redelivery or replay.
     Duplicate,
-    /// Its version is not above the rsvp's last applied one: an older change.
+    /// A change seen for the first time whose version is not above the rsvp's last
+    /// applied one: an older change arriving after a newer one. It counts in the
+    /// event's totals and hours but leaves the rsvp's state, and so the current
+    /// counts, as the newer version set them.
     Stale,
 }
 
 impl Applied {
     pub fn label(self) -> &'static str {
         match self {
-            Applied::Changed => "applied",
-            Applied::Duplicate | Applied::Stale => "duplicate",
+            Applied::Changed | Applied::Stale => "applied",
+            Applied::Duplicate => "duplicate",
         }
     }
 }
@@ -142,27 +161,23 @@ pub(crate) struct Plan {
 }
 
 /// Applies `events` in order, starting from the rsvps' stored `states` and the
-/// `seen` ce_ids (those of the batch already applied before): an event is stale when
-/// its version is not above its rsvp's last applied one, a duplicate when its ce_id
-/// was applied (before, or earlier in the batch), and changes the counts otherwise.
+/// `seen` ce_ids (those of the batch already applied before). An event whose ce_id
+/// was applied (before, or earlier in the batch) is a duplicate and changes nothing.
+/// Any other event counts once in its event's totals and hours, which are therefore
+/// counts of distinct changes whatever order they arrive in. Only an event whose
+/// version is above its rsvp's last applied one moves the rsvp's state and the
+/// current counts (by status, guests going): those always describe each rsvp's
+/// newest applied version. An older one is [`Applied::Stale`].
 pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, mut seen: HashSet<Uuid>) -> Plan {
     let mut plan = Plan::default();
     for event in events {
         let data = &event.data;
-        let state = states.get(&data.id);
-        if state.is_some_and(|s| s.last_version >= data.version) {
-            plan.outcomes.push(Applied::Stale);
-            continue;
-        }
         if !seen.insert(event.id) {
             plan.outcomes.push(Applied::Duplicate);
             continue;
         }
-        let before = state.and_then(|s| match (s.deleted, s.status.as_deref().and_then(RsvpStatus::parse)) {
-            (false, Some(status)) => Some(Contribution { status, guests: s.guests }),
-            _ => None,
-        });
-        report_gaps(event, state, before);
+        let state = states.get(&data.id);
+        let newer = state.is_none_or(|s| s.last_version < data.version);
         let is = |t: EventType| i64::from(event.event_type == t);
         let stats = plan.stats.entry(data.event_id).or_insert(StatsChange {
             counts: CountsDelta::default(),
@@ -172,7 +187,6 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
             deleted: 0,
             last_event_at: event.time,
         });
-        stats.counts.add_delta(CountsDelta::between(before, contribution_after(event)));
         stats.created += is(EventType::RsvpCreated);
         stats.updated += is(EventType::RsvpUpdated);
         stats.cancelled += is(EventType::RsvpCancelled);
@@ -181,6 +195,17 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
         let hour = plan.hours.entry((data.event_id, hour_of(event.time))).or_default();
         hour.created += is(EventType::RsvpCreated);
         hour.changes += 1;
+        plan.applied.push((event.id, data.id));
+        if !newer {
+            plan.outcomes.push(Applied::Stale);
+            continue;
+        }
+        let before = state.and_then(|s| match (s.deleted, s.status.as_deref().and_then(RsvpStatus::parse)) {
+            (false, Some(status)) => Some(Contribution { status, guests: s.guests }),
+            _ => None,
+        });
+        report_gaps(event, state, before);
+        stats.counts.add_delta(CountsDelta::between(before, contribution_after(event)));
         let deleted = event.event_type == EventType::RsvpDeleted;
         let after = StateRow {
             event_id: data.event_id,
@@ -191,7 +216,6 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
         };
         plan.states.insert(data.id, after.clone());
         states.insert(data.id, after);
-        plan.applied.push((event.id, data.id));
         plan.outcomes.push(Applied::Changed);
     }
     plan
@@ -291,20 +315,47 @@ mod tests {
     }
 
     #[test]
-    fn stale_and_duplicate_events_in_a_batch_change_nothing() {
+    fn duplicates_in_a_batch_change_nothing_and_an_older_change_counts_only_in_the_totals() {
         let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
         let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
         let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 1);
         let stored = StateRow { event_id: event, status: Some("going".into()), guests: 1, last_version: 1, deleted: false };
-        // a1 is older than the stored state; a2 comes twice in the batch.
-        let plan = plan(&[&a1, &a2, &a2], HashMap::from([(a, stored)]), HashSet::new());
-        assert_eq!(plan.outcomes, vec![Applied::Stale, Applied::Changed, Applied::Stale]);
+        // a1 was applied before; a2 comes twice in the batch.
+        let plan = plan(&[&a1, &a2, &a2], HashMap::from([(a, stored.clone())]), HashSet::from([a1.id]));
+        assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed, Applied::Duplicate]);
         assert_eq!(plan.stats[&event].counts, CountsDelta { going: -1, maybe: 1, guests_going: -1, ..Default::default() });
+        assert_eq!((plan.stats[&event].created, plan.stats[&event].updated), (0, 1));
         // An event whose ce_id was applied before is a duplicate even when its
         // version is ahead of the state (a replay after the state was reset).
         let plan = super::plan(&[&a2], HashMap::new(), HashSet::from([a2.id]));
         assert_eq!(plan.outcomes, vec![Applied::Duplicate]);
         assert!(plan.applied.is_empty() && plan.stats.is_empty() && plan.states.is_empty());
+        // A change never applied whose version the state is already past (the
+        // creation arriving after the update) counts in the totals only.
+        let stored = StateRow { last_version: 2, status: Some("maybe".into()), ..stored };
+        let plan = super::plan(&[&a1], HashMap::from([(a, stored)]), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Stale]);
+        assert_eq!(plan.stats[&event].counts, CountsDelta::default());
+        assert_eq!(plan.stats[&event].created, 1);
+        assert_eq!(plan.hours[&(event, hour_of(a1.time))], HourChange { created: 1, changes: 1 });
+        assert_eq!(plan.applied, vec![(a1.id, a)]);
+        assert!(plan.states.is_empty());
+    }
+
+    #[test]
+    fn versions_one_three_two_count_every_change_once_and_keep_the_newest_state() {
+        let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
+        let v1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
+        let v2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Going, 3);
+        let v3 = change(EventType::RsvpCancelled, a, event, 3, RsvpStatus::Cancelled, 3);
+        let plan = plan(&[&v1, &v3, &v2], HashMap::new(), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Changed, Applied::Changed, Applied::Stale]);
+        let stats = plan.stats[&event];
+        assert_eq!(stats.counts, CountsDelta { cancelled: 1, ..Default::default() });
+        assert_eq!((stats.created, stats.updated, stats.cancelled, stats.deleted), (1, 1, 1, 0));
+        assert_eq!(plan.hours[&(event, hour_of(v1.time))], HourChange { created: 1, changes: 3 });
+        assert_eq!(plan.states[&a].last_version, 3);
+        assert_eq!(plan.applied.len(), 3);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use rsvp_consumers::group::Group;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::helpers::{totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv};
+use crate::helpers::{outbox_record, totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv};
 
 #[tokio::test]
 async fn stats_match_the_rsvps_table_after_a_mixed_workload_and_stay_unchanged_after_redelivery_and_replay() {
@@ -202,4 +204,47 @@ async fn the_api_serves_the_stats_zeros_before_any_change_and_404_for_an_unknown
     assert!(zero["last_event_at"].is_null());
     let missing = api.http.get(format!("{}/events/{}/stats", api.url, uuid::Uuid::now_v7())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn an_older_change_applied_after_a_newer_one_leaves_every_counter_exact() {
+    // Arrange: one rsvp created going (v1), updated (v2), cancelled (v3).
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
+    let event = api.create_event(None).await;
+    let (rsvp, token) = api.rsvp(event, "late@example.com", "going", 1).await;
+    api.update(rsvp, &token, json!({ "guests": 3 })).await;
+    api.cancel(&token).await;
+    let rows: Vec<(String, Value, i64, Uuid, String)> = sqlx::query_as(
+        "select kafka_key, payload, rsvp_version, message_id, event_type from outbox where aggregate_id = $1 order by rsvp_version",
+    )
+    .bind(rsvp)
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(rows.iter().map(|r| r.2).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let record = |i: usize| {
+        let (key, payload, version, message_id, event_type) = &rows[i];
+        outbox_record(key, payload, *version, *message_id, event_type)
+    };
+    let partition = env.partition_for(&rows[0].0);
+
+    // Act: v1 and v3 arrive and are applied; then v2 arrives, older than what was applied.
+    env.produce(partition, vec![record(0), record(2)]).await;
+    assert_eq!(consumers.drain(&env, Group::Analytics).await, 2);
+    env.produce(partition, vec![record(1)]).await;
+    assert_eq!(consumers.drain(&env, Group::Analytics).await, 1);
+
+    // Assert: counts describe the newest version; totals count each change once.
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth, "going, maybe, declined, cancelled, guests going");
+    let (outbox, applied) = totals(&env.db, event).await;
+    assert_eq!(applied, outbox, "created, updated, cancelled, deleted, changes per hour");
+
+    // v2 once more, and everything again: nothing changes.
+    env.produce(partition, vec![record(1), record(0), record(2)]).await;
+    assert_eq!(consumers.drain(&env, Group::Analytics).await, 3);
+    assert_eq!(truth_and_stats(&env.db, event).await.1, truth);
+    assert_eq!(totals(&env.db, event).await.1, outbox);
 }

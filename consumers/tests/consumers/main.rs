@@ -7,5 +7,6 @@ mod dead_letters;
 mod end_to_end;
 mod helpers;
 mod lost_log;
+mod ordering;
 mod ownership;
 mod transient;

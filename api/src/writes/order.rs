@@ -1,0 +1,59 @@
+//! Per-key commit order: before a transaction does anything that gives it an xid, it
+//! locks the Kafka key (the event) of every write it will make.
+
+use uuid::Uuid;
+
+use super::WriteOp;
+use crate::{
+    auth::TokenHash,
+    store::{key_locks, rsvps, Tx},
+};
+
+/// Locks the events `ops` write to (the advisory lock of each, in one sorted order)
+/// and returns them sorted. Call it first in the transaction, before any row lock,
+/// insert, update or delete. Rsvps are looked up by a plain read, which assigns no
+/// xid; an rsvp's event never changes, and an rsvp the lookup does not see cannot be
+/// written by these ops either (its id and token reach a client only after its
+/// creating transaction committed), so the locked events cover every outbox row the
+/// transaction will append.
+///
+/// Why this makes the relay's `(xid, id)` order the commit order of any two
+/// transactions T1 and T2 that append outbox rows with one key K (event E):
+///
+/// 1. Postgres assigns a transaction its xid at its first row lock or write, from a
+///    counter that only grows. Both take E's lock before either, so each gets its
+///    xid while holding E's lock.
+/// 2. An `xact` advisory lock is held until commit or rollback. Say T1 got E's lock
+///    first: T2 gets it only after T1 ended, so T2's xid is assigned after T1
+///    committed, and xid(T1) < xid(T2).
+/// 3. T2 commits after it got the lock, so after T1 committed: commit(T1) <
+///    commit(T2). Hence xid order = commit order for the writers of K, whatever else
+///    either waits for (another event's row lock, a held rsvp row) after its xid.
+/// 4. The relay reads rows in `(xid, id)` order and publishes one key's rows to one
+///    partition in that order, so K's records follow commit order, and so do one
+///    rsvp's versions (an rsvp's writers all write its event's key).
+///
+/// Deadlock freedom: every transaction takes its advisory locks in ascending key
+/// order in one statement before any row lock; once it holds them, no other api
+/// transaction can touch its events or their rsvps, and events are then row-locked
+/// in id order as before (those row locks still guard seat counts against writers
+/// that bypass these locks). Two events sharing a key only wait for each other.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_writers<'o>(
+    tx: &mut Tx<'_>,
+    ops: impl IntoIterator<Item = &'o WriteOp>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let (mut event_ids, mut rsvp_ids, mut token_hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for op in ops {
+        match op {
+            WriteOp::Create { event_id, .. } => event_ids.push(*event_id),
+            WriteOp::Update { id, .. } | WriteOp::Delete { id } => rsvp_ids.push(*id),
+            WriteOp::Cancel { token } => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
+        }
+    }
+    event_ids.extend(rsvps::events_of(tx, &rsvp_ids, &token_hashes).await?);
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    key_locks::lock_events(tx, &event_ids).await?;
+    Ok(event_ids)
+}
