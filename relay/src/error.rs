@@ -20,9 +20,10 @@ pub enum RelayError {
     /// The topic does not exist and this command does not create it.
     #[error("topic {0} does not exist")]
     TopicMissing(String),
-    /// The leader's session ended, so its lock is gone; another relay may lead now.
+    /// The leader's session ended, failed or did not answer in time, so its lock is
+    /// gone or about to be; another relay may lead now.
     #[error("lost the leader lock")]
-    LostLeadership,
+    LostLeadership(#[from] rsvp_contract::role_lock::RoleLost),
 }
 
 impl RelayError {
@@ -33,7 +34,7 @@ impl RelayError {
             RelayError::Kafka { .. } => "kafka",
             RelayError::KafkaTimeout { .. } => "kafka_timeout",
             RelayError::TopicMissing(_) => "topic_missing",
-            RelayError::LostLeadership => "leadership",
+            RelayError::LostLeadership(_) => "leadership",
         }
     }
 

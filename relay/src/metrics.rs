@@ -35,6 +35,8 @@ pub fn describe() {
     describe_counter!(PRUNED, "Published outbox rows deleted by retention.");
     describe_counter!(KAFKA_REQUESTS, "Kafka client calls, by operation and result.");
     describe_histogram!(KAFKA_REQUEST_DURATION, Unit::Seconds, "Kafka client call duration, by operation and result.");
+    rsvp_contract::role_lock::describe_metrics();
+    metrics::counter!(rsvp_contract::role_lock::LOST, "role" => crate::leader::ROLE).absolute(0);
     metrics::gauge!(BACKLOG_ROWS).set(0.0);
     metrics::gauge!(OLDEST_UNPUBLISHED_AGE).set(0.0);
     metrics::gauge!(LEADER).set(0.0);

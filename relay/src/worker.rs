@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use rskafka::record::Record;
+use rsvp_contract::role_lock::RoleSession;
 use sqlx::PgPool;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -65,7 +66,7 @@ impl Worker {
     /// Starts publishing after the stored cursor (creating it at the outbox start).
     /// Reads go through `pool`; receipts and the cursor through the leader session.
     pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
-        let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
+        let cursor = leader.session.run(async |conn| store::ensure_cursor(conn, &settings.topic).await).await??;
         tracing::info!(
             cursor_xid = cursor.position.xid, cursor_id = cursor.position.id, receipts_ahead = ?cursor.receipts_ahead,
             "leading: publishing after the cursor"
@@ -75,6 +76,11 @@ impl Worker {
 
     pub fn cursor(&self) -> Position {
         self.cursor.position
+    }
+
+    /// The leader session, to keep it alive while the run loop waits.
+    pub fn role(&mut self) -> &mut RoleSession {
+        &mut self.leader.session
     }
 
     /// Ends the leader session, releasing the lock.
@@ -114,6 +120,9 @@ impl Worker {
                 records.push(row.take_record());
             }
         }
+        // After a pause longer than the role-loss timeout, another relay leads: find
+        // out before producing.
+        self.leader.session.ensure_held().await?;
         let mut in_flight = JoinSet::new();
         for (partition, (indexes, records)) in batches {
             let producer = kafka.producer(partition);
@@ -123,7 +132,8 @@ impl Worker {
         let mut receipts = Vec::new();
         let mut failed = HashSet::new();
         let mut first_error = None;
-        while let Some(joined) = in_flight.join_next().await {
+        // The leader session stays busy while the broker takes its time.
+        while let Some(joined) = self.leader.session.keep_alive_while(in_flight.join_next()).await? {
             let (partition, indexes, result) = joined.expect("a produce task never panics");
             match result {
                 Ok(offsets) => {
@@ -145,7 +155,8 @@ impl Worker {
         }
 
         let cursor = advance(self.cursor, &rows, &partition_of, &failed);
-        store::commit(&mut self.leader.conn, &topic, &receipts, (cursor != self.cursor).then_some(cursor)).await?;
+        let moved = (cursor != self.cursor).then_some(cursor);
+        self.leader.session.run(async |conn| store::commit(conn, &topic, &receipts, moved).await).await??;
         self.cursor = cursor;
         if let Some(error) = first_error {
             // Start over with fresh connections: a stuck one may hold a stale request.

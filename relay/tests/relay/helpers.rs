@@ -109,7 +109,7 @@ pub(crate) async fn write_rows(pool: &PgPool, keys: usize, per_key: usize) -> Ve
 /// A worker holding the leader lock, for step-by-step tests.
 pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
     let options = leader::connect_options(&settings.database_url).unwrap();
-    let candidate = Candidate::connect(&options, &settings.topic).await.unwrap();
+    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
     Worker::start(leader, settings.clone(), pool).await.unwrap()
@@ -185,6 +185,7 @@ impl RelayProcess {
             .env("RELAY_KAFKA_TIMEOUT", humantime::format_duration(settings.kafka_timeout).to_string())
             .env("RELAY_MAX_BACKOFF", humantime::format_duration(settings.max_backoff).to_string())
             .env("RELAY_BATCH_ROWS", settings.batch_rows.to_string())
+            .env("ROLE_LOSS_TIMEOUT", humantime::format_duration(settings.role_loss_timeout).to_string())
             .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("RUST_LOG", "warn,rsvp_relay=info")
             .stdout(Stdio::null())
