@@ -174,7 +174,9 @@ pub(crate) struct RelayProcess {
 impl RelayProcess {
     pub(crate) fn spawn(settings: &Settings, extra_env: &[(&str, &str)]) -> Self {
         let admin_port = testing::free_port();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rsvp-relay"));
+        // `RSVP_RELAY_BIN` runs another build (say, an older commit's) under the same tests.
+        let binary = std::env::var("RSVP_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rsvp-relay").to_owned());
+        let mut command = tokio::process::Command::new(binary);
         command
             .arg("run")
             .env("DATABASE_URL", &settings.database_url)
