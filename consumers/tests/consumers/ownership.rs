@@ -126,7 +126,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     // Arrange: two instances with the default role-loss timeout, both groups, 4 partitions.
     let env = TestEnv::start(4).await;
     let api = Api::spawn(&env).await;
-    let events: Vec<_> = [api.create_event(None).await, api.create_event(None).await].into();
+    let events: Vec<_> = [api.create_event(None).await, api.create_event(None).await, api.create_event(None).await].into();
     let first = ConsumerProcess::spawn(&env, &[]);
     let second = ConsumerProcess::spawn(&env, &[]);
     for group in Group::ALL {
@@ -182,7 +182,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
         })
         .await;
     }
-    api.mixed_workload(events[0], 12).await;
+    api.mixed_workload(events[2], 12).await;
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "both instances consumed the last writes", || async {
