@@ -118,6 +118,7 @@ impl Application {
                 max_attempts: self.settings.max_attempts,
                 retry_max_backoff: self.settings.retry_max_backoff,
                 rebalance_interval: self.settings.rebalance_interval,
+                role_loss_timeout: self.settings.role_loss_timeout,
             },
         }))
     }

@@ -121,6 +121,15 @@ pub struct Settings {
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, global = true)]
     pub max_attempts: u32,
 
+    /// How long a partition owner or a member may go without using its database
+    /// session before Postgres ends the session, and with it the partition's lock or
+    /// the membership, so that another instance takes over: bounds failover from a
+    /// paused, frozen or cut-off instance (plus up to REBALANCE_INTERVAL). Sessions
+    /// are pinged every third of this while idle, and checked before effects and
+    /// offsets are committed after any longer gap.
+    #[arg(long, env = "ROLE_LOSS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub role_loss_timeout: Duration,
+
     /// How often each group counts its live instances and takes or gives up
     /// partitions; a dead instance's partitions are taken over within about this long.
     #[arg(long, env = "REBALANCE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
@@ -146,6 +155,11 @@ impl Settings {
             "REBALANCE_INTERVAL must be at least 50ms"
         );
         anyhow::ensure!(self.fetch_max_wait <= Duration::from_secs(30), "FETCH_MAX_WAIT must be at most 30s");
+        anyhow::ensure!(
+            self.role_loss_timeout >= rsvp_contract::role_lock::MIN_TIMEOUT,
+            "ROLE_LOSS_TIMEOUT must be at least {:?}",
+            rsvp_contract::role_lock::MIN_TIMEOUT
+        );
         for (name, interval) in [
             ("CACHE_POLL_INTERVAL", self.cache_poll_interval),
             ("ANALYTICS_POLL_INTERVAL", self.analytics_poll_interval),

@@ -52,6 +52,9 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub retry_max_backoff: Duration,
     pub rebalance_interval: Duration,
+    /// How long a role session (partition owner, member) may go unused before
+    /// Postgres ends it.
+    pub role_loss_timeout: Duration,
 }
 
 /// Everything the workers of one group share.

@@ -12,6 +12,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let _ = rsvp_contract::admin::metrics_handle();
+            rsvp_contract::role_lock::describe_metrics();
+            for role in [rsvp_consumers::ownership::PARTITION_ROLE, rsvp_consumers::ownership::MEMBER_ROLE] {
+                metrics::counter!(rsvp_contract::role_lock::LOST, "role" => role).absolute(0);
+            }
             let app = Application::build(&cli.settings, true).await?;
             tracing::info!(admin_port = app.admin_port(), "started");
             app.run_until(rsvp_contract::telemetry::shutdown_signal()).await?;

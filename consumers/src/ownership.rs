@@ -5,13 +5,25 @@
 //! A partition's lock is held by the connection its worker commits offsets through:
 //! if that connection dies, the lock is gone and so is any transaction the worker
 //! could still commit, so two instances can never both advance one partition.
-//! Liveness of a member is the liveness of its membership connection's backend, so
-//! a SIGKILLed instance stops counting as soon as Postgres sees its socket close.
+//! Liveness of a member is the liveness of its membership connection's backend,
+//! identified by its pid and start time (a pid alone can be reused by a later
+//! backend), so a SIGKILLed instance stops counting as soon as Postgres sees its
+//! socket close. Both kinds of connection are role sessions (`role_lock`): Postgres
+//! ends them after the role-loss timeout unused, so a paused or cut-off instance
+//! loses its partitions and its membership within that time too.
 
-use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+
+use rsvp_contract::role_lock::{RoleLost, RoleSession};
+use sqlx::{postgres::PgConnectOptions, PgConnection};
 use uuid::Uuid;
 
 use crate::group::Group;
+
+/// The `role` label of the role metrics for a partition's session.
+pub const PARTITION_ROLE: &str = "partition_owner";
+/// The `role` label of the role metrics for the membership session.
+pub const MEMBER_ROLE: &str = "group_member";
 
 /// The first half of the advisory lock key of a group's partitions on a topic (the
 /// second is the partition): a stable 32-bit FNV-1a hash, so every instance and
@@ -41,57 +53,85 @@ pub async fn try_lock(conn: &mut PgConnection, group: Group, topic: &str, partit
         .await
 }
 
-/// This instance's row in `consumer_members`, alive while its connection is.
+/// This instance's row in `consumer_members`, alive while its session is.
 pub struct Membership {
-    conn: PgConnection,
+    session: RoleSession,
     group: Group,
     instance_id: Uuid,
 }
 
 impl Membership {
     #[tracing::instrument(skip_all, fields(group = group.name(), %instance_id), err)]
-    pub async fn join(url: &str, group: Group, instance_id: Uuid) -> Result<Self, sqlx::Error> {
-        let mut conn = PgConnection::connect(url).await?;
-        sqlx::query(
-            "insert into consumer_members (group_name, instance_id, backend_pid)
-             values ($1, $2, pg_backend_pid())
-             on conflict (group_name, instance_id) do update set backend_pid = excluded.backend_pid",
-        )
-        .bind(group.name())
-        .bind(instance_id)
-        .execute(&mut conn)
-        .await?;
-        Ok(Self { conn, group, instance_id })
+    pub async fn join(url: &str, group: Group, instance_id: Uuid, role_loss_timeout: Duration) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let mut session = RoleSession::connect(&options, MEMBER_ROLE, role_loss_timeout).await?;
+        session
+            .run(async |conn| {
+                sqlx::query(
+                    "insert into consumer_members (group_name, instance_id, backend_pid, backend_start)
+                     select $1, $2, pid, backend_start from pg_stat_activity where pid = pg_backend_pid()
+                     on conflict (group_name, instance_id)
+                     do update set backend_pid = excluded.backend_pid, backend_start = excluded.backend_start",
+                )
+                .bind(group.name())
+                .bind(instance_id)
+                .execute(conn)
+                .await
+            })
+            .await??;
+        Ok(Self { session, group, instance_id })
     }
 
-    /// Forgets members whose backend is gone, then counts the live ones (this one included).
+    /// The membership session, to keep it alive between rebalances.
+    pub fn session(&mut self) -> &mut RoleSession {
+        &mut self.session
+    }
+
+    /// Forgets members whose backend is gone (no backend with that pid *and* start
+    /// time: a reused pid is another backend), then counts the live ones (this one
+    /// included). Any failure means the membership itself is gone: join again.
     #[tracing::instrument(skip_all, fields(group = self.group.name()), err)]
-    pub async fn live_members(&mut self) -> Result<usize, sqlx::Error> {
-        sqlx::query(
-            "delete from consumer_members
-             where group_name = $1 and backend_pid not in (select pid from pg_stat_activity)",
-        )
-        .bind(self.group.name())
-        .execute(&mut self.conn)
-        .await?;
-        let count: i64 = sqlx::query_scalar("select count(*) from consumer_members where group_name = $1")
-            .bind(self.group.name())
-            .fetch_one(&mut self.conn)
+    pub async fn live_members(&mut self) -> Result<usize, RoleLost> {
+        let group = self.group.name();
+        let counted = self
+            .session
+            .run(async |conn| {
+                sqlx::query(
+                    "delete from consumer_members m
+                     where group_name = $1
+                       and not exists (select 1 from pg_stat_activity a
+                                        where a.pid = m.backend_pid and a.backend_start = m.backend_start)",
+                )
+                .bind(group)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query_scalar::<_, i64>("select count(*) from consumer_members where group_name = $1")
+                    .bind(group)
+                    .fetch_one(&mut *conn)
+                    .await
+            })
             .await?;
+        let count = counted.map_err(|error| self.session.failed(error))?;
         Ok(usize::try_from(count).unwrap_or(1).max(1))
     }
 
     /// Leaves the group at once, rather than when Postgres notices the closed connection.
     pub async fn leave(mut self) {
-        let left = sqlx::query("delete from consumer_members where group_name = $1 and instance_id = $2")
-            .bind(self.group.name())
-            .bind(self.instance_id)
-            .execute(&mut self.conn)
+        let (group, instance_id) = (self.group.name(), self.instance_id);
+        let left = self
+            .session
+            .run(async |conn| {
+                sqlx::query("delete from consumer_members where group_name = $1 and instance_id = $2")
+                    .bind(group)
+                    .bind(instance_id)
+                    .execute(conn)
+                    .await
+            })
             .await;
-        if let Err(error) = left {
-            tracing::warn!(%error, "could not leave the group; the row goes when the connection closes");
+        if !matches!(left, Ok(Ok(_))) {
+            tracing::warn!("could not leave the group; the row goes when the connection closes");
         }
-        let _ = self.conn.close().await;
+        self.session.close().await;
     }
 }
 

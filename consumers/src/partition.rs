@@ -13,8 +13,11 @@ use rskafka::client::{
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
 use rskafka::record::RecordAndOffset;
-use rsvp_contract::CloudEvent;
-use sqlx::{Connection, PgConnection};
+use rsvp_contract::{
+    role_lock::{RoleLost, RoleSession},
+    CloudEvent,
+};
+use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
     analytics, cache, dlq,
@@ -43,6 +46,10 @@ pub enum WorkerError {
     /// The connection holding the partition's lock failed: ownership is lost with it.
     #[error("the partition's database connection failed")]
     Connection(#[source] sqlx::Error),
+    /// The partition's session ended or did not answer in time (a pause longer than
+    /// the role-loss timeout, a cut network): another instance may own it now.
+    #[error(transparent)]
+    Lost(#[from] RoleLost),
     /// Another instance advanced the offset: this one no longer owns the partition.
     #[error(transparent)]
     Fenced(OffsetError),
@@ -90,7 +97,7 @@ pub struct PartitionWorker {
     ctx: Arc<GroupContext>,
     key: OffsetKey,
     /// Holds the partition's advisory lock; every offset advance goes through it.
-    conn: PgConnection,
+    conn: RoleSession,
     kafka: PartitionClient,
     next_offset: i64,
     /// The offset stored in Postgres: behind `next_offset` while the cache group
@@ -110,24 +117,33 @@ impl PartitionWorker {
     /// earliest offset the broker still has.
     #[tracing::instrument(skip_all, fields(group = ctx.group.name(), partition), err)]
     pub async fn acquire(ctx: Arc<GroupContext>, partition: i32) -> Result<Option<Self>, WorkerError> {
-        let mut conn = PgConnection::connect(&ctx.store_url).await.map_err(db)?;
+        let options: PgConnectOptions = ctx.store_url.parse().map_err(db)?;
+        let role_loss_timeout = ctx.settings.role_loss_timeout;
+        let mut conn = RoleSession::connect(&options, ownership::PARTITION_ROLE, role_loss_timeout).await.map_err(db)?;
         // A batch's effects and its offset commit together, so a crash of Postgres
         // that loses the last commits loses both: the records are fetched and applied
         // again, and applying twice is a no-op. Not waiting for the WAL flush also
         // ends each transaction sooner, and until it ends it holds the relay's
         // watermark back for every writer in the cluster.
-        sqlx::query("set synchronous_commit = off").execute(&mut conn).await.map_err(db)?;
-        if !ownership::try_lock(&mut conn, ctx.group, &ctx.topic, partition).await.map_err(db)? {
-            let _ = conn.close().await;
+        let (group, topic) = (ctx.group, &ctx.topic);
+        let locked = conn
+            .run(async |conn| {
+                sqlx::query("set synchronous_commit = off").execute(&mut *conn).await?;
+                ownership::try_lock(conn, group, topic, partition).await
+            })
+            .await?
+            .map_err(db)?;
+        if !locked {
+            conn.close().await;
             return Ok(None);
         }
         let key = OffsetKey { group: ctx.group, topic: ctx.topic.clone(), partition };
         let kafka = ctx.kafka.partition_client(ctx.topic.clone(), partition, UnknownTopicHandling::Retry).await?;
-        let (next_offset, anchor) = match key.load(&mut conn).await.map_err(db)? {
+        let (next_offset, anchor) = match conn.run(async |conn| key.load(conn).await).await?.map_err(db)? {
             Some(stored) => (stored.next_offset, stored.anchor),
             None => {
                 let earliest = kafka.get_offset(OffsetAt::Earliest).await?;
-                key.store(&mut conn, earliest).await.map_err(db)?;
+                conn.run(async |conn| key.store(conn, earliest).await).await?.map_err(db)?;
                 (earliest, None)
             }
         };
@@ -159,13 +175,18 @@ impl PartitionWorker {
         self.high_watermark.is_some_and(|high| self.next_offset >= high)
     }
 
+    /// The partition's session, to keep it alive while the worker waits.
+    pub fn role(&mut self) -> &mut RoleSession {
+        &mut self.conn
+    }
+
     /// Gives the partition up, storing its offset first: closing the connection
     /// releases its lock at once.
     pub async fn release(mut self) {
         if let Err(error) = self.store_offset().await {
             tracing::warn!(%error, partition = self.key.partition, "storing the offset on release failed; its records are applied again");
         }
-        let _ = self.conn.close().await;
+        self.conn.close().await;
         tracing::info!(group = self.ctx.group.name(), partition = self.key.partition, "partition released");
     }
 
@@ -206,7 +227,10 @@ impl PartitionWorker {
         let count = batch.len();
         let apply_statistics = match &self.ctx.effect {
             Effect::Cache(invalidator) => {
-                invalidate_until_done(invalidator, &batch, &self.ctx).await;
+                // After a pause longer than the role-loss timeout, another instance
+                // owns the partition: find out before invalidating for it.
+                self.conn.ensure_held().await?;
+                self.conn.keep_alive_while(invalidate_until_done(invalidator, &batch, &self.ctx)).await?;
                 false
             }
             Effect::Analytics => true,
@@ -217,7 +241,11 @@ impl PartitionWorker {
         let labels = if defer {
             vec!["applied"; count]
         } else {
-            let result = commit_batch(&mut self.conn, &self.key, &batch, (from, to), &anchor, apply_statistics).await;
+            let (key, batch_anchor) = (&self.key, &anchor);
+            let committing = async |conn: &mut PgConnection| {
+                commit_batch(conn, key, &batch, (from, to), batch_anchor, apply_statistics).await
+            };
+            let result = self.conn.run(committing).await?;
             match &result {
                 Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
                 Err(WorkerError::Transient(_) | WorkerError::Connection(_)) => {
@@ -278,9 +306,8 @@ impl PartitionWorker {
         if self.stored_offset == self.next_offset {
             return Ok(());
         }
-        let mut tx = self.conn.begin().await.map_err(db)?;
-        self.key.advance_after(&mut tx, self.stored_offset, self.next_offset, self.anchor.as_ref()).await?;
-        tx.commit().await.map_err(db)?;
+        let (key, from, to, anchor) = (&self.key, self.stored_offset, self.next_offset, self.anchor.as_ref());
+        self.conn.run(async |conn| advance(conn, key, from, to, anchor).await).await??;
         (self.stored_offset, self.last_stored) = (self.next_offset, Instant::now());
         Ok(())
     }
@@ -320,9 +347,8 @@ impl PartitionWorker {
     /// data): start again from the earliest record it has.
     async fn reset_to_earliest(&mut self, why: &'static str) -> Result<(), WorkerError> {
         let earliest = self.kafka.get_offset(OffsetAt::Earliest).await?;
-        let mut tx = self.conn.begin().await.map_err(db)?;
-        self.key.advance(&mut tx, self.stored_offset, earliest).await?;
-        tx.commit().await.map_err(db)?;
+        let (key, from) = (&self.key, self.stored_offset);
+        self.conn.run(async |conn| advance(conn, key, from, earliest, None).await).await??;
         tracing::warn!(
             group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
             why, "restarting from the earliest offset"
@@ -333,6 +359,19 @@ impl PartitionWorker {
         self.anchor = None;
         Ok(())
     }
+}
+
+/// Moves the offset from `from` to `to`, taken after `anchor`, in a transaction of its own.
+async fn advance(
+    conn: &mut PgConnection,
+    key: &OffsetKey,
+    from: i64,
+    to: i64,
+    anchor: Option<&Anchor>,
+) -> Result<(), WorkerError> {
+    let mut tx = conn.begin().await.map_err(db)?;
+    key.advance_after(&mut tx, from, to, anchor).await?;
+    tx.commit().await.map_err(db)
 }
 
 /// A fetched record and its event, or why it is dead (with the attempts it took).

@@ -1,5 +1,7 @@
 //! A group's run loop: share the partitions out between the live instances, run one
-//! worker task per owned partition, and stop them all on shutdown.
+//! worker task per owned partition, and stop them all on shutdown. Every wait keeps
+//! the role sessions (membership, partitions) busy; a worker whose session is gone
+//! gives its partition up and the next rebalance balances again.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
@@ -37,13 +39,28 @@ impl GroupRunner {
         let mut tick = tokio::time::interval(self.ctx.settings.rebalance_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(error) = self.rebalance().await {
-                        tracing::warn!(group = self.ctx.group.name(), error = format!("{error:#}"), "rebalancing failed");
-                    }
+            let next = async {
+                tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tick.tick() => false,
                 }
+            };
+            let stopping = match self.membership.as_mut() {
+                Some(membership) => match membership.session().keep_alive_while(next).await {
+                    Ok(stopping) => stopping,
+                    Err(error) => {
+                        tracing::warn!(group = self.ctx.group.name(), %error, "membership lost; joining again");
+                        self.membership = None;
+                        false
+                    }
+                },
+                None => next.await,
+            };
+            if stopping {
+                break;
+            }
+            if let Err(error) = self.rebalance().await {
+                tracing::warn!(group = self.ctx.group.name(), error = format!("{error:#}"), "rebalancing failed");
             }
         }
         for (_, owned) in std::mem::take(&mut self.owned) {
@@ -97,7 +114,8 @@ impl GroupRunner {
 
     async fn live_members(&mut self) -> anyhow::Result<usize> {
         if self.membership.is_none() {
-            self.membership = Some(Membership::join(&self.ctx.store_url, self.ctx.group, self.instance_id).await?);
+            let timeout = self.ctx.settings.role_loss_timeout;
+            self.membership = Some(Membership::join(&self.ctx.store_url, self.ctx.group, self.instance_id, timeout).await?);
         }
         let membership = self.membership.as_mut().expect("joined above");
         match membership.live_members().await {
@@ -130,6 +148,11 @@ impl GroupRunner {
 async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: CancellationToken) {
     let mut backoff = Backoff::new(ctx.settings.retry_max_backoff);
     loop {
+        // A heartbeat when due; after a pause, the partition may be another's by now.
+        if let Err(error) = worker.role().ensure_held().await {
+            tracing::warn!(partition = worker.partition(), %error, "giving the partition up");
+            break;
+        }
         let started = Instant::now();
         // Stopping mid-batch is safe: the transaction rolls back, the offset stays.
         let outcome = tokio::select! {
@@ -163,9 +186,19 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
             }
         };
         if !pause.is_zero() {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
+            let waiting = async {
+                tokio::select! {
+                    _ = stop.cancelled() => true,
+                    _ = tokio::time::sleep(pause) => false,
+                }
+            };
+            match worker.role().keep_alive_while(waiting).await {
+                Ok(false) => {}
+                Ok(true) => break,
+                Err(error) => {
+                    tracing::warn!(partition = worker.partition(), %error, "giving the partition up");
+                    break;
+                }
             }
         }
     }

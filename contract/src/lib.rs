@@ -2,12 +2,14 @@
 //!
 //! Everything here crosses a process boundary: the CloudEvents envelope in the
 //! outbox and on the topic, the Kafka header names, the Redis cache keys that the
-//! api fills and the cache consumer invalidates, and the admin endpoint shape.
+//! api fills and the cache consumer invalidates, and the admin endpoint shape; and
+//! the role lock that the relay's leader and the consumers' partition owners share.
 
 pub mod admin;
 pub mod cache_keys;
 pub mod event;
 pub mod headers;
+pub mod role_lock;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

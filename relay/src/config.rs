@@ -85,6 +85,14 @@ pub struct Settings {
     #[arg(long, env = "RELAY_LEADER_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub leader_poll_interval: Duration,
 
+    /// How long the leader may go without using its database session before Postgres
+    /// ends the session and its lock, so that a standby takes over: bounds failover
+    /// from a paused, frozen or cut-off leader (plus up to RELAY_LEADER_POLL_INTERVAL).
+    /// A leader pings its session every third of this while it waits, and checks it
+    /// before producing after any longer gap.
+    #[arg(long, env = "ROLE_LOSS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub role_loss_timeout: Duration,
+
     /// How long one Kafka request may take before it counts as failed and is retried.
     #[arg(long, env = "RELAY_KAFKA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub kafka_timeout: Duration,
@@ -168,6 +176,11 @@ impl Settings {
         anyhow::ensure!(self.prune_batch >= 1, "RELAY_PRUNE_BATCH must be at least 1");
         anyhow::ensure!(!self.poll_interval.is_zero(), "RELAY_POLL_INTERVAL must be positive");
         anyhow::ensure!(!self.kafka_timeout.is_zero(), "RELAY_KAFKA_TIMEOUT must be positive");
+        anyhow::ensure!(
+            self.role_loss_timeout >= rsvp_contract::role_lock::MIN_TIMEOUT,
+            "ROLE_LOSS_TIMEOUT must be at least {:?}",
+            rsvp_contract::role_lock::MIN_TIMEOUT
+        );
         Ok(())
     }
 }
@@ -183,6 +196,7 @@ impl std::fmt::Debug for Settings {
             .field("batch_bytes", &self.batch_bytes)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("poll_interval", &self.poll_interval)
+            .field("role_loss_timeout", &self.role_loss_timeout)
             .field("compression", &self.compression)
             .field("retention", &self.retention)
             .field("admin_addr", &self.admin_addr)
@@ -254,6 +268,7 @@ mod tests {
         assert_eq!(settings.topic, "rsvp-events");
         assert_eq!(settings.partitions, 6);
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
+        assert_eq!(settings.role_loss_timeout, Duration::from_secs(10));
         assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:9465");
         assert_eq!(settings.max_batch_bytes, 1_000_000);

@@ -20,9 +20,10 @@ pub enum RelayError {
     /// The topic does not exist and this command does not create it.
     #[error("topic {0} does not exist")]
     TopicMissing(String),
-    /// The leader's session ended, so its lock is gone; another relay may lead now.
+    /// The leader's session ended, failed or did not answer in time, so its lock is
+    /// gone or about to be; another relay may lead now.
     #[error("lost the leader lock")]
-    LostLeadership,
+    LostLeadership(#[from] rsvp_contract::role_lock::RoleLost),
     /// The broker refuses the record of outbox row `id` alone as too large: publishing
     /// cannot pass it until the broker's `message.max.bytes` grows.
     #[error("the broker refuses outbox row {id} ({bytes} bytes as a batch) as too large")]
@@ -32,6 +33,9 @@ pub enum RelayError {
     /// does not publish until an operator fixes it.
     #[error("the relay cursor {problem}: refusing to publish, see {}", crate::generation::RUNBOOK)]
     CursorImpossible { problem: String },
+    /// The cursor changed under the leader (by hand): it leads again from what is stored.
+    #[error("the relay cursor was changed by someone else; leading again from what is stored")]
+    CursorChanged,
 }
 
 impl RelayError {
@@ -42,9 +46,10 @@ impl RelayError {
             RelayError::Kafka { .. } => "kafka",
             RelayError::KafkaTimeout { .. } => "kafka_timeout",
             RelayError::TopicMissing(_) => "topic_missing",
-            RelayError::LostLeadership => "leadership",
+            RelayError::LostLeadership(_) => "leadership",
             RelayError::RecordTooLarge { .. } => "record_too_large",
             RelayError::CursorImpossible { .. } => "cursor",
+            RelayError::CursorChanged => "cursor_changed",
         }
     }
 

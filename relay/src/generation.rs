@@ -83,7 +83,7 @@ pub async fn enter(conn: &mut PgConnection, topic: &str, from: Generation, to: G
     .await?
     .rows_affected();
     if moved == 0 {
-        return Err(RelayError::LostLeadership);
+        return Err(RelayError::CursorChanged);
     }
     ::metrics::counter!(metrics::CLUSTER_MOVES).increment(1);
     Ok(())

@@ -43,6 +43,8 @@ pub fn describe() {
     describe_counter!(CLUSTER_MOVES, "Times the cursor moved on from the rows written on one Postgres cluster to the next (after a restore or move).");
     describe_gauge!(EARLIER_CLUSTER_ROWS, "Unpublished outbox rows written on an earlier Postgres cluster (restored or moved here), counted up to 10000.");
     describe_gauge!(CURSOR_IMPOSSIBLE, "1 while the stored cursor cannot belong to this database and the relay refuses to publish (RUNBOOK: Moving the database).");
+    rsvp_contract::role_lock::describe_metrics();
+    metrics::counter!(rsvp_contract::role_lock::LOST, "role" => crate::leader::ROLE).absolute(0);
     metrics::gauge!(BACKLOG_ROWS).set(0.0);
     metrics::gauge!(EARLIER_CLUSTER_ROWS).set(0.0);
     metrics::gauge!(CURSOR_IMPOSSIBLE).set(0.0);

@@ -71,7 +71,7 @@ async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, sh
         }
         let attempt = match candidate.take() {
             Some(c) => c.try_lead().await,
-            None => match Candidate::connect(options, &settings.topic).await {
+            None => match Candidate::connect(options, &settings.topic, settings.role_loss_timeout).await {
                 Ok(c) => c.try_lead().await,
                 Err(error) => Err(error),
             },
@@ -99,7 +99,9 @@ async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, sh
     }
 }
 
-/// Publishes while leading. `Ok` on shutdown; `Err` when the leader session failed.
+/// Publishes while leading. `Ok` on shutdown; `Err` when the leader session failed
+/// or the lease ran out (every wait keeps the session busy, so only a pause, a cut
+/// network or a dead database does that).
 async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), RelayError> {
     let mut worker = Worker::start(leader, settings.clone(), pool.clone()).await?;
     let term = shutdown.child_token();
@@ -118,18 +120,23 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
-                match recheck.next_delay() {
-                    Some(delay) => {
-                        sleep_or_shutdown(delay, shutdown).await;
-                    }
+                let waited = match recheck.next_delay() {
+                    Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
                     None => {
-                        if wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown).await {
-                            recheck = Recheck::after_notification();
-                        }
+                        let waiting = wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown);
+                        worker.role().keep_alive_while(waiting).await.map(|notified| {
+                            if notified {
+                                recheck = Recheck::after_notification();
+                            }
+                        })
                     }
+                };
+                if let Err(lost) = waited {
+                    worker.resign().await;
+                    return Err(lost.into());
                 }
             }
-            Err(error @ (RelayError::Database(_) | RelayError::LostLeadership)) => {
+            Err(error @ (RelayError::Database(_) | RelayError::LostLeadership(_) | RelayError::CursorChanged)) => {
                 worker.resign().await;
                 return Err(error);
             }
@@ -137,7 +144,10 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
                 error.record();
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "publishing failed; the cursor stays");
-                sleep_or_shutdown(delay, shutdown).await;
+                if let Err(lost) = worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await {
+                    worker.resign().await;
+                    return Err(lost.into());
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
+use rsvp_contract::role_lock::RoleSession;
 use sqlx::PgPool;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -72,16 +73,23 @@ impl Worker {
     /// Reads go through `pool`; receipts and the cursor through the leader session.
     /// Refuses a cursor that cannot belong to this database ([`RelayError::CursorImpossible`]).
     pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
-        let cursor = store::ensure_cursor(&mut leader.conn, &settings.topic).await?;
-        let problem = generation::cursor_problem(&mut leader.conn, &settings.topic).await?;
-        let stored = store::load_generation(&mut leader.conn, &settings.topic).await?.flatten();
+        let topic = &settings.topic;
+        let (cursor, problem, stored, cluster) = leader
+            .session
+            .run(async |conn| -> Result<_, sqlx::Error> {
+                let cursor = store::ensure_cursor(&mut *conn, topic).await?;
+                let problem = generation::cursor_problem(&mut *conn, topic).await?;
+                let stored = store::load_generation(&mut *conn, topic).await?.flatten();
+                let cluster = generation::current_cluster(&mut *conn).await?;
+                Ok((cursor, problem, stored, cluster))
+            })
+            .await??;
         let (Some(generation), None) = (stored, &problem) else {
             let problem = problem.unwrap_or_else(|| "has no cluster".into());
             tracing::error!(%problem, runbook = generation::RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
             leader.resign().await;
             return Err(RelayError::CursorImpossible { problem });
         };
-        let cluster = generation::current_cluster(&mut leader.conn).await?;
         tracing::info!(
             cursor_xid = cursor.position.xid, cursor_id = cursor.position.id, receipts_ahead = ?cursor.receipts_ahead,
             cursor_cluster = generation.cluster, since_id = generation.since_id, cluster,
@@ -100,6 +108,11 @@ impl Worker {
 
     pub fn cursor(&self) -> Position {
         self.cursor.position
+    }
+
+    /// The leader session, to keep it alive while the run loop waits.
+    pub fn role(&mut self) -> &mut RoleSession {
+        &mut self.leader.session
     }
 
     /// Ends the leader session, releasing the lock.
@@ -130,6 +143,9 @@ impl Worker {
             let scope = self.generation.scope(self.cluster);
             self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
         }
+        // After a pause longer than the role-loss timeout, another relay leads: find
+        // out before producing.
+        self.leader.session.ensure_held().await?;
         let mut in_flight = JoinSet::new();
         for (partition, batch) in batches {
             let producer = kafka.producer(partition);
@@ -141,7 +157,8 @@ impl Worker {
         let mut failed = HashSet::new();
         let mut first_error = None;
         let mut refused_rows = 0;
-        while let Some(joined) = in_flight.join_next().await {
+        // The leader session stays busy while the broker takes its time.
+        while let Some(joined) = self.leader.session.keep_alive_while(in_flight.join_next()).await? {
             let (partition, indexes, bytes, result) = joined.expect("a produce task never panics");
             match result {
                 Ok(offsets) => {
@@ -183,7 +200,8 @@ impl Worker {
         }
 
         let cursor = advance(self.cursor, &rows, &partition_of, &failed);
-        store::commit(&mut self.leader.conn, &topic, &receipts, (cursor != self.cursor).then_some(cursor)).await?;
+        let moved = (cursor != self.cursor).then_some(cursor);
+        self.leader.session.run(async |conn| store::commit(conn, &topic, &receipts, moved).await).await??;
         self.cursor = cursor;
         if let Some(error) = first_error {
             // Start over with fresh connections: a stuck one may hold a stale request.
@@ -215,7 +233,8 @@ impl Worker {
             return Ok(StepOutcome::Idle);
         }
         let next = generation::next(&self.pool, self.generation, self.cluster).await?;
-        generation::enter(&mut self.leader.conn, &self.settings.topic, self.generation, next).await?;
+        let (topic, from) = (&self.settings.topic, self.generation);
+        self.leader.session.run(async |conn| generation::enter(conn, topic, from, next).await).await??;
         tracing::warn!(
             from_cluster = self.generation.cluster, to_cluster = next.cluster, since_id = next.since_id,
             "published every row written on an earlier cluster; moving on to the next cluster's rows"

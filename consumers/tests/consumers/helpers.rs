@@ -362,7 +362,9 @@ pub(crate) struct ConsumerProcess {
 impl ConsumerProcess {
     pub(crate) fn spawn(env: &TestEnv, args: &[&str]) -> Self {
         let admin_port = free_port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rsvp-consumers"))
+        // `RSVP_CONSUMERS_BIN` runs another build (say, an older commit's) under the same tests.
+        let binary = std::env::var("RSVP_CONSUMERS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rsvp-consumers").to_owned());
+        let child = tokio::process::Command::new(binary)
             .args(args)
             .envs(env.binary_env(admin_port))
             .kill_on_drop(true)

@@ -109,7 +109,7 @@ pub(crate) async fn write_rows(pool: &PgPool, keys: usize, per_key: usize) -> Ve
 /// A worker holding the leader lock, for step-by-step tests.
 pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
     let options = leader::connect_options(&settings.database_url).unwrap();
-    let candidate = Candidate::connect(&options, &settings.topic).await.unwrap();
+    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
     Worker::start(leader, settings.clone(), pool).await.unwrap()
@@ -174,7 +174,9 @@ pub(crate) struct RelayProcess {
 impl RelayProcess {
     pub(crate) fn spawn(settings: &Settings, extra_env: &[(&str, &str)]) -> Self {
         let admin_port = testing::free_port();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rsvp-relay"));
+        // `RSVP_RELAY_BIN` runs another build (say, an older commit's) under the same tests.
+        let binary = std::env::var("RSVP_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rsvp-relay").to_owned());
+        let mut command = tokio::process::Command::new(binary);
         command
             .arg("run")
             .env("DATABASE_URL", &settings.database_url)
@@ -185,6 +187,7 @@ impl RelayProcess {
             .env("RELAY_KAFKA_TIMEOUT", humantime::format_duration(settings.kafka_timeout).to_string())
             .env("RELAY_MAX_BACKOFF", humantime::format_duration(settings.max_backoff).to_string())
             .env("RELAY_BATCH_ROWS", settings.batch_rows.to_string())
+            .env("ROLE_LOSS_TIMEOUT", humantime::format_duration(settings.role_loss_timeout).to_string())
             .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("RUST_LOG", "warn,rsvp_relay=info")
             .stdout(Stdio::null())

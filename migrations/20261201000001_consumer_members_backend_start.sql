@@ -1,0 +1,11 @@
+-- a member is live while the backend of its membership connection exists. a pid
+-- alone does not say which backend: once a member's backend is gone, a later backend
+-- may get the same pid, and the dead member would count as live for good (a phantom
+-- that keeps its fair share of partitions unowned). the backend's start time, with
+-- the pid, names one backend for good.
+--
+-- rows written without a start time (an older version still running during an
+-- upgrade) stop counting as live: such an instance keeps the partitions it locked,
+-- so nothing is consumed twice, it only counts less in the fair share until it is
+-- upgraded.
+alter table consumer_members add column backend_start timestamptz;
