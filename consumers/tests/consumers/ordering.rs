@@ -48,7 +48,7 @@ async fn publish_everything(env: &TestEnv) {
     settings.topic = TOPIC.to_owned();
     settings.admin_addr = "127.0.0.1:0".parse().unwrap();
     let options = leader::connect_options(&settings.database_url).unwrap();
-    let candidate = Candidate::connect(&options, &settings.topic).await.unwrap();
+    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();
     let mut worker = Worker::start(leader, settings, pool).await.unwrap();

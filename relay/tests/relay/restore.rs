@@ -251,7 +251,7 @@ async fn a_cursor_ahead_of_every_transaction_of_its_cluster_makes_the_relay_refu
     })
     .await;
     relay.stop().await;
-    let candidate = Candidate::connect(&options, &settings.topic).await.unwrap();
+    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let error = match rsvp_relay::Worker::start(leader, settings.clone(), pool).await {
         Ok(_) => panic!("the relay leads from a cursor ahead of its cluster"),
