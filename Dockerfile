@@ -8,15 +8,20 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # zstd-sys and lz4-sys (rskafka compression) build C code: gcc comes with the image.
+# Cargo loads every workspace member's manifest, so every member is copied, bench
+# too; only the three services are built (`-p`): building bench alongside would
+# unify rsvp-contract's `testing` feature into their binaries.
+# scripts/checks/docker-build.sh replays these lines without Docker.
 COPY Cargo.toml Cargo.lock ./
 COPY contract contract
 COPY api api
 COPY relay relay
 COPY consumers consumers
+COPY bench bench
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked -p rsvp-api -p rsvp-relay -p rsvp-consumers --bins \
     && mkdir -p /out \
     && cp target/release/rsvp-api target/release/rsvp-relay target/release/rsvp-consumers /out/
 
