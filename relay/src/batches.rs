@@ -60,6 +60,24 @@ pub fn plan(rows: &mut Vec<OutboxRow>, partitions: i32, max_batch_bytes: usize, 
     Plan { partition_of, batches }
 }
 
+/// Cuts one partition's `records` (in commit order) into consecutive batches of at most
+/// `max_batch_bytes` each by encoded size; a record larger than the limit goes alone.
+/// For callers that send a partition's batches one after the other (replay), which
+/// keeps their order.
+pub fn chunks(records: Vec<Record>, max_batch_bytes: usize) -> Vec<Vec<Record>> {
+    let mut chunks: Vec<Vec<Record>> = Vec::new();
+    let mut size = BatchSize::default();
+    for record in records {
+        if chunks.is_empty() || size.with(&record) > max_batch_bytes {
+            chunks.push(Vec::new());
+            size = BatchSize::default();
+        }
+        size.push(&record);
+        chunks.last_mut().expect("a chunk was just pushed").push(record);
+    }
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
@@ -145,5 +163,23 @@ mod tests {
         let mut rows = vec![row(1, "k", 10)];
         rows[0].published = true;
         assert!(super::plan(&mut rows, 1, 1_000_000, usize::MAX).batches.is_empty());
+    }
+
+    #[test]
+    fn replayed_records_are_cut_into_consecutive_batches_within_the_limit() {
+        let mut rows: Vec<OutboxRow> = (1..=50).map(|id| row(id, "k", 1000 + id as usize)).collect();
+        let records: Vec<Record> = rows.iter_mut().map(OutboxRow::take_record).collect();
+        let lengths = |records: &[Record]| records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).collect::<Vec<_>>();
+        let values = lengths(&records);
+        let cut = chunks(records, 10_000);
+        assert!(cut.len() > 1);
+        for chunk in &cut {
+            assert!(batch_size::encoded_len(chunk) <= 10_000);
+        }
+        let again = lengths(&cut.concat());
+        assert_eq!(again, values, "same records, same order");
+        let mut big = row(1, "k", 50_000);
+        assert_eq!(chunks(vec![big.take_record()], 10_000).len(), 1);
+        assert!(chunks(Vec::new(), 10_000).is_empty());
     }
 }

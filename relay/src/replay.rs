@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     backoff::Backoff,
+    batches,
     config::{ReplayArgs, Settings},
     error::RelayError,
     kafka::{Kafka, TopicMode},
@@ -123,7 +124,7 @@ pub async fn replay(
             selection.bind(query).fetch_all(pool).await?.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
         let Some(last) = rows.last() else { break };
         after = last.position;
-        publish_with_retries(&kafka, &rows, settings.max_backoff).await?;
+        publish_with_retries(&kafka, &rows, settings.max_batch_bytes, settings.max_backoff).await?;
         report.replayed += rows.len() as u64;
         ::metrics::counter!(metrics::REPLAYED).increment(rows.len() as u64);
         sqlx::query("update relay_replays set replayed = replayed + $2 where id = $1")
@@ -170,7 +171,12 @@ async fn count(pool: &PgPool, settings: &Settings, selection: &Selection) -> Res
 
 /// One batch per partition, all partitions at once; a failed page is sent again
 /// whole (replays are duplicates by design, so resending is harmless).
-async fn publish_with_retries(kafka: &Kafka, rows: &[OutboxRow], max_backoff: Duration) -> Result<(), RelayError> {
+async fn publish_with_retries(
+    kafka: &Kafka,
+    rows: &[OutboxRow],
+    max_batch_bytes: usize,
+    max_backoff: Duration,
+) -> Result<(), RelayError> {
     const ATTEMPTS: u32 = 10;
     let mut backoff = Backoff::new(max_backoff);
     let mut attempt = 1;
@@ -183,7 +189,15 @@ async fn publish_with_retries(kafka: &Kafka, rows: &[OutboxRow], max_backoff: Du
         let mut in_flight = JoinSet::new();
         for (partition, records) in batches {
             let producer = kafka.producer(partition);
-            in_flight.spawn(async move { producer.produce(records).await });
+            // One batch after the other within the broker's limit, so a partition's
+            // records keep their order however large the page.
+            let chunks = batches::chunks(records, max_batch_bytes);
+            in_flight.spawn(async move {
+                for chunk in chunks {
+                    producer.produce(chunk).await?;
+                }
+                Ok::<_, RelayError>(())
+            });
         }
         let mut failure = None;
         while let Some(joined) = in_flight.join_next().await {

@@ -192,6 +192,33 @@ async fn with_the_defaults_a_busy_event_of_the_largest_rows_goes_out_in_batches_
 }
 
 #[tokio::test]
+async fn a_replay_of_the_largest_rows_sends_batches_within_the_batch_limit() {
+    // Arrange: a broker whose limit is the relay's, one busy event of the largest rows,
+    // published once.
+    let limit = MIN_MAX_BATCH_BYTES;
+    let broker = LimitedBroker::start(limit).await;
+    let db = fresh_db().await;
+    let mut settings = settings(&db, &broker.address());
+    settings.max_batch_bytes = limit;
+    let written = write_largest_rows(&db.pool, 1, 150).await;
+    let mut worker = leader_worker(&settings).await;
+    drain(&mut worker, written.len()).await;
+    let published = broker.seen().len();
+
+    // Act: replay every row, a page of up to RELAY_BATCH_ROWS rows at a time.
+    let selection = rsvp_relay::replay::Selection::Ids { from: 0, to: None };
+    let report = rsvp_relay::replay::replay(&db.pool, &settings, &selection, None, false, &mut |_, _| {})
+        .await
+        .expect("the replay completes");
+
+    // Assert: the replay went out in several batches, each within the limit, none refused.
+    let replayed = &broker.seen()[published..];
+    assert_eq!(report.replayed, written.len() as u64);
+    assert!(replayed.len() > 1, "{replayed:?}");
+    assert!(replayed.iter().all(|batch| batch.bytes <= limit && !batch.refused), "{replayed:?}");
+}
+
+#[tokio::test]
 async fn a_batch_the_broker_refuses_as_too_large_is_split_and_publishing_goes_on_in_order() {
     // Arrange: a broker that takes 64 KiB per batch, a relay with the default 1 MB.
     let broker_limit = 64 * 1024;
