@@ -13,3 +13,4 @@ pub mod ownership;
 pub mod partition;
 pub mod record;
 pub mod runner;
+pub mod status;

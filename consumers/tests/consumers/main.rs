@@ -6,3 +6,4 @@ mod dead_letters;
 mod end_to_end;
 mod helpers;
 mod ownership;
+mod status;
