@@ -16,6 +16,7 @@ use crate::{
     dlq,
     group::{Backoff, Effect, Group, GroupContext, WorkerSettings},
     runner::GroupRunner,
+    status::{self, GroupStatus},
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -100,7 +101,7 @@ impl Application {
         Ok(Arc::new(GroupContext {
             group,
             topic: self.settings.topic.clone(),
-            store_url: self.store_url(group).to_owned(),
+            store_url: with_application_name(self.store_url(group), self.instance_id),
             store: self.store(group).clone(),
             kafka,
             effect: self.effect(group)?,
@@ -182,6 +183,16 @@ impl Application {
         Ok(letters)
     }
 
+    /// `status`: every configured group's partitions, owners, offsets and lag.
+    pub async fn status(&self) -> anyhow::Result<Vec<GroupStatus>> {
+        let kafka = status::connect_kafka(&self.settings.brokers(), Duration::from_secs(10)).await?;
+        let mut groups = Vec::new();
+        for group in self.settings.groups() {
+            groups.push(status::collect(self.store(group), &kafka, group, &self.settings.topic).await?);
+        }
+        Ok(groups)
+    }
+
     /// `dlq redrive`: each pending dead letter (or only `id`) of the configured groups, once.
     pub async fn redrive(&self, id: Option<i64>) -> anyhow::Result<Vec<dlq::Redriven>> {
         let mut results = Vec::new();
@@ -190,6 +201,13 @@ impl Application {
         }
         Ok(results)
     }
+}
+
+/// `url` with `application_name=rsvp-consumers/<instance>`, so that `status` can tell
+/// which instance's session holds a partition's lock (`pg_stat_activity`).
+fn with_application_name(url: &str, instance_id: Uuid) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name=rsvp-consumers/{instance_id}")
 }
 
 /// The broker client, retried until the broker answers or `stop` is cancelled.

@@ -26,6 +26,24 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Per group (`--group`, or both) and partition: owner, committed offset, high
+    /// watermark, lag in records and seconds, pending dead letters. Exits 1 when a
+    /// partition has no owner or lag is over a threshold, 2 when Postgres or the
+    /// broker cannot be read.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print one JSON document instead of the tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when a partition lags by more than this many records.
+    #[arg(long)]
+    pub max_lag: Option<i64>,
+    /// Exit 1 when a partition's oldest unapplied record is older than this many seconds.
+    #[arg(long)]
+    pub max_lag_seconds: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +259,17 @@ mod tests {
     fn dlq_redrive_takes_an_optional_id() {
         assert!(matches!(parse(&["dlq", "redrive", "--id", "7"]).command, Some(Command::Dlq(DlqCommand::Redrive { id: Some(7) }))));
         assert!(matches!(parse(&["dlq", "list"]).command, Some(Command::Dlq(DlqCommand::List { all: false }))));
+    }
+
+    #[test]
+    fn status_takes_json_and_both_thresholds() {
+        let Some(Command::Status(args)) = parse(&["status", "--json", "--max-lag", "10", "--max-lag-seconds", "2.5"]).command
+        else {
+            panic!("not the status command");
+        };
+        assert!(args.json);
+        assert_eq!((args.max_lag, args.max_lag_seconds), (Some(10), Some(2.5)));
+        assert!(parse(&["status", "--group", "cache"]).settings.group.is_some());
     }
 
     #[test]

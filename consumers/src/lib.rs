@@ -14,3 +14,4 @@ pub mod ownership;
 pub mod partition;
 pub mod record;
 pub mod runner;
+pub mod status;

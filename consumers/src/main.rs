@@ -1,8 +1,9 @@
 use clap::Parser;
 use rsvp_consumers::{
     app::Application,
-    config::{Cli, Command, DlqCommand},
+    config::{Cli, Command, DlqCommand, StatusArgs},
     dlq::Redriven,
+    status::Thresholds,
 };
 
 #[tokio::main]
@@ -20,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(admin_port = app.admin_port(), "started");
             app.run_until(rsvp_contract::telemetry::shutdown_signal()).await?;
         }
+        Command::Status(args) => std::process::exit(status(&cli.settings, &args).await),
         Command::Dlq(DlqCommand::List { all }) => {
             let app = Application::build(&cli.settings, false).await?;
             let letters = app.dead_letters(all).await?;
@@ -47,4 +49,34 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `status`: 0 healthy, 1 a partition unowned or lagging over a threshold, 2 when
+/// Postgres or the broker cannot be read.
+async fn status(settings: &rsvp_consumers::config::Settings, args: &StatusArgs) -> i32 {
+    let groups = match Application::build(settings, false).await {
+        Ok(app) => app.status().await,
+        Err(error) => Err(error),
+    };
+    let groups = match groups {
+        Ok(groups) => groups,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return 2;
+        }
+    };
+    let thresholds = Thresholds { max_lag: args.max_lag, max_lag_seconds: args.max_lag_seconds };
+    let problems: Vec<String> = groups.iter().flat_map(|g| g.problems(thresholds)).collect();
+    if args.json {
+        let document = serde_json::json!({ "healthy": problems.is_empty(), "problems": problems, "groups": groups });
+        println!("{}", serde_json::to_string_pretty(&document).expect("status serializes"));
+    } else {
+        for group in &groups {
+            println!("{}", group.table());
+        }
+        for problem in &problems {
+            println!("PROBLEM {problem}");
+        }
+    }
+    i32::from(!problems.is_empty())
 }

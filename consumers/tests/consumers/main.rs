@@ -9,4 +9,5 @@ mod helpers;
 mod lost_log;
 mod ordering;
 mod ownership;
+mod status;
 mod transient;
