@@ -96,6 +96,12 @@ wait "$long_pid" 2>/dev/null || true
 
 run_section "$(section_number 'Growing consumer lag')"
 
+# Consumers not processing: with every partition owned, status exits 0 and names them.
+n=$(section_number 'Consumers not processing')
+run_section "$n"
+grep -q "PARTITION" "$WORK/section-$n.out" || fail "status printed no table"
+grep -q "PROBLEM" "$WORK/section-$n.out" && fail "status found a problem in a healthy system"
+
 # A poison record: an undecodable copy of a published record, dead-lettered by both groups.
 poison_record
 wait_for 30 "both groups to dead-letter it" bash -c '[ "$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters where redriven_at is null")" = 2 ]'

@@ -11,6 +11,7 @@ export DATABASE_URL="postgres://root@127.0.0.1:5432/$database"
 export API_ADDR=127.0.0.1:18080 API_ADMIN_ADDR=127.0.0.1:19464 RELAY_ADMIN_ADDR=127.0.0.1:19465
 export CONSUMERS_ADMIN_ADDR=127.0.0.1:19466 KAFKA_BROKERS=127.0.0.1:19092
 export ADMIN_TOKEN="walkthrough-admin-token-$$" RSVP_PROFILE=debug
+export CONSUMERS="$ROOT/target/debug/rsvp-consumers" # the build run.sh makes with RSVP_PROFILE=debug
 
 bash scripts/run.sh >.run/walkthrough-run.log 2>&1 &
 run_pid=$!

@@ -12,8 +12,7 @@ async fn fresh(api: &Api, env: &TestEnv, event: Uuid, rsvp: Uuid) -> bool {
     let (truth, _) = truth_and_stats(&env.db, event).await;
     let detail = api.get(&format!("/events/{event}")).await;
     let counts = ["going", "maybe", "declined", "cancelled"].map(|s| detail["counts"][s].as_i64().unwrap());
-    let list = api.get(&format!("/events/{event}/rsvps")).await;
-    let listed = list.as_array().unwrap().iter().any(|r| r["id"] == rsvp.to_string());
+    let listed = api.attendees(event).await.iter().any(|r| r["id"] == rsvp.to_string());
     counts.to_vec() == truth[..4] && detail["guests_going"].as_i64() == Some(truth[4]) && listed
 }
 

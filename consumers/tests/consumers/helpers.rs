@@ -278,6 +278,20 @@ impl Api {
         response.json().await.unwrap()
     }
 
+    /// Every rsvp of `event` as the public attendee list shows it, page after page.
+    pub(crate) async fn attendees(&self, event: Uuid) -> Vec<Value> {
+        let (mut rsvps, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let after = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
+            let page = self.get(&format!("/events/{event}/rsvps?limit=200{after}")).await;
+            rsvps.extend(page["items"].as_array().expect("a page has items").iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return rsvps,
+            }
+        }
+    }
+
     /// A mixed workload of all four event types on `event`: `n` rsvps, then updates
     /// of status and guests, cancels and deletes (of going rsvps with guests too).
     pub(crate) async fn mixed_workload(&self, event: Uuid, n: usize) {

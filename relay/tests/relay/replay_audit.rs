@@ -95,6 +95,17 @@ async fn audit_fails_when_a_receipt_points_at_another_record_or_is_missing() {
     let settings = settings(&db, &broker.address());
     let mut worker = leader_worker(&settings).await;
     let written = write_rows(&db.pool, 1, 3).await; // one key: one partition
+    // A transaction open anywhere in the cluster (a test running beside this one) holds
+    // rows back from the relay: wait until all three are eligible, so one step takes them.
+    eventually(Duration::from_secs(30), "the three rows to be below the snapshot's xmin", || async {
+        let eligible: i64 =
+            sqlx::query_scalar("select count(*) from outbox where xid < pg_snapshot_xmin(pg_current_snapshot())")
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (eligible == 3).then_some(())
+    })
+    .await;
     drain(&mut worker, 3).await;
 
     // Act: swap the first two rows of their receipt and drop the third from it.
