@@ -27,6 +27,7 @@ start_system() {
     trap stop_system EXIT
 
     log "starting the system with scripts/run.sh (api $API_ADDR, broker $KAFKA_BROKERS, database $DATABASE)"
+    : >"$RUN_LOG" # an earlier run's "rsvp is running" must not count
     bash "$ROOT/scripts/run.sh" >"$RUN_LOG" 2>&1 &
     RUN_PID=$!
     until grep -q "rsvp is running" "$RUN_LOG"; do

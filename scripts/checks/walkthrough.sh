@@ -13,6 +13,9 @@ export CONSUMERS_ADMIN_ADDR=127.0.0.1:19466 KAFKA_BROKERS=127.0.0.1:19092
 export ADMIN_TOKEN="walkthrough-admin-token-$$" RSVP_PROFILE=debug
 export CONSUMERS="$ROOT/target/debug/rsvp-consumers" # the build run.sh makes with RSVP_PROFILE=debug
 
+# Emptied first: the background redirect may open the log after the loop below first
+# reads it, and an earlier run's "rsvp is running" must not count.
+mkdir -p .run && : >.run/walkthrough-run.log
 bash scripts/run.sh >.run/walkthrough-run.log 2>&1 &
 run_pid=$!
 cleanup() {
