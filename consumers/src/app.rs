@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    analytics::prune::Pruner,
     cache::Invalidator,
     config::Settings,
     dlq,
@@ -161,6 +162,11 @@ impl Application {
         if let Some(kafka) = connect_kafka(&this.settings.brokers(), &stop, this.settings.retry_max_backoff).await {
             let kafka = Arc::new(kafka);
             let mut runners = Vec::new();
+            let prune_interval = this.settings.applied_events_prune_interval;
+            if this.settings.groups().contains(&Group::Analytics) && !prune_interval.is_zero() {
+                let pruner = Pruner::new(this.store(Group::Analytics).clone());
+                runners.push(tokio::spawn(pruner.run(prune_interval, stop.clone())));
+            }
             for group in this.settings.groups() {
                 let runner = GroupRunner::new(this.group_context(group, kafka.clone())?, this.instance_id);
                 runners.push(tokio::spawn(runner.run(stop.clone())));

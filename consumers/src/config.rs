@@ -157,6 +157,15 @@ pub struct Settings {
     #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub retry_max_backoff: Duration,
 
+    /// How often the analytics group prunes `analytics.applied_events`, the ce_ids it
+    /// keeps to apply each change once: a pass deletes the rows of every rsvp whose
+    /// versions up to theirs were all applied (the rsvp's `applied_through` then
+    /// recognises a redelivery of them), so the table holds about the changes of one
+    /// interval plus those above a gap in an rsvp's versions. Pruning never lets a
+    /// change count twice. `0s` turns it off.
+    #[arg(long, env = "APPLIED_EVENTS_PRUNE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration, global = true)]
+    pub applied_events_prune_interval: Duration,
+
     /// How long one Redis command may take before it counts as failed.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub redis_timeout: Duration,
@@ -227,6 +236,7 @@ impl std::fmt::Debug for Settings {
             .field("cache_commit_interval", &self.cache_commit_interval)
             .field("max_attempts", &self.max_attempts)
             .field("rebalance_interval", &self.rebalance_interval)
+            .field("applied_events_prune_interval", &self.applied_events_prune_interval)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +280,14 @@ mod tests {
         assert!(args.json);
         assert_eq!((args.max_lag, args.max_lag_seconds), (Some(10), Some(2.5)));
         assert!(parse(&["status", "--group", "cache"]).settings.group.is_some());
+    }
+
+    #[test]
+    fn applied_events_are_pruned_every_minute_by_default_and_zero_turns_it_off() {
+        assert_eq!(parse(&[]).settings.applied_events_prune_interval, Duration::from_secs(60));
+        let cli = parse(&["--applied-events-prune-interval", "0s"]);
+        assert!(cli.settings.applied_events_prune_interval.is_zero());
+        cli.settings.validate().unwrap();
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! - `created_total`, `updated_total`, `cancelled_total`, `deleted_total` and
 //!   `rsvps_per_hour` (`created`, `changes`): the number of distinct changes (ce_ids)
 //!   of each kind applied, whatever their order; `applied_events` keeps each ce_id
-//!   from counting twice. An older version arriving after a newer one still counts
-//!   here: it happened.
+//!   from counting twice, and an rsvp's `applied_through` keeps the versions whose
+//!   rows [`prune`] removed from counting again. An older version arriving after a
+//!   newer one still counts here: it happened.
 //! - `last_event_at`: the latest `time` of any applied change (a maximum, so order
 //!   does not matter).
 //!
@@ -27,6 +28,7 @@
 //! statements, however many events the batch holds.
 
 mod apply;
+pub mod prune;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
@@ -128,6 +130,9 @@ pub(crate) struct StateRow {
     pub(crate) guests: i16,
     pub(crate) last_version: i64,
     pub(crate) deleted: bool,
+    /// Every version of the rsvp up to this one was applied; their `applied_events`
+    /// rows may be pruned (see [`prune`]).
+    pub(crate) applied_through: i64,
 }
 
 /// What a batch changes in one event's statistics.
@@ -162,7 +167,9 @@ pub(crate) struct Plan {
 
 /// Applies `events` in order, starting from the rsvps' stored `states` and the
 /// `seen` ce_ids (those of the batch already applied before). An event whose ce_id
-/// was applied (before, or earlier in the batch) is a duplicate and changes nothing.
+/// was applied (before, or earlier in the batch), or whose version its rsvp's
+/// `applied_through` covers (its ce_id's row may have been pruned), is a duplicate
+/// and changes nothing.
 /// Any other event counts once in its event's totals and hours, which are therefore
 /// counts of distinct changes whatever order they arrive in. Only an event whose
 /// version is above its rsvp's last applied one moves the rsvp's state and the
@@ -172,7 +179,8 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
     let mut plan = Plan::default();
     for event in events {
         let data = &event.data;
-        if !seen.insert(event.id) {
+        let covered = states.get(&data.id).is_some_and(|s| data.version <= s.applied_through);
+        if covered || !seen.insert(event.id) {
             plan.outcomes.push(Applied::Duplicate);
             continue;
         }
@@ -213,6 +221,7 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
             guests: data.guests,
             last_version: data.version,
             deleted,
+            applied_through: state.map_or(0, |s| s.applied_through),
         };
         plan.states.insert(data.id, after.clone());
         states.insert(data.id, after);
@@ -319,7 +328,7 @@ mod tests {
         let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
         let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
         let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 1);
-        let stored = StateRow { event_id: event, status: Some("going".into()), guests: 1, last_version: 1, deleted: false };
+        let stored = StateRow { event_id: event, status: Some("going".into()), guests: 1, last_version: 1, deleted: false, applied_through: 0 };
         // a1 was applied before; a2 comes twice in the batch.
         let plan = plan(&[&a1, &a2, &a2], HashMap::from([(a, stored.clone())]), HashSet::from([a1.id]));
         assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed, Applied::Duplicate]);
@@ -356,6 +365,20 @@ mod tests {
         assert_eq!(plan.hours[&(event, hour_of(v1.time))], HourChange { created: 1, changes: 3 });
         assert_eq!(plan.states[&a].last_version, 3);
         assert_eq!(plan.applied.len(), 3);
+    }
+
+    #[test]
+    fn a_version_covered_by_applied_through_is_a_duplicate_even_when_its_ce_id_is_new() {
+        let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
+        let v2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 0);
+        let v3 = change(EventType::RsvpUpdated, a, event, 3, RsvpStatus::Going, 0);
+        let stored = StateRow {
+            event_id: event, status: Some("maybe".into()), guests: 0, last_version: 2, deleted: false, applied_through: 2,
+        };
+        let plan = plan(&[&v2, &v3], HashMap::from([(a, stored)]), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed]);
+        assert_eq!(plan.applied, vec![(v3.id, a)]);
+        assert_eq!((plan.stats[&event].updated, plan.states[&a].applied_through), (1, 2));
     }
 
     #[test]

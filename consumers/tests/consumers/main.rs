@@ -1,6 +1,7 @@
 //! Integration tests of the consumers against real Postgres, Redis and Tansu.
 
 mod analytics;
+mod applied_events;
 mod asyncapi;
 mod cache;
 mod dead_letters;
