@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use chrono::Utc;
 use rskafka::client::{
-    error::{Error as KafkaError, ProtocolError},
+    error::{Error as KafkaError, ProtocolError, RequestError},
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
 use rskafka::record::RecordAndOffset;
@@ -31,6 +31,10 @@ use crate::{
 /// The end of the size range when fetching the anchor record alone: at most one byte
 /// (rskafka asks for one byte less than the range's end), so the first batch only.
 const ANCHOR_FETCH_BYTES: i32 = 2;
+
+/// How many offsets past an undecodable batch's start are tried to find its end
+/// before giving up (and trying again at the next step): a batch holds fewer records.
+const MAX_UNDECODABLE_PROBES: i64 = 100_000;
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +198,18 @@ impl PartitionWorker {
     pub async fn step(&mut self) -> Result<StepOutcome, WorkerError> {
         let settings = &self.ctx.settings;
         let max_wait = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-        let fetched = self.kafka.fetch_records(self.next_offset, 1..settings.fetch_max_bytes, max_wait).await;
+        let mut fetched = self.kafka.fetch_records(self.next_offset, 1..settings.fetch_max_bytes, max_wait).await;
+        if matches!(&fetched, Err(error) if undecodable(error)) {
+            // Any batch of the answer may be the one the client cannot decode: fetch
+            // the first alone, to tell whether it is.
+            fetched = self.kafka.fetch_records(self.next_offset, 1..ANCHOR_FETCH_BYTES, 0).await;
+            if let Err(error) = &fetched {
+                if undecodable(error) {
+                    let error = format!("{error}");
+                    return self.skip_undecodable(&error).await;
+                }
+            }
+        }
         let (records, high_watermark) = match fetched {
             Ok(fetched) => fetched,
             Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
@@ -343,6 +358,48 @@ impl PartitionWorker {
         Ok(false)
     }
 
+    /// Sets aside the record batch at `next_offset`, which the client cannot decode
+    /// (rskafka fails the whole fetch when, say, a header name is not UTF-8), so that
+    /// its partition moves on instead of retrying it for ever.
+    ///
+    /// The client never sees the batch's records, so what is dead-lettered is one
+    /// placeholder at the batch's first offset: no key, value or headers, and an error
+    /// naming the offsets skipped and the decoder's complaint. Where the batch ends is
+    /// found by fetching single batches from the next offsets on: the first that
+    /// decodes starts after it (Tansu answers a fetch inside a batch from the next
+    /// batch, Kafka with the whole batch, which fails again until the offset is past
+    /// it), so the offset only ever moves to a batch's end.
+    async fn skip_undecodable(&mut self, error: &str) -> Result<StepOutcome, WorkerError> {
+        let from = self.next_offset;
+        let mut probe = from + 1;
+        let end = loop {
+            match self.kafka.fetch_records(probe, 1..ANCHOR_FETCH_BYTES, 0).await {
+                Ok((records, high_watermark)) => break records.first().map_or(high_watermark, |r| r.offset).max(probe),
+                Err(error) if undecodable(&error) && probe - from < MAX_UNDECODABLE_PROBES => probe += 1,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let placeholder = RawRecord { offset: from, ..RawRecord::default() };
+        let why = format!(
+            "the records at offsets {from}..={} could not be decoded and were skipped unread \
+             (the client fails the whole batch, so its bytes are not available): {error}",
+            end - 1
+        );
+        let (key, stored, anchor) = (&self.key, self.stored_offset, self.anchor.as_ref());
+        self.conn
+            .run(async |conn| {
+                let mut tx = conn.begin().await.map_err(db)?;
+                dlq::insert(&mut tx, key, &placeholder, &why, 1).await.map_err(db)?;
+                key.advance_after(&mut tx, stored, end, anchor).await?;
+                tx.commit().await.map_err(db)
+            })
+            .await??;
+        metrics::counter!("consumer_processed_total", "group" => self.ctx.group.name(), "result" => "dead_letter").increment(1);
+        (self.next_offset, self.stored_offset, self.last_stored) = (end, end, Instant::now());
+        self.failing = None;
+        Ok(StepOutcome::Processed { records: 1 })
+    }
+
     /// The stored offset is not on the broker (retention, or a broker that lost its
     /// data): start again from the earliest record it has.
     async fn reset_to_earliest(&mut self, why: &'static str) -> Result<(), WorkerError> {
@@ -359,6 +416,12 @@ impl PartitionWorker {
         self.anchor = None;
         Ok(())
     }
+}
+
+/// Whether the broker answered but the client could not decode the answer: retrying
+/// the same fetch fails the same way.
+fn undecodable(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Request(RequestError::ReadError(_) | RequestError::ReadVersionedError(_)))
 }
 
 /// Moves the offset from `from` to `to`, taken after `anchor`, in a transaction of its own.

@@ -10,7 +10,10 @@ use rsvp_consumers::{
 };
 use serde_json::Value;
 
-use crate::helpers::{run_binary, totals, truth_and_stats, Api, Stepper, TestEnv};
+use crate::{
+    helpers::{run_binary, totals, truth_and_stats, Api, Stepper, TestEnv, TOPIC},
+    raw_kafka,
+};
 
 #[tokio::test]
 async fn an_undecodable_record_is_dead_lettered_without_blocking_its_partition_and_a_fixed_one_is_redriven_once() {
@@ -181,4 +184,53 @@ async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_
     assert!(ok && redriven.contains(&format!("#{id} redriven: duplicate")), "{redriven}");
     let (truth, stats) = truth_and_stats(&env.db, event).await;
     assert_eq!(stats, truth);
+}
+
+#[tokio::test]
+async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_its_partition_moves_on() {
+    // Arrange: a change, then a batch of two records whose header names are not
+    // UTF-8 (rskafka cannot decode them, nor any fetch answer holding them), then
+    // another change.
+    let env = TestEnv::start(1).await;
+    let api = Api::spawn(&env).await;
+    let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
+    let event = api.create_event(None).await;
+    api.rsvp(event, "first@example.com", "going", 2).await;
+    env.relay_outbox().await;
+    let undecodable = |name: &[u8]| raw_kafka::RawRecord {
+        key: event.to_string().into_bytes(),
+        value: b"{}".to_vec(),
+        headers: vec![(b"ce_id".to_vec(), b"x".to_vec()), (name.to_vec(), b"value".to_vec())],
+    };
+    raw_kafka::produce(&env.broker.address(), TOPIC, 0, &[undecodable(b"x-\xff\xfe"), undecodable(b"\xc3\x28")]).await;
+    api.rsvp(event, "second@example.com", "maybe", 0).await;
+    env.relay_outbox().await;
+    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
+
+    // Act: step until caught up; a step that fails would be retried forever.
+    let mut steps = 0;
+    loop {
+        match worker.step().await {
+            Ok(StepOutcome::Processed { .. }) => steps += 1,
+            Ok(StepOutcome::CaughtUp) => break,
+            Err(error) => panic!("step {steps} failed: {:#}", anyhow::Error::new(error)),
+        }
+        assert!(steps < 10, "the partition does not move on");
+    }
+
+    // Assert: one placeholder for the batch's offsets, and both changes applied.
+    assert_eq!(worker.next_offset(), 4);
+    tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
+    let (offset, value, error): (i64, Option<Vec<u8>>, String) =
+        sqlx::query_as("select kafka_offset, record_value, error from consumer_dead_letters")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!((offset, value), (1, None));
+    assert!(error.contains("offsets 1..=2 could not be decoded"), "{error}");
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
+    let (outbox, applied) = totals(&env.db, event).await;
+    assert_eq!(applied, outbox);
 }

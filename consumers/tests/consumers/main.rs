@@ -10,5 +10,6 @@ mod helpers;
 mod lost_log;
 mod ordering;
 mod ownership;
+mod raw_kafka;
 mod status;
 mod transient;
