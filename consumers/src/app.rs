@@ -11,11 +11,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    analytics::prune::Pruner,
-    cache::Invalidator,
     config::Settings,
     dlq,
-    group::{Backoff, Effect, Group, GroupContext, WorkerSettings},
+    group::{Backoff, Consumer, Database, Delivery, Group, GroupContext, WorkerSettings},
     runner::GroupRunner,
     status::{self, GroupStatus},
 };
@@ -26,7 +24,8 @@ pub struct Application {
     settings: Settings,
     main: PgPool,
     analytics: PgPool,
-    invalidator: Option<Invalidator>,
+    /// The configured groups' effects, in registration order.
+    consumers: Vec<Arc<dyn Consumer>>,
     admin_listener: Option<TcpListener>,
     instance_id: Uuid,
 }
@@ -55,11 +54,11 @@ impl Application {
         } else {
             main.clone()
         };
-        let invalidator = if settings.groups().contains(&Group::Cache) {
-            Some(Invalidator::connect(&settings.redis_url, settings.redis_timeout).context("configuring redis")?)
-        } else {
-            None
-        };
+        let mut consumers = Vec::new();
+        for registration in settings.groups() {
+            let consumer = (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
+            consumers.push(consumer);
+        }
         let admin_listener = match bind_admin {
             true => Some(
                 TcpListener::bind(settings.admin_addr)
@@ -68,60 +67,62 @@ impl Application {
             ),
             false => None,
         };
-        Ok(Self { settings: settings.clone(), main, analytics, invalidator, admin_listener, instance_id: Uuid::new_v4() })
+        Ok(Self { settings: settings.clone(), main, analytics, consumers, admin_listener, instance_id: Uuid::new_v4() })
     }
 
     pub fn admin_port(&self) -> u16 {
         self.admin_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port()).unwrap_or_default()
     }
 
-    /// The database of `group`'s offsets, members and dead letters.
-    pub fn store(&self, group: Group) -> &PgPool {
-        match group {
-            Group::Cache => &self.main,
-            Group::Analytics => &self.analytics,
+    /// The configured groups.
+    pub fn groups(&self) -> Vec<Group> {
+        self.consumers.iter().map(|c| c.group()).collect()
+    }
+
+    /// `group`'s effect; an error when this process does not run it.
+    pub fn consumer(&self, group: Group) -> anyhow::Result<Arc<dyn Consumer>> {
+        let found = self.consumers.iter().find(|c| c.group() == group);
+        found.cloned().with_context(|| format!("the group {} is not enabled", group.name()))
+    }
+
+    /// The database of `consumer`'s offsets, members and dead letters.
+    fn store(&self, consumer: &dyn Consumer) -> &PgPool {
+        match consumer.database() {
+            Database::Main => &self.main,
+            Database::Analytics => &self.analytics,
         }
     }
 
-    fn store_url(&self, group: Group) -> &str {
-        match group {
-            Group::Cache => &self.settings.database_url,
-            Group::Analytics => self.settings.analytics_url(),
-        }
-    }
-
-    pub fn effect(&self, group: Group) -> anyhow::Result<Effect> {
-        match group {
-            Group::Cache => Ok(Effect::Cache(self.invalidator.clone().context("the cache group is not enabled")?)),
-            Group::Analytics => Ok(Effect::Analytics),
+    fn store_url(&self, consumer: &dyn Consumer) -> &str {
+        match consumer.database() {
+            Database::Main => &self.settings.database_url,
+            Database::Analytics => self.settings.analytics_url(),
         }
     }
 
     /// What `group`'s workers share; tests step workers built from it.
     pub fn group_context(&self, group: Group, kafka: Arc<rskafka::client::Client>) -> anyhow::Result<Arc<GroupContext>> {
+        let consumer = self.consumer(group)?;
         Ok(Arc::new(GroupContext {
             group,
             topic: self.settings.topic.clone(),
-            store_url: with_application_name(self.store_url(group), self.instance_id),
-            store: self.store(group).clone(),
+            store_url: with_application_name(self.store_url(&*consumer), self.instance_id),
+            store: self.store(&*consumer).clone(),
             kafka,
-            effect: self.effect(group)?,
             settings: WorkerSettings {
                 fetch_max_bytes: self.settings.fetch_max_bytes,
                 fetch_max_wait: self.settings.fetch_max_wait,
-                poll_interval: match group {
-                    Group::Cache => self.settings.cache_poll_interval,
-                    Group::Analytics => self.settings.analytics_poll_interval,
-                },
-                commit_interval: match group {
-                    Group::Cache => self.settings.cache_commit_interval,
-                    Group::Analytics => Duration::ZERO,
+                poll_interval: consumer.poll_interval(),
+                commit_interval: match consumer.delivery() {
+                    Delivery::AtLeastOnce { commit_interval } => commit_interval,
+                    Delivery::ExactlyOnce => Duration::ZERO,
                 },
                 max_attempts: self.settings.max_attempts,
                 retry_max_backoff: self.settings.retry_max_backoff,
                 rebalance_interval: self.settings.rebalance_interval,
                 role_loss_timeout: self.settings.role_loss_timeout,
             },
+            consumer,
         }))
     }
 
@@ -135,8 +136,10 @@ impl Application {
         if self.settings.separate_analytics_database() {
             readiness = readiness.with("analytics_postgres", ping(self.analytics.clone()).await);
         }
-        if let Some(invalidator) = &self.invalidator {
-            readiness = readiness.with("redis", invalidator.ping().await);
+        for consumer in &self.consumers {
+            if let Some((dependency, up)) = consumer.readiness().await {
+                readiness = readiness.with(dependency, up);
+            }
         }
         readiness
     }
@@ -158,17 +161,16 @@ impl Application {
             Box::pin(async move { app.readiness().await })
         });
         let admin = tokio::spawn(admin::serve(listener, readiness, stop.clone().cancelled_owned()));
-        tracing::info!(instance_id = %this.instance_id, groups = ?this.settings.groups(), "rsvp-consumers starting");
+        tracing::info!(instance_id = %this.instance_id, groups = ?this.groups(), "rsvp-consumers starting");
         if let Some(kafka) = connect_kafka(&this.settings.brokers(), &stop, this.settings.retry_max_backoff).await {
             let kafka = Arc::new(kafka);
             let mut runners = Vec::new();
-            let prune_interval = this.settings.applied_events_prune_interval;
-            if this.settings.groups().contains(&Group::Analytics) && !prune_interval.is_zero() {
-                let pruner = Pruner::new(this.store(Group::Analytics).clone());
-                runners.push(tokio::spawn(pruner.run(prune_interval, stop.clone())));
-            }
-            for group in this.settings.groups() {
-                let runner = GroupRunner::new(this.group_context(group, kafka.clone())?, this.instance_id);
+            for consumer in &this.consumers {
+                let store = this.store(&**consumer).clone();
+                if let Some(upkeep) = consumer.clone().maintenance(store, stop.clone()) {
+                    runners.push(tokio::spawn(upkeep));
+                }
+                let runner = GroupRunner::new(this.group_context(consumer.group(), kafka.clone())?, this.instance_id);
                 runners.push(tokio::spawn(runner.run(stop.clone())));
             }
             for runner in runners {
@@ -183,8 +185,8 @@ impl Application {
     /// `dlq list`: every pending (or, with `all`, every) dead letter of the configured groups.
     pub async fn dead_letters(&self, all: bool) -> anyhow::Result<Vec<dlq::DeadLetter>> {
         let mut letters = Vec::new();
-        for group in self.settings.groups() {
-            letters.extend(dlq::list(self.store(group), group, all).await?);
+        for consumer in &self.consumers {
+            letters.extend(dlq::list(self.store(&**consumer), consumer.group(), all).await?);
         }
         Ok(letters)
     }
@@ -193,8 +195,8 @@ impl Application {
     pub async fn status(&self) -> anyhow::Result<Vec<GroupStatus>> {
         let kafka = status::connect_kafka(&self.settings.brokers(), Duration::from_secs(10)).await?;
         let mut groups = Vec::new();
-        for group in self.settings.groups() {
-            groups.push(status::collect(self.store(group), &kafka, group, &self.settings.topic).await?);
+        for consumer in &self.consumers {
+            groups.push(status::collect(self.store(&**consumer), &kafka, consumer.group(), &self.settings.topic).await?);
         }
         Ok(groups)
     }
@@ -202,8 +204,8 @@ impl Application {
     /// `dlq redrive`: each pending dead letter (or only `id`) of the configured groups, once.
     pub async fn redrive(&self, id: Option<i64>) -> anyhow::Result<Vec<dlq::Redriven>> {
         let mut results = Vec::new();
-        for group in self.settings.groups() {
-            results.extend(dlq::redrive(self.store(group), group, &self.effect(group)?, id).await?);
+        for consumer in &self.consumers {
+            results.extend(dlq::redrive(self.store(&**consumer), &**consumer, id).await?);
         }
         Ok(results)
     }

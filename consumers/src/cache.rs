@@ -5,7 +5,7 @@
 //! fresh random generation is idempotent in effect: applying it twice only costs
 //! the readers one more miss.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use fred::{
     clients::Client,
@@ -13,6 +13,62 @@ use fred::{
     types::{config::Config, Expiration},
 };
 use rsvp_contract::{cache_keys, CloudEvent};
+use sqlx::PgConnection;
+
+use crate::{
+    config::Settings,
+    group::{ApplyError, BoxFuture, Consumer, Delivery, Group, Outcome},
+};
+
+pub const GROUP: Group = Group::new("cache-invalidation-group");
+
+/// The cache group: at least once, since its effects live in Redis and replacing a
+/// generation twice only costs the readers one more miss.
+pub struct CacheInvalidation {
+    invalidator: Invalidator,
+    poll_interval: Duration,
+    commit_interval: Duration,
+}
+
+pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn Consumer>> {
+    let invalidator = Invalidator::connect(&settings.redis_url, settings.redis_timeout)?;
+    let (poll_interval, commit_interval) = (settings.cache_poll_interval, settings.cache_commit_interval);
+    Ok(Arc::new(CacheInvalidation { invalidator, poll_interval, commit_interval }))
+}
+
+impl Consumer for CacheInvalidation {
+    fn group(&self) -> Group {
+        GROUP
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::AtLeastOnce { commit_interval: self.commit_interval }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// Replaces the generations of everything the batch changes, in one round trip.
+    fn apply<'a>(
+        &'a self,
+        _tx: Option<&'a mut PgConnection>,
+        events: &'a [&'a CloudEvent],
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, ApplyError>> {
+        Box::pin(async move {
+            let keys: BTreeSet<String> = events.iter().flat_map(|e| affected_keys(e)).collect();
+            self.invalidator
+                .invalidate(&keys)
+                .await
+                .map_err(|e| ApplyError::Dependency { dependency: "redis", source: Box::new(e) })?;
+            Ok(vec![Outcome::Applied; events.len()])
+        })
+    }
+
+    fn readiness(&self) -> BoxFuture<'_, Option<(&'static str, bool)>> {
+        Box::pin(async { Some(("redis", self.invalidator.ping().await)) })
+    }
+}
 
 /// The generation keys whose entries `event` makes stale: the event with its counts
 /// and rsvp list, and the rsvp itself.

@@ -2,9 +2,20 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::group::Group;
+use crate::registry::{self, Registration};
+
+/// A `--group` value: one of the registered groups' flags.
+fn group_flag(value: &str) -> Result<String, String> {
+    match registry::GROUPS.iter().find(|r| r.flag == value) {
+        Some(registration) => Ok(registration.flag.to_owned()),
+        None => {
+            let known: Vec<&str> = registry::GROUPS.iter().map(|r| r.flag).collect();
+            Err(format!("unknown group {value:?}; one of {}", known.join(", ")))
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +37,7 @@ pub enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Per group (`--group`, or both) and partition: owner, committed offset, high
+    /// Per group (`--group`, or every one) and partition: owner, committed offset, high
     /// watermark, lag in records and seconds, pending dead letters. Exits 1 when a
     /// partition has no owner or lag is over a threshold, 2 when Postgres or the
     /// broker cannot be read.
@@ -48,7 +59,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Print the dead letters not yet redriven (of `--group`, or of both groups).
+    /// Print the dead letters not yet redriven (of `--group`, or of every group).
     List {
         /// Also print the ones already redriven.
         #[arg(long)]
@@ -63,20 +74,12 @@ pub enum DlqCommand {
     },
 }
 
-/// Which consumer groups this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GroupChoice {
-    /// `cache-invalidation-group`: invalidates the api's Redis cache.
-    Cache,
-    /// `analytics-group`: per-event statistics in Postgres.
-    Analytics,
-}
-
 #[derive(Clone, Parser)]
 pub struct Settings {
-    /// Run one group only; both run when absent.
-    #[arg(long, env = "CONSUMER_GROUP", value_enum, global = true)]
-    pub group: Option<GroupChoice>,
+    /// Run one group only: `cache` (invalidates the api's Redis cache) or `analytics`
+    /// (per-event statistics in Postgres). Every group runs when absent.
+    #[arg(long, env = "CONSUMER_GROUP", global = true, value_parser = group_flag)]
+    pub group: Option<String>,
 
     /// PostgreSQL connection string (the api's database: cache group offsets and dead letters).
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true, global = true)]
@@ -197,13 +200,9 @@ impl Settings {
         Ok(())
     }
 
-    /// The groups to run.
-    pub fn groups(&self) -> Vec<Group> {
-        match self.group {
-            Some(GroupChoice::Cache) => vec![Group::Cache],
-            Some(GroupChoice::Analytics) => vec![Group::Analytics],
-            None => vec![Group::Cache, Group::Analytics],
-        }
+    /// The groups to run, in registration order.
+    pub fn groups(&self) -> Vec<&'static Registration> {
+        registry::GROUPS.iter().filter(|r| self.group.as_deref().is_none_or(|flag| r.flag == flag)).collect()
     }
 
     pub fn analytics_url(&self) -> &str {
@@ -249,11 +248,17 @@ mod tests {
         Cli::try_parse_from(std::iter::once("rsvp-consumers").chain(args.iter().copied())).unwrap()
     }
 
+    fn groups(cli: &Cli) -> Vec<&'static str> {
+        cli.settings.groups().into_iter().map(|r| r.group.name()).collect()
+    }
+
     #[test]
-    fn both_groups_run_by_default_and_one_when_asked() {
-        assert_eq!(parse(&[]).settings.groups(), vec![Group::Cache, Group::Analytics]);
-        assert_eq!(parse(&["--group", "analytics"]).settings.groups(), vec![Group::Analytics]);
-        assert_eq!(parse(&["run", "--group", "cache"]).settings.groups(), vec![Group::Cache]);
+    fn every_group_runs_by_default_and_one_when_asked() {
+        assert_eq!(groups(&parse(&[])), vec!["cache-invalidation-group", "analytics-group"]);
+        assert_eq!(groups(&parse(&["--group", "analytics"])), vec!["analytics-group"]);
+        assert_eq!(groups(&parse(&["run", "--group", "cache"])), vec!["cache-invalidation-group"]);
+        let unknown = Cli::try_parse_from(["rsvp-consumers", "--group", "search"]).err().unwrap().to_string();
+        assert!(unknown.contains("one of cache, analytics"), "{unknown}");
     }
 
     #[test]

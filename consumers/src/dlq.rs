@@ -1,15 +1,11 @@
 //! The dead-letter table: records a group could not apply, kept raw, and redriven by
 //! an operator at most once each.
 
-use std::collections::BTreeSet;
-
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
-    analytics,
-    cache::{self, Invalidator},
-    group::{Effect, Group},
+    group::{Consumer, Delivery, Group},
     offsets::OffsetKey,
     record::{printable, RawRecord},
 };
@@ -138,24 +134,24 @@ pub enum Redriven {
 /// Redrives the group's pending dead letters (only `id`, when given), each once: the
 /// row is locked, applied and marked in one transaction, so two concurrent redrives
 /// cannot both apply it.
-#[tracing::instrument(skip(pool, effect), fields(group = group.name()), err)]
-pub async fn redrive(pool: &PgPool, group: Group, effect: &Effect, id: Option<i64>) -> Result<Vec<Redriven>, sqlx::Error> {
+#[tracing::instrument(skip(pool, consumer), fields(group = consumer.group().name()), err)]
+pub async fn redrive(pool: &PgPool, consumer: &dyn Consumer, id: Option<i64>) -> Result<Vec<Redriven>, sqlx::Error> {
     let ids: Vec<i64> = sqlx::query_scalar(
         "select id from consumer_dead_letters
          where group_name = $1 and redriven_at is null and ($2::bigint is null or id = $2) order by id",
     )
-    .bind(group.name())
+    .bind(consumer.group().name())
     .bind(id)
     .fetch_all(pool)
     .await?;
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {
-        results.push(redrive_one(pool, effect, id).await?);
+        results.push(redrive_one(pool, consumer, id).await?);
     }
     Ok(results)
 }
 
-async fn redrive_one(pool: &PgPool, effect: &Effect, id: i64) -> Result<Redriven, sqlx::Error> {
+async fn redrive_one(pool: &PgPool, consumer: &dyn Consumer, id: i64) -> Result<Redriven, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let letter: Option<DeadLetter> = sqlx::query_as(&format!(
         "select {COLUMNS} from consumer_dead_letters where id = $1 and redriven_at is null for update skip locked"
@@ -168,10 +164,14 @@ async fn redrive_one(pool: &PgPool, effect: &Effect, id: i64) -> Result<Redriven
     };
     let applied = match letter.raw().decode() {
         Err(error) => Err(error.to_string()),
-        Ok(event) => match effect {
-            Effect::Analytics => analytics::apply(&mut tx, &event).await.map(analytics::Applied::label).map_err(|e| e.to_string()),
-            Effect::Cache(invalidator) => invalidate(invalidator, &event).await,
-        },
+        Ok(event) => {
+            // An exactly-once group's effect commits with the row's `redriven_at`.
+            let tx = (consumer.delivery() == Delivery::ExactlyOnce).then_some(&mut *tx);
+            match consumer.apply(tx, &[&event]).await {
+                Ok(outcomes) => Ok(outcomes.first().map_or("applied", |o| o.label())),
+                Err(error) => Err(format!("{:#}", anyhow::Error::new(error))),
+            }
+        }
     };
     let result = match applied {
         Ok(outcome) => {
@@ -195,9 +195,4 @@ async fn redrive_one(pool: &PgPool, effect: &Effect, id: i64) -> Result<Redriven
     };
     tx.commit().await?;
     Ok(result)
-}
-
-async fn invalidate(invalidator: &Invalidator, event: &rsvp_contract::CloudEvent) -> Result<&'static str, String> {
-    let keys: BTreeSet<String> = cache::affected_keys(event).into_iter().collect();
-    invalidator.invalidate(&keys).await.map(|()| "applied").map_err(|e| e.to_string())
 }

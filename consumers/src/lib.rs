@@ -1,6 +1,7 @@
-//! The consumers of `rsvp-events`: a cache-invalidation group and an analytics group,
-//! each with its offsets stored beside its effects, partitions owned through Postgres
-//! advisory locks, and a dead-letter table.
+//! The consumers of `rsvp-events`: cache-invalidation and analytics
+//! groups, each with its offsets stored beside its effects, partitions owned through
+//! Postgres advisory locks, and a dead-letter table. A group is a [`group::Consumer`]
+//! listed in [`registry`].
 
 pub mod analytics;
 pub mod app;
@@ -13,5 +14,6 @@ pub mod offsets;
 pub mod ownership;
 pub mod partition;
 pub mod record;
+pub mod registry;
 pub mod runner;
 pub mod status;

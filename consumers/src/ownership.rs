@@ -151,9 +151,9 @@ mod tests {
 
     #[test]
     fn lock_classes_differ_per_group_and_topic_and_are_stable() {
-        let cache = lock_class(Group::Cache, "rsvp-events");
-        assert_ne!(cache, lock_class(Group::Analytics, "rsvp-events"));
-        assert_ne!(cache, lock_class(Group::Cache, "other"));
-        assert_eq!(cache, lock_class(Group::Cache, "rsvp-events"));
+        let cache = lock_class(crate::cache::GROUP, "rsvp-events");
+        assert_ne!(cache, lock_class(crate::analytics::GROUP, "rsvp-events"));
+        assert_ne!(cache, lock_class(crate::cache::GROUP, "other"));
+        assert_eq!(cache, lock_class(crate::cache::GROUP, "rsvp-events"));
     }
 }

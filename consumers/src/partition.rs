@@ -3,9 +3,10 @@
 //!
 //! The offset only ever moves to the end of a fetched batch: Tansu skips the rest of a
 //! record batch when a fetch starts inside it, and one commit per batch is cheaper.
-//! The cache group, whose effects live in Redis, may store it with a later batch.
+//! An at-least-once group, whose effects live outside Postgres, may store it with a
+//! later batch.
 
-use std::{collections::BTreeSet, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
 use rskafka::client::{
@@ -20,9 +21,9 @@ use rsvp_contract::{
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
-    analytics, cache, dlq,
+    dlq,
     fault::{self, Fault},
-    group::{Effect, GroupContext},
+    group::{ApplyError, Consumer, Delivery, GroupContext, Outcome},
     offsets::{Anchor, OffsetError, OffsetKey},
     ownership,
     record::RawRecord,
@@ -67,12 +68,19 @@ pub enum WorkerError {
     /// timeout, a deadlock, a serialization failure): retried without limit.
     #[error("applying the batch failed for now")]
     Transient(#[source] sqlx::Error),
+    /// A dependency of an exactly-once group's effect besides Postgres failed:
+    /// retried without limit.
+    #[error("{0} failed")]
+    Dependency(&'static str),
 }
 
 impl WorkerError {
     /// Whether the worker may retry while keeping the partition.
     pub fn keeps_ownership(&self) -> bool {
-        matches!(self, WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_))
+        matches!(
+            self,
+            WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_) | WorkerError::Dependency(_)
+        )
     }
 }
 
@@ -104,7 +112,7 @@ pub struct PartitionWorker {
     conn: RoleSession,
     kafka: PartitionClient,
     next_offset: i64,
-    /// The offset stored in Postgres: behind `next_offset` while the cache group
+    /// The offset stored in Postgres: behind `next_offset` while an at-least-once group
     /// waits to store it with a later batch.
     stored_offset: i64,
     last_stored: Instant,
@@ -240,38 +248,36 @@ impl PartitionWorker {
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
         let anchor = Anchor { offset: batch[0].raw.offset, fingerprint: batch[0].raw.fingerprint() };
         let count = batch.len();
-        let apply_statistics = match &self.ctx.effect {
-            Effect::Cache(invalidator) => {
-                // After a pause longer than the role-loss timeout, another instance
-                // owns the partition: find out before invalidating for it.
-                self.conn.ensure_held().await?;
-                self.conn.keep_alive_while(invalidate_until_done(invalidator, &batch, &self.ctx)).await?;
-                false
-            }
-            Effect::Analytics => true,
-        };
-        let defer = !apply_statistics
+        let consumer = self.ctx.consumer.clone();
+        let exactly_once = consumer.delivery() == Delivery::ExactlyOnce;
+        let mut labels: Vec<&'static str> = Vec::with_capacity(count);
+        if !exactly_once {
+            // After a pause longer than the role-loss timeout, another instance
+            // owns the partition: find out before applying for it.
+            self.conn.ensure_held().await?;
+            let applied = self.conn.keep_alive_while(apply_until_done(&*consumer, &batch, &self.ctx)).await?;
+            labels.extend(applied.into_iter().map(Outcome::label));
+        }
+        let defer = !exactly_once
             && batch.iter().all(|d| d.event.is_ok())
             && self.last_stored.elapsed() < settings.commit_interval;
-        let labels = if defer {
-            vec!["applied"; count]
-        } else {
+        if !defer {
             let (key, batch_anchor) = (&self.key, &anchor);
+            let in_tx = exactly_once.then_some(&*consumer);
             let committing = async |conn: &mut PgConnection| {
-                commit_batch(conn, key, &batch, (from, to), batch_anchor, apply_statistics).await
+                commit_batch(conn, key, &batch, (from, to), batch_anchor, in_tx).await
             };
             let result = self.conn.run(committing).await?;
             match &result {
                 Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
-                Err(WorkerError::Transient(_) | WorkerError::Connection(_)) => {
+                Err(WorkerError::Transient(_) | WorkerError::Connection(_) | WorkerError::Dependency(_)) => {
                     metrics::counter!("consumer_transient_errors_total", "group" => self.ctx.group.name()).increment(1);
                 }
                 _ => {}
             }
-            let labels = result?;
+            labels.extend(result?);
             (self.stored_offset, self.last_stored) = (to, Instant::now());
-            labels
-        };
+        }
         self.next_offset = to;
         self.anchor = Some(anchor);
         self.failing = None;
@@ -443,50 +449,61 @@ struct Decoded {
     event: Result<CloudEvent, (String, u32)>,
 }
 
-/// Replaces the batch's cache generations, retrying while Redis is down: the offset
-/// must not pass an invalidation that did not happen.
-async fn invalidate_until_done(invalidator: &cache::Invalidator, batch: &[Decoded], ctx: &GroupContext) {
-    let keys: BTreeSet<String> =
-        batch.iter().filter_map(|d| d.event.as_ref().ok()).flat_map(cache::affected_keys).collect();
+/// Applies the decoded events of an at-least-once group's batch, retrying while its
+/// dependency fails: the offset must not pass an effect that did not happen.
+async fn apply_until_done(consumer: &dyn Consumer, batch: &[Decoded], ctx: &GroupContext) -> Vec<Outcome> {
+    let events: Vec<&CloudEvent> = batch.iter().filter_map(|d| d.event.as_ref().ok()).collect();
+    if events.is_empty() {
+        return Vec::new();
+    }
     let mut backoff = crate::group::Backoff::new(ctx.settings.retry_max_backoff);
-    while let Err(error) = invalidator.invalidate(&keys).await {
-        metrics::counter!("consumer_retries_total", "group" => ctx.group.name(), "dependency" => "redis").increment(1);
+    loop {
+        let error = match consumer.apply(None, &events).await {
+            Ok(outcomes) => return outcomes,
+            Err(error) => error,
+        };
+        let dependency = match &error {
+            ApplyError::Dependency { dependency, .. } => *dependency,
+            ApplyError::Postgres(_) => "postgres",
+        };
+        metrics::counter!("consumer_retries_total", "group" => ctx.group.name(), "dependency" => dependency).increment(1);
         let delay = backoff.next_delay();
-        tracing::warn!(%error, ?delay, "redis unavailable; retrying the invalidation");
+        tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), ?delay, "applying the batch failed; retrying");
         tokio::time::sleep(delay).await;
     }
 }
 
-/// One transaction: the dead letters, the statistics (when `apply_statistics`) and
-/// the offset advance `from`..`to`. Returns the `result` label of each record.
+/// One transaction: the dead letters, the effects of an exactly-once group (`in_tx`)
+/// and the offset advance `from`..`to`. Returns the `result` label of each record
+/// it handled (an at-least-once group's were applied before).
 ///
-/// The statistics of the whole batch are applied at once; when Postgres rejects
-/// that, the batch is applied again one record at a time, to tell which record it
-/// rejects so that its attempts count towards dead-lettering it.
+/// The effects of the whole batch are applied at once; when Postgres rejects that,
+/// the batch is applied again one record at a time, to tell which record it rejects
+/// so that its attempts count towards dead-lettering it.
 async fn commit_batch(
     conn: &mut PgConnection,
     key: &OffsetKey,
     batch: &[Decoded],
     range: (i64, i64),
     anchor: &Anchor,
-    apply_statistics: bool,
+    in_tx: Option<&dyn Consumer>,
 ) -> Result<Vec<&'static str>, WorkerError> {
-    match commit_batch_in_chunks(conn, key, batch, range, anchor, apply_statistics, batch.len()).await {
+    match commit_batch_in_chunks(conn, key, batch, range, anchor, in_tx, batch.len()).await {
         Err(WorkerError::Record { .. }) if batch.len() > 1 => {
-            commit_batch_in_chunks(conn, key, batch, range, anchor, apply_statistics, 1).await
+            commit_batch_in_chunks(conn, key, batch, range, anchor, in_tx, 1).await
         }
         result => result,
     }
 }
 
-/// [`commit_batch`], applying the statistics `chunk` records at a time.
+/// [`commit_batch`], applying the effects `chunk` records at a time.
 async fn commit_batch_in_chunks(
     conn: &mut PgConnection,
     key: &OffsetKey,
     batch: &[Decoded],
     (from, to): (i64, i64),
     anchor: &Anchor,
-    apply_statistics: bool,
+    in_tx: Option<&dyn Consumer>,
     chunk: usize,
 ) -> Result<Vec<&'static str>, WorkerError> {
     let mut labels = Vec::with_capacity(batch.len());
@@ -498,15 +515,24 @@ async fn commit_batch_in_chunks(
                 dlq::insert(&mut tx, key, &decoded.raw, error, *attempts).await.map_err(db)?;
                 labels.push("dead_letter");
             }
-            Ok(event) if apply_statistics => events.push((decoded.raw.offset, event)),
-            Ok(_) => labels.push("applied"),
+            Ok(event) => events.push((decoded.raw.offset, event)),
         }
     }
+    let Some(consumer) = in_tx else {
+        key.advance_after(&mut tx, from, to, Some(anchor)).await?;
+        tx.commit().await.map_err(db)?;
+        return Ok(labels);
+    };
     for chunk in events.chunks(chunk.max(1)) {
         let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
-        match analytics::apply_batch(&mut tx, &chunk_events).await {
-            Ok(applied) => labels.extend(applied.into_iter().map(analytics::Applied::label)),
-            Err(source) => {
+        match consumer.apply(Some(&mut *tx), &chunk_events).await {
+            Ok(applied) => labels.extend(applied.into_iter().map(Outcome::label)),
+            Err(ApplyError::Dependency { dependency, source }) => {
+                let _ = tx.rollback().await;
+                tracing::warn!(dependency, %source, "a dependency of the group's effect failed");
+                return Err(WorkerError::Dependency(dependency));
+            }
+            Err(ApplyError::Postgres(source)) => {
                 // Roll back now rather than on the next use of the connection: an
                 // open transaction holds back the relay's xmin watermark cluster-wide.
                 let _ = tx.rollback().await;

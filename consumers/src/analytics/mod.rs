@@ -32,12 +32,71 @@ pub mod prune;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use uuid::Uuid;
 
+use crate::{
+    config::Settings,
+    group::{ApplyError, BoxFuture, Consumer, Database, Delivery, Group, Outcome},
+};
+
 pub use apply::{apply, apply_batch};
+
+pub const GROUP: Group = Group::new("analytics-group");
+
+/// The analytics group: exactly once, its statistics committing with its offsets.
+pub struct Analytics {
+    poll_interval: Duration,
+    prune_interval: Duration,
+}
+
+pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn Consumer>> {
+    let (poll_interval, prune_interval) = (settings.analytics_poll_interval, settings.applied_events_prune_interval);
+    Ok(Arc::new(Analytics { poll_interval, prune_interval }))
+}
+
+impl Consumer for Analytics {
+    fn group(&self) -> Group {
+        GROUP
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::ExactlyOnce
+    }
+
+    fn database(&self) -> Database {
+        Database::Analytics
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: Option<&'a mut PgConnection>,
+        events: &'a [&'a CloudEvent],
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, ApplyError>> {
+        Box::pin(async move {
+            let tx = tx.expect("an exactly-once group applies inside the offset's transaction");
+            Ok(apply_batch(tx, events).await?.into_iter().map(Outcome::from).collect())
+        })
+    }
+
+    /// Prunes `applied_events` every `APPLIED_EVENTS_PRUNE_INTERVAL`, unless zero.
+    fn maintenance(self: Arc<Self>, store: PgPool, shutdown: CancellationToken) -> Option<BoxFuture<'static, ()>> {
+        let interval = self.prune_interval;
+        (!interval.is_zero()).then(|| Box::pin(prune::Pruner::new(store).run(interval, shutdown)) as BoxFuture<'static, ()>)
+    }
+}
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +112,11 @@ pub enum Applied {
     Stale,
 }
 
-impl Applied {
-    pub fn label(self) -> &'static str {
-        match self {
-            Applied::Changed | Applied::Stale => "applied",
-            Applied::Duplicate => "duplicate",
+impl From<Applied> for Outcome {
+    fn from(applied: Applied) -> Self {
+        match applied {
+            Applied::Changed | Applied::Stale => Outcome::Applied,
+            Applied::Duplicate => Outcome::Duplicate,
         }
     }
 }
@@ -245,7 +304,7 @@ fn report_gaps(event: &CloudEvent, state: Option<&StateRow>, before: Option<Cont
     };
     let mismatch = event.data.previous_status.is_some() && event.data.previous_status != expected_previous;
     if gap || mismatch {
-        metrics::counter!("consumer_version_gaps_total", "group" => crate::group::Group::Analytics.name()).increment(1);
+        metrics::counter!("consumer_version_gaps_total", "group" => GROUP.name()).increment(1);
         tracing::warn!(rsvp_id = %event.data.id, version = event.data.version, ?expected_previous,
             previous_status = ?event.data.previous_status, "rsvp changes missing before this one");
     }

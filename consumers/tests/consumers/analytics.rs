@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use rsvp_consumers::group::Group;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{outbox_record, totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv};
+use crate::helpers::{outbox_record, ANALYTICS, totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv};
 
 #[tokio::test]
 async fn stats_match_the_rsvps_table_after_a_mixed_workload_and_stay_unchanged_after_redelivery_and_replay() {
@@ -21,7 +20,7 @@ async fn stats_match_the_rsvps_table_after_a_mixed_workload_and_stay_unchanged_a
     let published = env.relay_outbox().await;
 
     // Act
-    let processed = consumers.drain(&env, Group::Analytics).await;
+    let processed = consumers.drain(&env, ANALYTICS).await;
 
     // Assert
     assert_eq!(processed, published);
@@ -37,9 +36,9 @@ async fn stats_match_the_rsvps_table_after_a_mixed_workload_and_stay_unchanged_a
     // Redelivery of every stored offset (as after a lost offset table), then an
     // operator replay of every outbox row at new offsets: nothing may change.
     sqlx::query("update consumer_offsets set next_offset = 0").execute(&env.db).await.unwrap();
-    assert_eq!(consumers.drain(&env, Group::Analytics).await, published);
+    assert_eq!(consumers.drain(&env, ANALYTICS).await, published);
     assert_eq!(env.replay_outbox().await, published);
-    assert_eq!(consumers.drain(&env, Group::Analytics).await, published);
+    assert_eq!(consumers.drain(&env, ANALYTICS).await, published);
     for (event, before) in events.iter().zip(before) {
         let (truth, stats) = truth_and_stats(&env.db, *event).await;
         let (_, applied) = totals(&env.db, *event).await;
@@ -76,11 +75,11 @@ async fn a_consumer_killed_mid_stream_and_restarted_ends_with_exact_stats_even_a
     // Act: SIGKILL once it has applied part of the stream, restart, let writes finish.
     let kill_and_restart = async {
         wait_until(Duration::from_secs(30), "the consumer applied some records", || async {
-            env.stored_offsets(Group::Analytics).await > 20
+            env.stored_offsets(ANALYTICS).await > 20
         })
         .await;
         consumer.kill().await;
-        let applied = env.stored_offsets(Group::Analytics).await;
+        let applied = env.stored_offsets(ANALYTICS).await;
         eprintln!("killed after {applied} records, {} on the topic so far", env.records_on_topic().await);
         ConsumerProcess::spawn(&env, &["--group", "analytics"])
     };
@@ -88,7 +87,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_ends_with_exact_stats_even_a
     writer.await.unwrap();
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(30), "the restarted consumer caught up", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic
     })
     .await;
 
@@ -103,7 +102,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_ends_with_exact_stats_even_a
     }
     let replayed = i64::try_from(env.replay_outbox().await).unwrap();
     wait_until(Duration::from_secs(30), "the replay was consumed", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic + replayed
+        env.stored_offsets(ANALYTICS).await == on_topic + replayed
     })
     .await;
     for (event, before) in events.iter().zip(before) {
@@ -126,7 +125,7 @@ async fn with_a_separate_analytics_database_the_stats_and_their_offsets_live_the
     let published = env.relay_outbox().await;
 
     // Act
-    consumers.drain(&env, Group::Analytics).await;
+    consumers.drain(&env, ANALYTICS).await;
 
     // Assert
     let (truth, in_main) = truth_and_stats(&env.db, event).await;
@@ -144,7 +143,7 @@ async fn with_a_separate_analytics_database_the_stats_and_their_offsets_live_the
         .await
         .unwrap();
     assert_eq!(offsets, i64::try_from(published).unwrap());
-    assert_eq!(env.stored_offsets(Group::Analytics).await, 0);
+    assert_eq!(env.stored_offsets(ANALYTICS).await, 0);
 }
 
 #[tokio::test]
@@ -158,8 +157,8 @@ async fn a_broker_that_lost_its_records_restarts_the_group_from_the_earliest_off
     api.rsvp(before, "a@example.com", "going", 1).await;
     api.rsvp(before, "b@example.com", "going", 1).await;
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Analytics).await;
-    assert_eq!(env.stored_offsets(Group::Analytics).await, 2);
+    consumers.drain(&env, ANALYTICS).await;
+    assert_eq!(env.stored_offsets(ANALYTICS).await, 2);
     env.broker.restart_empty().await;
     env.kafka.controller_client().unwrap().create_topic(crate::helpers::TOPIC, 1, 1, 5_000).await.unwrap();
 
@@ -167,10 +166,10 @@ async fn a_broker_that_lost_its_records_restarts_the_group_from_the_earliest_off
     let after = api.create_event(None).await;
     api.rsvp(after, "c@example.com", "maybe", 0).await;
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Analytics).await;
+    consumers.drain(&env, ANALYTICS).await;
 
     // Assert
-    assert_eq!(env.stored_offsets(Group::Analytics).await, 1);
+    assert_eq!(env.stored_offsets(ANALYTICS).await, 1);
     let (truth, stats) = truth_and_stats(&env.db, after).await;
     assert_eq!(stats, truth);
     let rendered = metrics.render();
@@ -185,7 +184,7 @@ async fn the_api_serves_the_stats_zeros_before_any_change_and_404_for_an_unknown
     let (event, empty) = (api.create_event(None).await, api.create_event(None).await);
     api.mixed_workload(event, 12).await;
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Analytics).await;
+    consumers.drain(&env, ANALYTICS).await;
     let stats = api.get(&format!("/events/{event}/stats")).await;
     let (truth, _) = truth_and_stats(&env.db, event).await;
     let c = &stats["counts"];
@@ -232,9 +231,9 @@ async fn an_older_change_applied_after_a_newer_one_leaves_every_counter_exact() 
 
     // Act: v1 and v3 arrive and are applied; then v2 arrives, older than what was applied.
     env.produce(partition, vec![record(0), record(2)]).await;
-    assert_eq!(consumers.drain(&env, Group::Analytics).await, 2);
+    assert_eq!(consumers.drain(&env, ANALYTICS).await, 2);
     env.produce(partition, vec![record(1)]).await;
-    assert_eq!(consumers.drain(&env, Group::Analytics).await, 1);
+    assert_eq!(consumers.drain(&env, ANALYTICS).await, 1);
 
     // Assert: counts describe the newest version; totals count each change once.
     let (truth, stats) = truth_and_stats(&env.db, event).await;
@@ -244,7 +243,7 @@ async fn an_older_change_applied_after_a_newer_one_leaves_every_counter_exact() 
 
     // v2 once more, and everything again: nothing changes.
     env.produce(partition, vec![record(1), record(0), record(2)]).await;
-    assert_eq!(consumers.drain(&env, Group::Analytics).await, 3);
+    assert_eq!(consumers.drain(&env, ANALYTICS).await, 3);
     assert_eq!(truth_and_stats(&env.db, event).await.1, truth);
     assert_eq!(totals(&env.db, event).await.1, outbox);
 }

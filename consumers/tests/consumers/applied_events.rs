@@ -7,13 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rsvp_consumers::{
     analytics::{
-        self,
+        self, Applied,
         prune::{PruneOutcome, Pruner},
-        Applied,
     },
     app::MIGRATOR,
 };
-use rsvp_contract::{testing::fresh_database, CloudEvent, EventType, RsvpData, RsvpStatus};
+use rsvp_contract::{CloudEvent, EventType, RsvpData, RsvpStatus, testing::fresh_database};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -144,11 +143,12 @@ async fn pruning_removes_exactly_the_rows_that_applied_versions_cover_and_a_prun
     assert_eq!(pruned, 4);
     assert_eq!(applied_rows(&db, a).await, vec![None]);
     assert_eq!(applied_rows(&db, b).await, vec![Some(3)]);
-    let through: Vec<i64> = sqlx::query_scalar("select applied_through from analytics.rsvp_state where rsvp_id = any($1) order by rsvp_id")
-        .bind(vec![a, b])
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let through: Vec<i64> =
+        sqlx::query_scalar("select applied_through from analytics.rsvp_state where rsvp_id = any($1) order by rsvp_id")
+            .bind(vec![a, b])
+            .fetch_all(&db)
+            .await
+            .unwrap();
     assert_eq!(through, vec![3, 1]);
     let scraped = metric_value(&metrics.render(), r#"consumer_applied_events_pruned_total{group="analytics-group"}"#);
     assert_eq!(scraped, Some(4.0));
@@ -180,10 +180,16 @@ async fn the_pruning_loop_prunes_every_interval_and_stops_on_shutdown() {
     let running = tokio::spawn(Pruner::new(db.clone()).run(Duration::from_millis(50), shutdown.clone()));
 
     // Act: a change applied while the loop runs is pruned by a later pass.
-    wait_until(Duration::from_secs(10), "the first change is pruned", || async { applied_rows(&db, a).await.is_empty() }).await;
+    wait_until(Duration::from_secs(10), "the first change is pruned", || async {
+        applied_rows(&db, a).await.is_empty()
+    })
+    .await;
     let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe);
     apply_committed(&db, &[&a2]).await;
-    wait_until(Duration::from_secs(10), "the second change is pruned", || async { applied_rows(&db, a).await.is_empty() }).await;
+    wait_until(Duration::from_secs(10), "the second change is pruned", || async {
+        applied_rows(&db, a).await.is_empty()
+    })
+    .await;
     shutdown.cancel();
 
     // Assert

@@ -5,14 +5,13 @@ use std::{net::SocketAddr, time::{Duration, Instant}};
 
 use rsvp_consumers::{
     app::Application,
-    group::Group,
     partition::{PartitionWorker, StepOutcome},
 };
 use rsvp_contract::testing::TcpProxy;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{truth_and_stats, wait_until, Api, Stepper, TestEnv};
+use crate::helpers::{truth_and_stats, CACHE, wait_until, Api, Stepper, TestEnv};
 
 fn counts(detail: &Value) -> Vec<i64> {
     let c = &detail["counts"];
@@ -32,7 +31,7 @@ async fn an_invalidation_makes_the_next_read_miss_and_show_the_write() {
     let event = api.create_event(None).await;
     let (rsvp, token) = api.rsvp(event, "ada@example.com", "maybe", 0).await;
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Cache).await;
+    consumers.drain(&env, CACHE).await;
     assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![0, 1, 0, 0, 0]);
     assert_eq!(api.get(&format!("/rsvps/{rsvp}")).await["status"], "maybe");
     api.get(&format!("/events/{event}/rsvps")).await;
@@ -41,7 +40,7 @@ async fn an_invalidation_makes_the_next_read_miss_and_show_the_write() {
     api.update(rsvp, &token, json!({ "status": "going", "guests": 2 })).await;
     assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![0, 1, 0, 0, 0], "the api reads through its cache");
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Cache).await;
+    consumers.drain(&env, CACHE).await;
 
     // Assert
     assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![1, 0, 0, 0, 2]);
@@ -142,7 +141,7 @@ async fn after_redis_is_unreachable_for_10s_under_writes_no_stale_cache_entry_re
         })
         .await;
         wait_until(Duration::from_secs(20), "the consumer caught up after the outage", || async {
-            env.stored_offsets(Group::Cache).await == written
+            env.stored_offsets(CACHE).await == written
         })
         .await;
         for event in events {
@@ -164,7 +163,7 @@ async fn the_cache_group_stores_its_offset_with_a_later_batch_and_at_once_when_n
     let event = api.create_event(None).await;
     api.rsvp(event, "ada@example.com", "going", 0).await;
     let first = env.relay_outbox().await;
-    let ctx = consumers.app.group_context(Group::Cache, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(CACHE, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().expect("the partition is free");
     assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![1, 0, 0, 0, 0]);
     api.rsvp(event, "grace@example.com", "going", 0).await;
@@ -173,15 +172,15 @@ async fn the_cache_group_stores_its_offset_with_a_later_batch_and_at_once_when_n
     // Act / Assert: the batch is applied, its offset waits.
     assert_eq!(worker.step().await.unwrap(), StepOutcome::Processed { records: first + second });
     assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![2, 0, 0, 0, 0], "invalidated before the offset is stored");
-    assert_eq!(env.stored_offsets(Group::Cache).await, 0);
+    assert_eq!(env.stored_offsets(CACHE).await, 0);
     // A fetch that finds nothing new stores it.
     assert_eq!(worker.step().await.unwrap(), StepOutcome::CaughtUp);
-    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second) as i64);
+    assert_eq!(env.stored_offsets(CACHE).await, (first + second) as i64);
     // So does giving the partition up.
     api.rsvp(event, "alan@example.com", "going", 0).await;
     let third = env.relay_outbox().await;
     assert_eq!(worker.step().await.unwrap(), StepOutcome::Processed { records: third });
-    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second) as i64);
+    assert_eq!(env.stored_offsets(CACHE).await, (first + second) as i64);
     worker.release().await;
-    assert_eq!(env.stored_offsets(Group::Cache).await, (first + second + third) as i64);
+    assert_eq!(env.stored_offsets(CACHE).await, (first + second + third) as i64);
 }

@@ -5,13 +5,12 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::Utc;
 use rskafka::record::Record;
 use rsvp_consumers::{
-    group::Group,
     partition::{PartitionWorker, StepOutcome},
 };
 use serde_json::Value;
 
 use crate::{
-    helpers::{run_binary, totals, truth_and_stats, Api, Stepper, TestEnv, TOPIC},
+    helpers::{run_binary, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, TOPIC},
     raw_kafka,
 };
 
@@ -33,7 +32,7 @@ async fn an_undecodable_record_is_dead_lettered_without_blocking_its_partition_a
     env.relay_outbox().await;
 
     // Act
-    consumers.drain(&env, Group::Analytics).await;
+    consumers.drain(&env, ANALYTICS).await;
 
     // Assert: dead-lettered raw, and the rsvp behind it applied.
     let (id, offset, error, value): (i64, i64, String, Vec<u8>) = sqlx::query_as(
@@ -94,7 +93,7 @@ async fn a_record_that_keeps_failing_is_dead_lettered_after_max_attempts_and_the
     .execute(&env.db)
     .await
     .unwrap();
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 
     // Act: three failed attempts, then the poison is set aside.
@@ -137,7 +136,7 @@ async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_
     };
     env.produce(0, vec![poison]).await;
     env.relay_outbox().await;
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 
     // Act: step until caught up; a step that fails would be retried forever.
@@ -205,7 +204,7 @@ async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_
     raw_kafka::produce(&env.broker.address(), TOPIC, 0, &[undecodable(b"x-\xff\xfe"), undecodable(b"\xc3\x28")]).await;
     api.rsvp(event, "second@example.com", "maybe", 0).await;
     env.relay_outbox().await;
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 
     // Act: step until caught up; a step that fails would be retried forever.

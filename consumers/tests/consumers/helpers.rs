@@ -18,11 +18,13 @@ use rskafka::{
     },
     record::Record,
 };
+pub(crate) use rsvp_consumers::{analytics::GROUP as ANALYTICS, cache::GROUP as CACHE};
 use rsvp_consumers::{
     app::{Application, MIGRATOR},
     config::Cli,
     group::Group,
     partition::{PartitionWorker, StepOutcome},
+    registry,
 };
 use rsvp_contract::{
     headers,
@@ -49,6 +51,11 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every registered group, as a process without `--group` runs them.
+pub(crate) fn all_groups() -> Vec<Group> {
+    registry::GROUPS.iter().map(|r| r.group).collect()
 }
 
 /// A broker with the topic, and a migrated database, private to one test.

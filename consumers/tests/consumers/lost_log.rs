@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use rsvp_consumers::{
-    group::Group,
     partition::{PartitionWorker, StepOutcome},
 };
 use uuid::Uuid;
 
-use crate::helpers::{metric_value, totals, truth_and_stats, Api, Stepper, TestEnv, TOPIC};
+use crate::helpers::{metric_value, ANALYTICS, totals, truth_and_stats, Api, Stepper, TestEnv, TOPIC};
 
 const RESETS: &str = r#"consumer_offset_resets_total{group="analytics-group"}"#;
 
@@ -41,7 +40,7 @@ async fn the_new_log_is_applied_from_its_start(reacquire: bool) {
     let mut env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let before = api.create_event(None).await;
     rsvps(&api, &env, before, 0..3, false).await;
     let mut worker = PartitionWorker::acquire(ctx.clone(), 0).await.unwrap().unwrap();
@@ -93,7 +92,7 @@ async fn the_same_log_is_not_read_again() {
     let env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let event = api.create_event(None).await;
     rsvps(&api, &env, event, 0..3, true).await;
     let mut worker = PartitionWorker::acquire(ctx.clone(), 0).await.unwrap().unwrap();

@@ -14,7 +14,7 @@ use std::{
 use rsvp_consumers::group::Group;
 use sqlx::PgPool;
 
-use crate::helpers::{totals, truth_and_stats, wait_until, Api, ConsumerProcess, TestEnv};
+use crate::helpers::{all_groups, totals, ANALYTICS, CACHE, truth_and_stats, wait_until, Api, ConsumerProcess, TestEnv};
 
 fn owned(group: Group) -> String {
     format!("consumer_owned_partitions{{group=\"{}\"}}", group.name())
@@ -22,13 +22,13 @@ fn owned(group: Group) -> String {
 
 #[tokio::test]
 async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_applying_nothing_twice() {
-    // Arrange: two instances running both groups over 4 partitions.
+    // Arrange: two instances running every group over 4 partitions.
     let env = TestEnv::start(4).await;
     let api = Api::spawn(&env).await;
     let events: Vec<_> = [api.create_event(None).await, api.create_event(None).await].into();
     let mut first = ConsumerProcess::spawn(&env, &[]);
     let second = ConsumerProcess::spawn(&env, &[]);
-    for group in Group::ALL {
+    for group in all_groups() {
         wait_until(Duration::from_secs(20), "each instance owns half the partitions", || async {
             first.metric(&owned(group)).await == Some(2.0) && second.metric(&owned(group)).await == Some(2.0)
         })
@@ -38,7 +38,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "both instances consumed the first writes", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic && env.stored_offsets(CACHE).await == on_topic
     })
     .await;
 
@@ -46,7 +46,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_
     first.kill().await;
     let killed_at = Instant::now();
     let survivor_owns_all = async {
-        for group in Group::ALL {
+        for group in all_groups() {
             wait_until(Duration::from_secs(10), "the survivor owns every partition", || async {
                 second.metric(&owned(group)).await == Some(4.0)
             })
@@ -64,7 +64,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_
     assert!(takeover <= Duration::from_secs(5), "takeover took {takeover:?}");
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "the survivor consumed everything", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic && env.stored_offsets(CACHE).await == on_topic
     })
     .await;
     for &event in &events {
@@ -123,13 +123,13 @@ fn watch_offsets(db: PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<V
 
 #[tokio::test]
 async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_for_them_when_it_resumes() {
-    // Arrange: two instances with the default role-loss timeout, both groups, 4 partitions.
+    // Arrange: two instances with the default role-loss timeout, every group, 4 partitions.
     let env = TestEnv::start(4).await;
     let api = Api::spawn(&env).await;
     let events: Vec<_> = [api.create_event(None).await, api.create_event(None).await, api.create_event(None).await].into();
     let first = ConsumerProcess::spawn(&env, &[]);
     let second = ConsumerProcess::spawn(&env, &[]);
-    for group in Group::ALL {
+    for group in all_groups() {
         wait_until(Duration::from_secs(20), "each instance owns half the partitions", || async {
             first.metric(&owned(group)).await == Some(2.0) && second.metric(&owned(group)).await == Some(2.0)
         })
@@ -139,7 +139,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "both instances consumed the first writes", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic && env.stored_offsets(CACHE).await == on_topic
     })
     .await;
     let stop_watching = Arc::new(AtomicBool::new(false));
@@ -150,7 +150,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     signal(&first.child, "STOP");
     let frozen_at = Instant::now();
     let survivor_owns_all = async {
-        for group in Group::ALL {
+        for group in all_groups() {
             wait_until(Duration::from_secs(30), "the survivor owns every partition", || async {
                 second.metric(&owned(group)).await == Some(4.0)
             })
@@ -165,7 +165,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     let (takeover, ()) = tokio::join!(survivor_owns_all, writes);
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "the survivor consumed everything", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic && env.stored_offsets(CACHE).await == on_topic
     })
     .await;
 
@@ -176,7 +176,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
         first.metric("role_lost_total{role=\"partition_owner\"}").await.is_some_and(|lost| lost >= 1.0)
     })
     .await;
-    for group in Group::ALL {
+    for group in all_groups() {
         wait_until(Duration::from_secs(30), "the instances share the partitions again", || async {
             first.metric(&owned(group)).await == Some(2.0) && second.metric(&owned(group)).await == Some(2.0)
         })
@@ -186,14 +186,14 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
     wait_until(Duration::from_secs(20), "both instances consumed the last writes", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
+        env.stored_offsets(ANALYTICS).await == on_topic && env.stored_offsets(CACHE).await == on_topic
     })
     .await;
     stop_watching.store(true, Ordering::SeqCst);
     let backwards = backwards.await.unwrap();
 
     // Assert: failover within 15 s; no offset ever moved backwards; every partition
-    // of both groups locked by exactly one session; every change applied once.
+    // of every group locked by exactly one session; every change applied once.
     eprintln!("takeover after SIGSTOP of a partition owner: {takeover:?}");
     assert!(takeover < Duration::from_secs(15), "takeover took {takeover:?}");
     assert!(backwards.is_empty(), "offsets moved backwards: {backwards:?}");
@@ -204,7 +204,7 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     .fetch_one(&env.db)
     .await
     .unwrap();
-    assert_eq!(locks, 8, "4 partitions of 2 groups, each locked once");
+    assert_eq!(locks, 4 * all_groups().len() as i64, "4 partitions of every group, each locked once");
     for &event in &events {
         let (truth, stats) = truth_and_stats(&env.db, event).await;
         assert_eq!(stats, truth, "stats of {event}");
@@ -220,7 +220,7 @@ async fn a_phantom_member_whose_pid_a_later_backend_reuses_leaves_no_partition_u
     let env = TestEnv::start(4).await;
     let mut holder = env.db.acquire().await.unwrap();
     let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *holder).await.unwrap();
-    for group in Group::ALL {
+    for group in all_groups() {
         sqlx::query(
             "insert into consumer_members (group_name, instance_id, backend_pid, backend_start)
              values ($1, $2, $3, now() - interval '1 day')",
@@ -236,14 +236,14 @@ async fn a_phantom_member_whose_pid_a_later_backend_reuses_leaves_no_partition_u
     // Act: one instance starts.
     let only = ConsumerProcess::spawn(&env, &[]);
 
-    // Assert: it counts itself alone and owns every partition of both groups.
-    for group in Group::ALL {
+    // Assert: it counts itself alone and owns every partition of every group.
+    for group in all_groups() {
         wait_until(Duration::from_secs(20), "the only instance owns every partition", || async {
             only.metric(&owned(group)).await == Some(4.0)
         })
         .await;
     }
     let members: i64 = sqlx::query_scalar("select count(*) from consumer_members").fetch_one(&env.db).await.unwrap();
-    assert_eq!(members, 2, "one member per group: the phantoms are gone");
+    assert_eq!(members, all_groups().len() as i64, "one member per group: the phantoms are gone");
     drop(holder);
 }

@@ -10,7 +10,7 @@ use rsvp_consumers::{
 };
 use serde_json::Value;
 
-use crate::helpers::{wait_until, Api, ConsumerProcess, Stepper, TestEnv};
+use crate::helpers::{all_groups, wait_until, ANALYTICS, CACHE, Api, ConsumerProcess, Stepper, TestEnv};
 
 /// Runs `rsvp-consumers status` with `args`; returns its exit code and stdout.
 async fn status_binary(env: &TestEnv, args: &[&str]) -> (i32, String) {
@@ -37,7 +37,7 @@ fn json_of(output: &str) -> Value {
 
 #[tokio::test]
 async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit_1_once_the_consumer_stops() {
-    // Arrange: a running consumer (both groups) over 3 partitions, and real events.
+    // Arrange: a running consumer (every group) over 3 partitions, and real events.
     let env = TestEnv::start(3).await;
     let api = Api::spawn(&env).await;
     let event = api.create_event(None).await;
@@ -45,13 +45,15 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     api.mixed_workload(event, 9).await;
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
-    wait_until(Duration::from_secs(30), "both groups consumed everything", || async {
-        env.stored_offsets(Group::Analytics).await == on_topic && env.stored_offsets(Group::Cache).await == on_topic
-    })
-    .await;
+    for group in all_groups() {
+        wait_until(Duration::from_secs(30), "every group consumed everything", || async {
+            env.stored_offsets(group).await == on_topic
+        })
+        .await;
+    }
 
     // Act: through the library.
-    for group in Group::ALL {
+    for group in all_groups() {
         let s = group_status(&env, group).await;
         // Assert
         assert_eq!(s.partitions.len(), 3, "{s:?}");
@@ -68,11 +70,11 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
         }
         assert!(s.problems(Thresholds { max_lag: Some(0), max_lag_seconds: Some(0.0) }).is_empty(), "{s:?}");
     }
-    let instances: std::collections::BTreeSet<String> = group_status(&env, Group::Analytics)
+    let instances: std::collections::BTreeSet<String> = group_status(&env, ANALYTICS)
         .await
         .partitions
         .into_iter()
-        .chain(group_status(&env, Group::Cache).await.partitions)
+        .chain(group_status(&env, CACHE).await.partitions)
         .map(|p| p.owner.unwrap().instance)
         .collect();
     assert_eq!(instances.len(), 1, "one process owns everything: {instances:?}");
@@ -82,7 +84,7 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     assert_eq!(code, 0, "{output}");
     let document = json_of(&output);
     assert_eq!(document["healthy"], true, "{output}");
-    assert_eq!(document["groups"].as_array().unwrap().len(), 2, "{output}");
+    assert_eq!(document["groups"].as_array().unwrap().len(), all_groups().len(), "{output}");
     assert_eq!(document["groups"][0]["partitions"][0]["owner"]["instance"], instances.first().unwrap().as_str(), "{output}");
     let (code, table) = status_binary(&env, &["--group", "analytics"]).await;
     assert_eq!(code, 0, "{table}");
@@ -91,7 +93,7 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     // Act: the consumer stops.
     consumer.kill().await;
     wait_until(Duration::from_secs(10), "Postgres released the killed consumer's locks", || async {
-        group_status(&env, Group::Analytics).await.summary.unowned == 3
+        group_status(&env, ANALYTICS).await.summary.unowned == 3
     })
     .await;
 
@@ -100,7 +102,7 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     assert_eq!(code, 1, "{output}");
     let document = json_of(&output);
     assert_eq!(document["healthy"], false, "{output}");
-    assert_eq!(document["problems"].as_array().unwrap().len(), 6, "3 unowned partitions per group: {output}");
+    assert_eq!(document["problems"].as_array().unwrap().len(), 3 * all_groups().len(), "3 unowned partitions per group: {output}");
     assert_eq!(document["groups"][1]["summary"]["unowned"], 3, "{output}");
     assert!(document["groups"][1]["partitions"][0]["owner"].is_null(), "{output}");
 }
@@ -115,7 +117,7 @@ async fn status_exits_1_when_owned_partitions_lag_over_the_threshold_and_counts_
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut held = Vec::new();
     for partition in 0..env.partitions {
         held.push(PartitionWorker::acquire(ctx.clone(), partition).await.unwrap().expect("free partition"));
@@ -130,7 +132,7 @@ async fn status_exits_1_when_owned_partitions_lag_over_the_threshold_and_counts_
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Act
-    let s = group_status(&env, Group::Analytics).await;
+    let s = group_status(&env, ANALYTICS).await;
 
     // Assert
     assert_eq!(s.summary.unowned, 0, "{s:?}");

@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use rsvp_consumers::{
-    group::Group,
     partition::{PartitionWorker, StepOutcome},
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{metric_value, totals, truth_and_stats, Api, Stepper, TestEnv};
+use crate::helpers::{metric_value, ANALYTICS, totals, truth_and_stats, Api, Stepper, TestEnv};
 
 async fn dead_letters(env: &TestEnv) -> i64 {
     sqlx::query_scalar("select count(*) from consumer_dead_letters").fetch_one(&env.db).await.unwrap()
@@ -28,7 +27,7 @@ async fn a_lock_timeout_is_retried_beyond_max_attempts_without_dead_lettering_an
     let event = api.create_event(None).await;
     let (id, token) = api.rsvp(event, "a@example.com", "going", 1).await;
     env.relay_outbox().await;
-    consumers.drain(&env, Group::Analytics).await;
+    consumers.drain(&env, ANALYTICS).await;
     api.update(id, &token, json!({ "guests": 3 })).await;
     env.relay_outbox().await;
     let database = env.db_url.rsplit('/').next().unwrap();
@@ -38,7 +37,7 @@ async fn a_lock_timeout_is_retried_beyond_max_attempts_without_dead_lettering_an
         .execute(&mut holder)
         .await
         .unwrap();
-    let ctx = consumers.app.group_context(Group::Analytics, env.kafka.clone()).unwrap();
+    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 
     // Act: far more failed attempts than --max-attempts.

@@ -1,0 +1,45 @@
+//! The consumer groups this binary knows. Adding one is a file implementing
+//! [`Consumer`] and one entry here (see the README's "Adding a consumer").
+
+use std::sync::Arc;
+
+use crate::{
+    analytics, cache,
+    config::Settings,
+    group::{Consumer, Group},
+};
+
+/// A group as `--group` names it, and how to build its effect from the settings.
+pub struct Registration {
+    /// The `--group` (`CONSUMER_GROUP`) value that runs only this group.
+    pub flag: &'static str,
+    pub group: Group,
+    pub build: fn(&Settings) -> anyhow::Result<Arc<dyn Consumer>>,
+}
+
+/// Every group, in the order they start and `status` lists them.
+pub static GROUPS: &[Registration] = &[
+    Registration { flag: "cache", group: cache::GROUP, build: cache::build },
+    Registration { flag: "analytics", group: analytics::GROUP, build: analytics::build },
+];
+
+/// The registration whose `--group` value or group name is `name`.
+pub fn find(name: &str) -> Option<&'static Registration> {
+    GROUPS.iter().find(|r| r.flag == name || r.group.name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_found_by_flag_and_by_name_and_names_are_unique() {
+        for registration in GROUPS {
+            assert_eq!(find(registration.flag).map(|r| r.group), Some(registration.group));
+            assert_eq!(find(registration.group.name()).map(|r| r.group), Some(registration.group));
+        }
+        let names: std::collections::BTreeSet<_> = GROUPS.iter().map(|r| r.group).collect();
+        assert_eq!(names.len(), GROUPS.len());
+        assert!(find("nope").is_none());
+    }
+}
