@@ -21,7 +21,7 @@ fn group_flag(value: &str) -> Result<String, String> {
 #[command(
     name = "rsvp-consumers",
     version,
-    about = "Consumes rsvp-events: invalidates the api's cache and keeps exact per-event statistics"
+    about = "Consumes rsvp-events: invalidates the api's cache, keeps exact per-event statistics and records what organisers should hear of"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -76,12 +76,14 @@ pub enum DlqCommand {
 
 #[derive(Clone, Parser)]
 pub struct Settings {
-    /// Run one group only: `cache` (invalidates the api's Redis cache) or `analytics`
-    /// (per-event statistics in Postgres). Every group runs when absent.
+    /// Run one group only: `cache` (invalidates the api's Redis cache), `analytics`
+    /// (per-event statistics in Postgres) or `notifications` (a row per change the
+    /// event's organiser should hear of). Every group runs when absent.
     #[arg(long, env = "CONSUMER_GROUP", global = true, value_parser = group_flag)]
     pub group: Option<String>,
 
-    /// PostgreSQL connection string (the api's database: cache group offsets and dead letters).
+    /// PostgreSQL connection string (the api's database: the cache and notifications
+    /// groups' offsets and dead letters, and the notifications).
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true, global = true)]
     pub database_url: String,
 
@@ -131,9 +133,10 @@ pub struct Settings {
     #[arg(long, env = "CACHE_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
     pub cache_commit_interval: Duration,
 
-    /// How often a caught-up partition of the analytics group fetches again. Longer
-    /// than the cache group's: statistics may lag a little, and larger batches cost
-    /// Postgres and the broker far less per event.
+    /// How often a caught-up partition of the analytics group (and of the
+    /// notifications group) fetches again. Longer than the cache group's: statistics
+    /// may lag a little, and larger batches cost Postgres and the broker far less per
+    /// event.
     #[arg(long, env = "ANALYTICS_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
     pub analytics_poll_interval: Duration,
 
@@ -254,11 +257,12 @@ mod tests {
 
     #[test]
     fn every_group_runs_by_default_and_one_when_asked() {
-        assert_eq!(groups(&parse(&[])), vec!["cache-invalidation-group", "analytics-group"]);
+        assert_eq!(groups(&parse(&[])), vec!["cache-invalidation-group", "analytics-group", "notifications-group"]);
         assert_eq!(groups(&parse(&["--group", "analytics"])), vec!["analytics-group"]);
         assert_eq!(groups(&parse(&["run", "--group", "cache"])), vec!["cache-invalidation-group"]);
+        assert_eq!(groups(&parse(&["--group", "notifications"])), vec!["notifications-group"]);
         let unknown = Cli::try_parse_from(["rsvp-consumers", "--group", "search"]).err().unwrap().to_string();
-        assert!(unknown.contains("one of cache, analytics"), "{unknown}");
+        assert!(unknown.contains("one of cache, analytics, notifications"), "{unknown}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The consumers of `rsvp-events`: cache-invalidation and analytics
+//! The consumers of `rsvp-events`: cache-invalidation, analytics and notifications
 //! groups, each with its offsets stored beside its effects, partitions owned through
 //! Postgres advisory locks, and a dead-letter table. A group is a [`group::Consumer`]
 //! listed in [`registry`].
@@ -10,6 +10,7 @@ pub mod config;
 pub mod dlq;
 pub mod fault;
 pub mod group;
+pub mod notifications;
 pub mod offsets;
 pub mod ownership;
 pub mod partition;

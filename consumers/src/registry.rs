@@ -7,6 +7,7 @@ use crate::{
     analytics, cache,
     config::Settings,
     group::{Consumer, Group},
+    notifications,
 };
 
 /// A group as `--group` names it, and how to build its effect from the settings.
@@ -21,6 +22,7 @@ pub struct Registration {
 pub static GROUPS: &[Registration] = &[
     Registration { flag: "cache", group: cache::GROUP, build: cache::build },
     Registration { flag: "analytics", group: analytics::GROUP, build: analytics::build },
+    Registration { flag: "notifications", group: notifications::GROUP, build: notifications::build },
 ];
 
 /// The registration whose `--group` value or group name is `name`.

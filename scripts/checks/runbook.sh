@@ -102,9 +102,10 @@ run_section "$n"
 grep -q "PARTITION" "$WORK/section-$n.out" || fail "status printed no table"
 grep -q "PROBLEM" "$WORK/section-$n.out" && fail "status found a problem in a healthy system"
 
-# A poison record: an undecodable copy of a published record, dead-lettered by both groups.
+# A poison record: an undecodable copy of a published record, dead-lettered by every
+# group (cache, analytics, notifications).
 poison_record
-wait_for 30 "both groups to dead-letter it" bash -c '[ "$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters where redriven_at is null")" = 2 ]'
+wait_for 30 "every group to dead-letter it" bash -c '[ "$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters where redriven_at is null")" = 3 ]'
 run_section "$(section_number 'Dead-letter redrive')"
 pending=$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters where redriven_at is null")
 [ "$pending" = 0 ] || fail "$pending dead letters are still pending after the redrive"

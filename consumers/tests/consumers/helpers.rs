@@ -18,7 +18,7 @@ use rskafka::{
     },
     record::Record,
 };
-pub(crate) use rsvp_consumers::{analytics::GROUP as ANALYTICS, cache::GROUP as CACHE};
+pub(crate) use rsvp_consumers::{analytics::GROUP as ANALYTICS, cache::GROUP as CACHE, notifications::GROUP as NOTIFICATIONS};
 use rsvp_consumers::{
     app::{Application, MIGRATOR},
     config::Cli,

@@ -8,6 +8,7 @@ mod dead_letters;
 mod end_to_end;
 mod helpers;
 mod lost_log;
+mod notifications;
 mod ordering;
 mod ownership;
 mod raw_kafka;
