@@ -26,8 +26,8 @@ log "a dead letter: an undecodable copy of a published record"
 wait_for 30 "the relay to publish the load" \
     bash -c '[ "$(curl -fsS "$RELAY_ADMIN/metrics" | awk "/^outbox_backlog_rows /{print \$2}")" = 0 ]'
 poison_record
-wait_for 30 "both consumer groups to dead-letter it" \
-    bash -c '[ "$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters")" = 2 ]'
+wait_for 30 "every consumer group (cache, analytics, notifications) to dead-letter it" \
+    bash -c '[ "$(psql "$DATABASE_URL" -Atc "select count(*) from consumer_dead_letters")" = 3 ]'
 
 log "a replay of the load's rows"
 RUST_LOG=warn target/debug/rsvp-relay replay --since "$since"
