@@ -109,6 +109,7 @@ impl Application {
             store_url: with_application_name(self.store_url(&*consumer), self.instance_id),
             store: self.store(&*consumer).clone(),
             kafka,
+            brokers: self.settings.brokers(),
             settings: WorkerSettings {
                 fetch_max_bytes: self.settings.fetch_max_bytes,
                 fetch_max_wait: self.settings.fetch_max_wait,

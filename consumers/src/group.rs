@@ -155,6 +155,8 @@ pub struct GroupContext {
     pub store_url: String,
     pub store: PgPool,
     pub kafka: Arc<rskafka::client::Client>,
+    /// `KAFKA_BROKERS`, for the fetches rskafka cannot decode (`crate::raw_fetch`).
+    pub brokers: Vec<String>,
     pub consumer: Arc<dyn Consumer>,
     pub settings: WorkerSettings,
 }

@@ -13,6 +13,7 @@ pub mod group;
 pub mod notifications;
 pub mod offsets;
 pub mod ownership;
+pub mod raw_fetch;
 pub mod partition;
 pub mod record;
 pub mod registry;

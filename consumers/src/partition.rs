@@ -25,13 +25,16 @@ use crate::{
     fault::{self, Fault},
     group::{ApplyError, Consumer, Delivery, GroupContext, Outcome},
     offsets::{Anchor, OffsetError, OffsetKey},
-    ownership,
+    ownership, raw_fetch,
     record::RawRecord,
 };
 
 /// The end of the size range when fetching the anchor record alone: at most one byte
 /// (rskafka asks for one byte less than the range's end), so the first batch only.
 const ANCHOR_FETCH_BYTES: i32 = 2;
+
+/// How long reading an undecodable batch raw may take per broker.
+const RAW_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many offsets past an undecodable batch's start are tried to find its end
 /// before giving up (and trying again at the next step): a batch holds fewer records.
@@ -368,14 +371,38 @@ impl PartitionWorker {
     /// (rskafka fails the whole fetch when, say, a header name is not UTF-8), so that
     /// its partition moves on instead of retrying it for ever.
     ///
-    /// The client never sees the batch's records, so what is dead-lettered is one
-    /// placeholder at the batch's first offset: no key, value or headers, and an error
-    /// naming the offsets skipped and the decoder's complaint. Where the batch ends is
-    /// found by fetching single batches from the next offsets on: the first that
-    /// decodes starts after it (Tansu answers a fetch inside a batch from the next
-    /// batch, Kafka with the whole batch, which fails again until the offset is past
-    /// it), so the offset only ever moves to a batch's end.
+    /// The batch is fetched again as bytes ([`raw_fetch`]) and each of its records is
+    /// dead-lettered raw. When that fails too (a compressed batch, a broker that does
+    /// not lead the partition), see [`PartitionWorker::skip_unread`].
     async fn skip_undecodable(&mut self, error: &str) -> Result<StepOutcome, WorkerError> {
+        let from = self.next_offset;
+        let (topic, partition) = (self.ctx.topic.clone(), self.key.partition);
+        let mut raw = None;
+        for broker in &self.ctx.brokers {
+            match raw_fetch::fetch_batch(broker, &topic, partition, from, RAW_FETCH_TIMEOUT).await {
+                Ok(Some((records, end))) if end > from => {
+                    raw = Some((records, end));
+                    break;
+                }
+                Ok(_) => tracing::warn!(broker, from, "the raw fetch found no batch"),
+                Err(error) => tracing::warn!(broker, from, %error, "the raw fetch failed"),
+            }
+        }
+        let Some((records, end)) = raw else { return self.skip_unread(error).await };
+        let why = format!("the client cannot decode this record's batch, so it was read raw: {error}");
+        let dead = records.len();
+        self.dead_letter_and_advance(&records, &why, end).await?;
+        Ok(StepOutcome::Processed { records: dead })
+    }
+
+    /// [`PartitionWorker::skip_undecodable`] without the batch's bytes: one
+    /// placeholder dead letter at the batch's first offset, with no key, value or
+    /// headers, and an error naming the offsets skipped and the decoder's complaint.
+    /// Where the batch ends is found by fetching single batches from the next offsets
+    /// on: the first that decodes starts after it (Tansu answers a fetch inside a
+    /// batch from the next batch, Kafka with the whole batch, which fails again until
+    /// the offset is past it), so the offset only ever moves to a batch's end.
+    async fn skip_unread(&mut self, error: &str) -> Result<StepOutcome, WorkerError> {
         let from = self.next_offset;
         let mut probe = from + 1;
         let end = loop {
@@ -388,22 +415,31 @@ impl PartitionWorker {
         let placeholder = RawRecord { offset: from, ..RawRecord::default() };
         let why = format!(
             "the records at offsets {from}..={} could not be decoded and were skipped unread \
-             (the client fails the whole batch, so its bytes are not available): {error}",
+             (the client fails the whole batch, and reading it raw failed): {error}",
             end - 1
         );
+        self.dead_letter_and_advance(&[placeholder], &why, end).await?;
+        Ok(StepOutcome::Processed { records: 1 })
+    }
+
+    /// Dead-letters `records` and moves the offset to `end`, in one transaction.
+    async fn dead_letter_and_advance(&mut self, records: &[RawRecord], why: &str, end: i64) -> Result<(), WorkerError> {
         let (key, stored, anchor) = (&self.key, self.stored_offset, self.anchor.as_ref());
         self.conn
             .run(async |conn| {
                 let mut tx = conn.begin().await.map_err(db)?;
-                dlq::insert(&mut tx, key, &placeholder, &why, 1).await.map_err(db)?;
+                for record in records {
+                    dlq::insert(&mut tx, key, record, why, 1).await.map_err(db)?;
+                }
                 key.advance_after(&mut tx, stored, end, anchor).await?;
                 tx.commit().await.map_err(db)
             })
             .await??;
-        metrics::counter!("consumer_processed_total", "group" => self.ctx.group.name(), "result" => "dead_letter").increment(1);
+        let dead = u64::try_from(records.len()).unwrap_or_default();
+        metrics::counter!("consumer_processed_total", "group" => self.ctx.group.name(), "result" => "dead_letter").increment(dead);
         (self.next_offset, self.stored_offset, self.last_stored) = (end, end, Instant::now());
         self.failing = None;
-        Ok(StepOutcome::Processed { records: 1 })
+        Ok(())
     }
 
     /// The stored offset is not on the broker (retention, or a broker that lost its

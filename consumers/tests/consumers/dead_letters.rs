@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::Utc;
 use rskafka::record::Record;
 use rsvp_consumers::{
+    app::Application,
     partition::{PartitionWorker, StepOutcome},
 };
 use serde_json::Value;
@@ -185,14 +186,20 @@ async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_
     assert_eq!(stats, truth);
 }
 
-#[tokio::test]
-async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_its_partition_moves_on() {
-    // Arrange: a change, then a batch of two records whose header names are not
-    // UTF-8 (rskafka cannot decode them, nor any fetch answer holding them), then
-    // another change.
+/// A change, then a batch of two records whose header names are not UTF-8 (rskafka
+/// cannot decode them, nor any fetch answer holding them), then another change;
+/// steps the analytics group's partition until it is caught up and checks that both
+/// changes were applied. The consumers reach the broker for raw fetches at
+/// `raw_brokers` when given.
+async fn step_past_an_undecodable_batch(raw_brokers: Option<&str>) -> TestEnv {
+    // Arrange
     let env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
-    let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
+    let mut settings = env.settings(&["--group", "analytics"]);
+    if let Some(brokers) = raw_brokers {
+        settings.kafka_brokers = brokers.to_owned();
+    }
+    let app = Application::build(&settings, false).await.unwrap();
     let event = api.create_event(None).await;
     api.rsvp(event, "first@example.com", "going", 2).await;
     env.relay_outbox().await;
@@ -204,7 +211,7 @@ async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_
     raw_kafka::produce(&env.broker.address(), TOPIC, 0, &[undecodable(b"x-\xff\xfe"), undecodable(b"\xc3\x28")]).await;
     api.rsvp(event, "second@example.com", "maybe", 0).await;
     env.relay_outbox().await;
-    let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
+    let ctx = app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 
     // Act: step until caught up; a step that fails would be retried forever.
@@ -218,9 +225,43 @@ async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_
         assert!(steps < 10, "the partition does not move on");
     }
 
-    // Assert: one placeholder for the batch's offsets, and both changes applied.
+    // Assert: past the batch, and both changes applied.
     assert_eq!(worker.next_offset(), 4);
     tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
+    let (truth, stats) = truth_and_stats(&env.db, event).await;
+    assert_eq!(stats, truth);
+    let (outbox, applied) = totals(&env.db, event).await;
+    assert_eq!(applied, outbox);
+    env
+}
+
+#[tokio::test]
+async fn records_whose_header_names_are_not_utf8_are_dead_lettered_raw_and_their_partition_moves_on() {
+    let env = step_past_an_undecodable_batch(None).await;
+
+    // Both records, with their bytes.
+    let letters: Vec<(i64, Option<Vec<u8>>, Vec<Vec<u8>>, String)> = sqlx::query_as(
+        "select kafka_offset, record_value, header_names, error from consumer_dead_letters order by kafka_offset",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    let names: Vec<(i64, Vec<Vec<u8>>)> = letters.iter().map(|(o, _, n, _)| (*o, n.clone())).collect();
+    let expected = vec![(1, vec![b"ce_id".to_vec(), b"x-\xff\xfe".to_vec()]), (2, vec![b"ce_id".to_vec(), b"\xc3\x28".to_vec()])];
+    assert_eq!(names, expected);
+    for (_, value, _, error) in &letters {
+        assert_eq!(value.as_deref(), Some(&b"{}"[..]));
+        assert!(error.contains("read raw"), "{error}");
+    }
+    let (ok, listed) = run_binary(&env, &["dlq", "list", "--group", "analytics"]).await;
+    assert!(ok && listed.contains(r"x-\xff\xfe=value") && listed.contains("2 dead letter(s)"), "{listed}");
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_read_even_raw_becomes_one_placeholder_dead_letter_naming_its_offsets() {
+    // The raw fetch goes to a port where no broker listens.
+    let env = step_past_an_undecodable_batch(Some("127.0.0.1:1")).await;
+
     let (offset, value, error): (i64, Option<Vec<u8>>, String) =
         sqlx::query_as("select kafka_offset, record_value, error from consumer_dead_letters")
             .fetch_one(&env.db)
@@ -228,8 +269,4 @@ async fn a_batch_the_client_cannot_decode_is_dead_lettered_as_a_placeholder_and_
             .unwrap();
     assert_eq!((offset, value), (1, None));
     assert!(error.contains("offsets 1..=2 could not be decoded"), "{error}");
-    let (truth, stats) = truth_and_stats(&env.db, event).await;
-    assert_eq!(stats, truth);
-    let (outbox, applied) = totals(&env.db, event).await;
-    assert_eq!(applied, outbox);
 }
