@@ -1,10 +1,10 @@
 //! The notifications group, the example of a consumer added in one file: one row per
 //! seat freed, exactly once whatever is redelivered or replayed.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Api, NOTIFICATIONS, Stepper, TestEnv, run_binary};
+use crate::helpers::{Api, NOTIFICATIONS, Stepper, TestEnv, outbox_record, run_binary};
 
 /// `(rsvp_id, cause, seats)` of every notification of `event`, in rsvp order.
 async fn notifications(env: &TestEnv, event: Uuid) -> Vec<(Uuid, String, i32)> {
@@ -65,13 +65,15 @@ async fn the_notifications_group_shows_in_status_and_its_dead_letters_redrive_on
     let event = api.create_event(None).await;
     let (_, token) = api.rsvp(event, "a@example.com", "going", 1).await;
     api.cancel(&token).await;
-    let original: serde_json::Value =
-        sqlx::query_scalar("select payload from outbox order by id desc limit 1").fetch_one(&env.db).await.unwrap();
-    sqlx::query("update outbox set payload = jsonb_set(payload, '{data,version}', '\"garbled\"') where id = (select max(id) from outbox)")
-        .execute(&env.db)
-        .await
-        .unwrap();
-    env.relay_outbox().await;
+    let (key, original, version, message_id, event_type): (String, Value, i64, Uuid, String) = sqlx::query_as(
+        "select kafka_key, payload, rsvp_version, message_id, event_type from outbox order by id desc limit 1",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    let mut garbled = original.clone();
+    garbled["data"]["version"] = json!("garbled");
+    env.produce(0, vec![outbox_record(&key, &garbled, version, message_id, &event_type)]).await;
     consumers.drain(&env, NOTIFICATIONS).await;
     assert!(notifications(&env, event).await.is_empty());
 
