@@ -189,7 +189,7 @@ impl LatencyBench {
                  upper bound. Commit-to-cache-invalidated: from the api's 201 (sent after the commit) to the \
                  event's cache generation changing in Redis, measured on {PROBES_PER_SECOND} probe writes a second \
                  (polling Redis every millisecond, so up to 1 ms high) to {PROBE_EVENTS} events that take no other writes; the rest of the rate goes to {LOAD_EVENTS} \
-                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (both groups), Tansu in memory.\n"
+                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n"
             ),
         );
         Ok(())
