@@ -60,6 +60,7 @@ pub async fn create_event(
 ) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
     let event = NewEvent::parse(request, chrono::Utc::now())?;
+    // The event and its idempotency record commit together, as every write does.
     let mut tx = state.db.begin().await?;
     let idempotency = idempotency.map(|Extension(i)| i);
     if let Some(idempotency) = &idempotency {
