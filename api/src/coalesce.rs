@@ -12,6 +12,12 @@
 //! fail for any other reason (a deadlock between two batches, a lost connection),
 //! every write of it is retried alone, so each request gets the answer it would have
 //! had without coalescing.
+//!
+//! A write sent with an `Idempotency-Key` carries a [`Claim`]: its transaction claims
+//! the key before writing and fills in the record before committing (see
+//! [`crate::store::idempotency`]), whether the write commits in a batch or alone. A
+//! write whose key a committed request holds is skipped and answered
+//! `IdempotencyKeyInUse`, which its handler turns into that request's stored answer.
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -24,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     error::ApiError,
-    store::Tx,
+    idempotency::Claim,
+    store::{idempotency, Tx},
     writes::{apply, create_rsvps, lock_writers, CreateRequest, WriteOp, WriteOutcome},
 };
 
@@ -41,6 +48,7 @@ pub struct CoalescingSettings {
 
 struct Pending {
     op: WriteOp,
+    claim: Option<Claim>,
     traceparent: Option<String>,
     reply: oneshot::Sender<Result<WriteOutcome, ApiError>>,
 }
@@ -70,13 +78,18 @@ impl Writer {
     }
 
     /// Applies `op` and answers once its transaction has committed.
-    pub async fn run(&self, op: WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+    pub async fn run(
+        &self,
+        op: WriteOp,
+        claim: Option<Claim>,
+        traceparent: Option<&str>,
+    ) -> Result<WriteOutcome, ApiError> {
         if self.lanes.is_empty() {
-            return run_alone(&self.db, &op, traceparent).await;
+            return run_alone(&self.db, &op, claim.as_ref(), traceparent).await;
         }
         let queue = &self.lanes[lane(&op, self.lanes.len())];
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { op, traceparent: traceparent.map(str::to_owned), reply };
+        let pending = Pending { op, claim, traceparent: traceparent.map(str::to_owned), reply };
         queue
             .send(pending)
             .await
@@ -140,7 +153,8 @@ async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
             counter!("api_write_batch_retries_total").increment(1);
             tracing::warn!(error = ?error, "batch transaction failed; retrying each write alone");
             for pending in batch {
-                let outcome = run_alone(db, &pending.op, pending.traceparent.as_deref()).await;
+                let outcome =
+                    run_alone(db, &pending.op, pending.claim.as_ref(), pending.traceparent.as_deref()).await;
                 let _ = pending.reply.send(outcome);
             }
         }
@@ -153,10 +167,20 @@ async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
 async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Result<WriteOutcome, ApiError>>> {
     let mut tx = db.begin().await?;
     lock_events(&mut tx, batch).await?;
-    let mut outcomes: Vec<Option<Result<WriteOutcome, ApiError>>> = batch.iter().map(|_| None).collect();
+    let claims: Vec<_> = batch.iter().map(|p| p.claim.as_ref().map(|c| &c.idempotency)).collect();
+    let claimed = idempotency::claim(&mut tx, &claims).await?;
+    // A key held by a committed request (or by an earlier write of this batch): no write.
+    let mut outcomes: Vec<Option<Result<WriteOutcome, ApiError>>> = claims
+        .iter()
+        .zip(&claimed)
+        .map(|(claim, claimed)| (claim.is_some() && !claimed).then_some(Err(ApiError::IdempotencyKeyInUse)))
+        .collect();
 
-    let (creates, others): (Vec<_>, Vec<_>) =
-        batch.iter().enumerate().partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
+    let (creates, others): (Vec<_>, Vec<_>) = batch
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| outcomes[*index].is_none())
+        .partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
     let requests: Vec<CreateRequest<'_>> = creates
         .iter()
         .filter_map(|(_, p)| match &p.op {
@@ -176,8 +200,16 @@ async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Resu
             outcome => outcomes[index] = Some(outcome),
         }
     }
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every write has an outcome")).collect();
+    let mut records = Vec::new();
+    for ((pending, claimed), outcome) in batch.iter().zip(claimed).zip(&outcomes) {
+        if let (Some(claim), true) = (&pending.claim, claimed) {
+            records.extend(claim.response(outcome)?.map(|response| (&claim.idempotency, response)));
+        }
+    }
+    idempotency::record(&mut tx, &records).await?;
     tx.commit().await?;
-    Ok(outcomes.into_iter().map(|o| o.expect("every write has an outcome")).collect())
+    Ok(outcomes)
 }
 
 /// Locks every event the batch writes to before any write: first their advisory
@@ -193,13 +225,34 @@ async fn lock_events(tx: &mut Tx<'_>, batch: &[Pending]) -> Result<(), sqlx::Err
     Ok(())
 }
 
-async fn run_alone(db: &PgPool, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+/// One write in its own transaction. With a claim, a refused write commits its record
+/// (and nothing else: refused writes undo what they wrote); a fault commits nothing.
+async fn run_alone(
+    db: &PgPool,
+    op: &WriteOp,
+    claim: Option<&Claim>,
+    traceparent: Option<&str>,
+) -> Result<WriteOutcome, ApiError> {
     let mut tx = db.begin().await?;
     lock_writers(&mut tx, [op]).await?;
-    let outcome = apply(&mut tx, op, traceparent).await?;
+    let claims = [claim.map(|c| &c.idempotency)];
+    if claim.is_some() && !idempotency::claim(&mut tx, &claims).await?[0] {
+        return Err(ApiError::IdempotencyKeyInUse);
+    }
+    let outcome = apply(&mut tx, op, traceparent).await;
+    match (claim, &outcome) {
+        (_, Err(ApiError::Unexpected(_))) | (None, Err(_)) => return outcome,
+        (None, Ok(_)) => {}
+        (Some(claim), outcome) => {
+            let record = claim.response(outcome)?.map(|response| (&claim.idempotency, response));
+            idempotency::record(&mut tx, &Vec::from_iter(record)).await?;
+        }
+    }
     tx.commit().await?;
-    count_outbox_row(&outcome);
-    Ok(outcome)
+    if let Ok(outcome) = &outcome {
+        count_outbox_row(outcome);
+    }
+    outcome
 }
 
 fn count_outbox_row(outcome: &WriteOutcome) {

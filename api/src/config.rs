@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{coalesce::CoalescingSettings, serve::ConnectionLimits};
+use crate::{coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits};
 
 #[derive(Debug, Parser)]
 #[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
@@ -92,6 +92,15 @@ pub struct Settings {
     /// Most client connections open at once; one more is closed as soon as it is accepted.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// How long a write's `Idempotency-Key` answers retries; after that a request with
+    /// the key is a new request.
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_key_ttl: Duration,
+
+    /// How often expired idempotency keys are deleted.
+    #[arg(long, env = "IDEMPOTENCY_PRUNE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub idempotency_prune_interval: Duration,
 }
 
 impl Settings {
@@ -109,6 +118,11 @@ impl Settings {
         anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
         anyhow::ensure!(!self.header_read_timeout.is_zero(), "HEADER_READ_TIMEOUT must be above zero");
         anyhow::ensure!(self.write_workers >= 1, "WRITE_WORKERS must be at least 1");
+        anyhow::ensure!(!self.idempotency_key_ttl.is_zero(), "IDEMPOTENCY_KEY_TTL must be above zero");
+        anyhow::ensure!(
+            !self.idempotency_prune_interval.is_zero(),
+            "IDEMPOTENCY_PRUNE_INTERVAL must be above zero"
+        );
         anyhow::ensure!(
             self.write_workers as u32 <= self.database_max_connections,
             "WRITE_WORKERS must not exceed DATABASE_MAX_CONNECTIONS"
@@ -118,6 +132,10 @@ impl Settings {
 
     pub fn connection_limits(&self) -> ConnectionLimits {
         ConnectionLimits { header_read_timeout: self.header_read_timeout, max_connections: self.max_connections }
+    }
+
+    pub fn idempotency(&self) -> IdempotencySettings {
+        IdempotencySettings { ttl: self.idempotency_key_ttl }
     }
 
     pub fn coalescing(&self) -> CoalescingSettings {
@@ -141,6 +159,8 @@ impl std::fmt::Debug for Settings {
             .field("request_timeout", &self.request_timeout)
             .field("connections", &self.connection_limits())
             .field("coalescing", &self.coalescing())
+            .field("idempotency", &self.idempotency())
+            .field("idempotency_prune_interval", &self.idempotency_prune_interval)
             .finish_non_exhaustive()
     }
 }

@@ -42,6 +42,15 @@ pub enum ApiError {
     /// The request conflicts with the resource's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The `Idempotency-Key` header is not 1 to 255 visible ASCII characters.
+    #[error("the Idempotency-Key header must be 1 to 255 visible ASCII characters, sent once")]
+    InvalidIdempotencyKey,
+    /// The `Idempotency-Key` was used before with another request (method, path, body).
+    #[error("this Idempotency-Key was used with another request; send a new key for a new request")]
+    IdempotencyKeyReused,
+    /// The request holding this `Idempotency-Key` has no answer to replay yet.
+    #[error("a request with this Idempotency-Key has not finished; retry with the same key")]
+    IdempotencyKeyInUse,
     /// A fault of ours or of a dependency; the cause is logged, never returned.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -75,6 +84,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +102,9 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::Conflict(_) => "conflict",
+            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
             ApiError::Unexpected(_) => "internal_error",
         }
     }
@@ -99,21 +114,33 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status_code();
-        let message = match &self {
-            ApiError::Unexpected(cause) => {
-                tracing::error!(error = ?cause, "request failed");
-                "internal error".to_owned()
-            }
+impl ApiError {
+    /// The JSON body every error response carries; faults keep their cause to the log.
+    fn body(&self) -> ErrorBody {
+        let message = match self {
+            ApiError::Unexpected(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        let fields = match &self {
+        let fields = match self {
             ApiError::Validation(fields) => Some(fields.clone()),
             _ => None,
         };
-        let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message, fields } });
+        ErrorBody { error: ErrorDetail { code: self.code(), message, fields } }
+    }
+
+    /// The body as bytes, as an idempotency record keeps a refused write's answer.
+    pub fn body_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).expect("an error body serializes")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        if let ApiError::Unexpected(cause) = &self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let body = Json(self.body());
         if status == StatusCode::UNAUTHORIZED {
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
         }

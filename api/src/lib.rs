@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http_metrics;
+pub mod idempotency;
 pub mod openapi;
 pub mod routes;
 pub mod serve;

@@ -22,7 +22,9 @@ use crate::{
     coalesce::Writer,
     config::Settings,
     error::ApiError,
-    http_metrics, openapi, routes,
+    http_metrics,
+    idempotency::{self, IdempotencySettings},
+    openapi, routes,
     serve::{self, ConnectionLimits},
 };
 
@@ -59,6 +61,8 @@ pub struct Application {
     state: AppState,
     request_timeout: Duration,
     connection_limits: ConnectionLimits,
+    idempotency: IdempotencySettings,
+    prune_interval: Duration,
 }
 
 impl Application {
@@ -93,6 +97,8 @@ impl Application {
             state,
             request_timeout: settings.request_timeout,
             connection_limits: settings.connection_limits(),
+            idempotency: settings.idempotency(),
+            prune_interval: settings.idempotency_prune_interval,
         })
     }
 
@@ -124,10 +130,11 @@ impl Application {
             Box::pin(async move { state.readiness().await })
         });
         let admin = admin::serve(self.admin_listener, readiness, stopped(stop_rx.clone()));
-        let app = router(self.state, self.request_timeout);
+        let prune = idempotency::prune::run(self.state.db.clone(), self.prune_interval, stopped(stop_rx.clone()));
+        let app = router(self.state, self.request_timeout, self.idempotency);
         let api = serve::serve(self.api_listener, app, self.connection_limits, stopped(stop_rx));
         tracing::info!("rsvp-api serving");
-        let ((), admin) = tokio::join!(api, admin);
+        let ((), admin, ()) = tokio::join!(api, admin, prune);
         admin.context("serving the admin port")?;
         Ok(())
     }
@@ -142,8 +149,9 @@ async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgP
         .context("connecting to postgres")
 }
 
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub fn router(state: AppState, request_timeout: Duration, idempotency: IdempotencySettings) -> Router {
     routes::router()
+        .route_layer(middleware::from_fn_with_state(idempotency, idempotency::layer))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(http_metrics::track))
         .fallback(not_found)

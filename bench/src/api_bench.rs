@@ -50,14 +50,20 @@ async fn fresh_database() -> anyhow::Result<String> {
 impl ApiBench {
     pub(crate) async fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let mut rows = Vec::new();
-        let runs = self.concurrency.iter().map(|c| ("on", *c)).chain([("off", self.concurrency[0])]);
-        for (label, concurrency) in runs {
+        // Coalescing on at every client count, without and with an Idempotency-Key on
+        // every request; then coalescing off.
+        let runs = self
+            .concurrency
+            .iter()
+            .flat_map(|c| [("on", *c, false), ("on", *c, true)])
+            .chain([("off", self.concurrency[0], false)]);
+        for (coalescing, concurrency, keys) in runs {
             let url = fresh_database().await?;
-            let coalescing = (label == "on").to_string();
-            let api = system::start_api(&url, &[("WRITE_COALESCING", coalescing)]).await?;
+            let api = system::start_api(&url, &[("WRITE_COALESCING", (coalescing == "on").to_string())]).await?;
             let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
-            eprintln!("api, coalescing {label}, {concurrency} clients, {:?}", self.duration);
-            let result = load::create_rsvps(&api.base, events, concurrency, self.duration).await;
+            let label = format!("coalescing {coalescing}{}", if keys { ", Idempotency-Key" } else { "" });
+            eprintln!("api, {label}, {concurrency} clients, {:?}", self.duration);
+            let result = load::create_rsvps(&api.base, events, concurrency, self.duration, keys).await;
             rows.push((label, concurrency, result));
             drop(api);
             system::drop_database("bench_api").await?;
@@ -82,7 +88,7 @@ impl ApiBench {
         );
         for (label, concurrency, result) in &rows {
             table.push_str(&format!(
-                "| api, coalescing {label} | {concurrency} | {:.0} | {:.1} | {:.1} | {} | {:.2}x |\n",
+                "| api, {label} | {concurrency} | {:.0} | {:.1} | {:.1} | {} | {:.2}x |\n",
                 result.rate(),
                 result.percentile_ms(50.0),
                 result.percentile_ms(99.0),
@@ -93,13 +99,28 @@ impl ApiBench {
         for (label, rate) in &baselines {
             table.push_str(&format!("| pgbench, {label} | 32 | {rate:.0} | | | | {:.2}x |\n", rate / single));
         }
+        let mut keyed = String::new();
+        for pair in rows.windows(2) {
+            let [(plain, concurrency, without), (label, _, with)] = pair else { continue };
+            if label.ends_with("Idempotency-Key") && !plain.ends_with("Idempotency-Key") {
+                keyed.push_str(&format!(
+                    "- {concurrency} clients: {:.0}/s with a key on every request, {:.0}/s without: {:.2}x\n",
+                    with.rate(),
+                    without.rate(),
+                    with.rate() / without.rate()
+                ));
+            }
+        }
         report.section(
             "API: durable rsvp creates through HTTP vs pgbench",
             &format!(
                 "{table}\nEach row starts from a fresh database holding {EVENTS} events (so later rows do not \
                  pay for the tables earlier rows grew); the load spreads rsvps over them. Going rsvps with \
                  unique emails, synchronous_commit on. pgbench runs the same rows: the rsvp insert, the \
-                 event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n"
+                 event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n\n\
+                 With an `Idempotency-Key` on every request (a new key each, as a client sends before \
+                 its first try; each write then also claims and fills in its sealed record in its \
+                 transaction), against the same load without keys:\n\n{keyed}"
             ),
         );
         Ok(())

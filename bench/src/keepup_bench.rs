@@ -78,7 +78,7 @@ impl KeepUpBench {
         let receipts_before = receipts(&pool).await?;
         let stop_sampling = CancellationToken::new();
         let sampler = tokio::spawn(sample_backlog(pool.clone(), stop_sampling.clone()));
-        let load = load::create_rsvps(&api.base, events, self.clients, self.duration).await;
+        let load = load::create_rsvps(&api.base, events, self.clients, self.duration, false).await;
         let published_during_load = receipts(&pool).await? - receipts_before;
         stop_sampling.cancel();
         let mut samples = sampler.await??;

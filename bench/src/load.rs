@@ -68,8 +68,16 @@ impl Drop for Progress {
     }
 }
 
-/// `concurrency` clients POST going rsvps with unique emails to `events` for `duration`.
-pub(crate) async fn create_rsvps(base: &str, events: Arc<Vec<Uuid>>, concurrency: usize, duration: Duration) -> LoadResult {
+/// `concurrency` clients POST going rsvps with unique emails to `events` for `duration`;
+/// with `keys`, each request carries its own `Idempotency-Key`, as a client that
+/// retries safely sends it.
+pub(crate) async fn create_rsvps(
+    base: &str,
+    events: Arc<Vec<Uuid>>,
+    concurrency: usize,
+    duration: Duration,
+    keys: bool,
+) -> LoadResult {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
     let done = Arc::new(AtomicU64::new(0));
     let _progress = Progress::start(format!("{concurrency} clients"), done.clone(), None);
@@ -85,7 +93,11 @@ pub(crate) async fn create_rsvps(base: &str, events: Arc<Vec<Uuid>>, concurrency
                 let event = events[(worker * 7919 + n) % events.len()];
                 let body = json!({"name": "Bench", "email": format!("w{worker}-{n}-{}@bench.example", Uuid::new_v4().simple()), "status": "going"});
                 let sent = Instant::now();
-                let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await;
+                let mut request = client.post(format!("{base}/events/{event}/rsvps")).json(&body);
+                if keys {
+                    request = request.header("idempotency-key", Uuid::new_v4().to_string());
+                }
+                let response = request.send().await;
                 match response {
                     Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
                         latencies.push(sent.elapsed().as_micros() as u64);

@@ -4,8 +4,9 @@
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
     http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
-    Router,
+    Extension, Router,
 };
 use rsvp_contract::cache_keys;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ use super::{
     paging::{PageKey, PageQuery, PageRequest},
     traceparent,
     views::{Reader, RsvpPage},
-    ApiJson, ApiPath,
+    ApiJson, ApiPath, IdempotencyKeyHeader,
 };
 use crate::{
     domain::{
@@ -25,9 +26,10 @@ use crate::{
         NewEvent, NewRsvp,
     },
     error::{ApiError, ErrorBody},
+    idempotency::{self, Claim, Idempotency, StoredResponse},
     startup::AppState,
-    store::{events, events::EventView, rsvps, rsvps::RsvpView},
-    writes::WriteOp,
+    store::{events, events::EventView, idempotency as records, rsvps, rsvps::RsvpView},
+    writes::{WriteOp, WriteOutcome},
 };
 
 pub fn router() -> Router<AppState> {
@@ -40,23 +42,40 @@ pub fn router() -> Router<AppState> {
 /// Creates an event.
 #[utoipa::path(
     post, path = "/events", tag = "events",
+    params(IdempotencyKeyHeader),
     request_body = CreateEventRequest,
     security(("admin_token" = [])),
     responses(
         (status = 201, body = EventView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
     )
 )]
 pub async fn create_event(
     State(state): State<AppState>,
     headers: HeaderMap,
+    idempotency: Option<Extension<Idempotency>>,
     ApiJson(request): ApiJson<CreateEventRequest>,
-) -> Result<(StatusCode, ApiJson<EventView>), ApiError> {
+) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
     let event = NewEvent::parse(request, chrono::Utc::now())?;
-    let created = events::insert_event(&state.db, &event).await?;
-    Ok((StatusCode::CREATED, ApiJson(created)))
+    // The event and its idempotency record commit together, as every write does.
+    let mut tx = state.db.begin().await?;
+    let idempotency = idempotency.map(|Extension(i)| i);
+    if let Some(idempotency) = &idempotency {
+        if !records::claim(&mut tx, &[Some(idempotency)]).await?[0] {
+            drop(tx);
+            return idempotency::replay(&state.db, idempotency).await;
+        }
+    }
+    let created = events::insert_event(&mut *tx, &event).await?;
+    let response = StoredResponse::json(StatusCode::CREATED, &created)?;
+    if let Some(idempotency) = &idempotency {
+        records::record(&mut tx, &[(idempotency, response.clone())]).await?;
+    }
+    tx.commit().await?;
+    Ok(response.into_response())
 }
 
 /// An event with its rsvp counts by status and the guests going.
@@ -151,7 +170,7 @@ pub struct CreatedRsvp {
 /// must fit the event's capacity.
 #[utoipa::path(
     post, path = "/events/{id}/rsvps", tag = "rsvps",
-    params(("id" = Uuid, Path, description = "Event id")),
+    params(("id" = Uuid, Path, description = "Event id"), IdempotencyKeyHeader),
     request_body = CreateRsvpRequest,
     responses(
         (status = 201, body = CreatedRsvp),
@@ -163,10 +182,18 @@ pub async fn create_rsvp(
     State(state): State<AppState>,
     ApiPath(event_id): ApiPath<Uuid>,
     headers: HeaderMap,
+    idempotency: Option<Extension<Idempotency>>,
     ApiJson(request): ApiJson<CreateRsvpRequest>,
-) -> Result<(StatusCode, ApiJson<CreatedRsvp>), ApiError> {
+) -> Result<Response, ApiError> {
     let rsvp = NewRsvp::parse(request)?;
-    let outcome = state.writer.run(WriteOp::Create { event_id, rsvp }, traceparent(&headers)).await?;
-    let token = outcome.token.ok_or_else(|| anyhow::anyhow!("a created rsvp came back without its token"))?;
-    Ok((StatusCode::CREATED, ApiJson(CreatedRsvp { rsvp: outcome.written.rsvp.view(), token })))
+    let idempotency = idempotency.map(|Extension(i)| i);
+    let claim = Claim::new(idempotency.clone(), created_rsvp);
+    let outcome = state.writer.run(WriteOp::Create { event_id, rsvp }, claim, traceparent(&headers)).await;
+    idempotency::respond(&state.db, idempotency.as_ref(), outcome, created_rsvp).await
+}
+
+/// 201 with the new rsvp and its token.
+fn created_rsvp(outcome: &WriteOutcome) -> anyhow::Result<StoredResponse> {
+    let token = outcome.token.clone().ok_or_else(|| anyhow::anyhow!("a created rsvp came back without its token"))?;
+    StoredResponse::json(StatusCode::CREATED, &CreatedRsvp { rsvp: outcome.written.rsvp.view(), token })
 }

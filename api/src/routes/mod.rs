@@ -34,6 +34,23 @@ impl<T: serde::Serialize> axum::response::IntoResponse for ApiJson<T> {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
+/// The `Idempotency-Key` header of every write, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by the idempotency middleware, not by an extractor
+pub struct IdempotencyKeyHeader {
+    /// Makes the write safe to retry: 1 to 255 visible ASCII characters, unguessable
+    /// (a random UUID). The first request with a key does the write; a retry with the
+    /// same key, method, path, body and bearer credential writes nothing and gets the
+    /// first answer again (header `Idempotent-Replayed: true`), also when the first one
+    /// is still running (the retry waits for it). The same key with another request is
+    /// 422 `idempotency_key_reused`; an invalid key is 400 `invalid_idempotency_key`;
+    /// 409 `idempotency_key_in_use` when the first request has no answer to give yet.
+    /// Keys are kept for `IDEMPOTENCY_KEY_TTL` (24 h by default).
+    #[param(rename = "Idempotency-Key", nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+}
+
 /// The request's W3C `traceparent`, when it is well-formed.
 pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("traceparent")?.to_str().ok()?;

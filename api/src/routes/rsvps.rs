@@ -3,8 +3,9 @@
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
+    response::Response,
     routing::{get, post},
-    Router,
+    Extension, Router,
 };
 use rsvp_contract::cache_keys;
 use uuid::Uuid;
@@ -12,15 +13,16 @@ use uuid::Uuid;
 use super::{
     traceparent,
     views::{Reader, RsvpRead, View},
-    ApiJson, ApiPath,
+    ApiJson, ApiPath, IdempotencyKeyHeader,
 };
 use crate::{
     auth::bearer_token,
     domain::{CancelRsvpRequest, RsvpChanges, UpdateRsvpRequest},
     error::{ApiError, ErrorBody},
+    idempotency::{self, Claim, Idempotency, Render, StoredResponse},
     startup::AppState,
     store::{rsvps, rsvps::RsvpView},
-    writes::WriteOp,
+    writes::{WriteOp, WriteOutcome},
 };
 
 pub fn router() -> Router<AppState> {
@@ -72,7 +74,7 @@ pub async fn get_rsvp(
 /// nothing answers the rsvp as it is and writes nothing.
 #[utoipa::path(
     patch, path = "/rsvps/{id}", tag = "rsvps",
-    params(("id" = Uuid, Path, description = "Rsvp id")),
+    params(("id" = Uuid, Path, description = "Rsvp id"), IdempotencyKeyHeader),
     request_body = UpdateRsvpRequest,
     security(("rsvp_token" = [])),
     responses(
@@ -86,18 +88,19 @@ pub async fn update_rsvp(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
+    idempotency: Option<Extension<Idempotency>>,
     ApiJson(request): ApiJson<UpdateRsvpRequest>,
-) -> Result<ApiJson<RsvpView>, ApiError> {
+) -> Result<Response, ApiError> {
     let token = bearer_token(&headers)?;
     let changes = RsvpChanges::parse(request)?;
     let op = WriteOp::Update { id, token: token.to_owned(), changes };
-    let outcome = state.writer.run(op, traceparent(&headers)).await?;
-    Ok(ApiJson(outcome.written.rsvp.view()))
+    write(&state, &headers, op, idempotency, rsvp_as_it_is).await
 }
 
 /// Cancels the rsvp that `token` belongs to; the row is kept with status `cancelled`.
 #[utoipa::path(
     post, path = "/rsvps/cancel", tag = "rsvps",
+    params(IdempotencyKeyHeader),
     request_body = CancelRsvpRequest,
     responses(
         (status = 200, body = RsvpView),
@@ -108,32 +111,56 @@ pub async fn update_rsvp(
 pub async fn cancel_rsvp(
     State(state): State<AppState>,
     headers: HeaderMap,
+    idempotency: Option<Extension<Idempotency>>,
     ApiJson(request): ApiJson<CancelRsvpRequest>,
-) -> Result<ApiJson<RsvpView>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.token.trim().is_empty() {
         return Err(ApiError::field("token", "must not be empty"));
     }
     let op = WriteOp::Cancel { token: request.token.trim().to_owned() };
-    let outcome = state.writer.run(op, traceparent(&headers)).await?;
-    Ok(ApiJson(outcome.written.rsvp.view()))
+    write(&state, &headers, op, idempotency, rsvp_as_it_is).await
 }
 
 /// Deletes an rsvp.
 #[utoipa::path(
     delete, path = "/rsvps/{id}", tag = "rsvps",
-    params(("id" = Uuid, Path, description = "Rsvp id")),
+    params(("id" = Uuid, Path, description = "Rsvp id"), IdempotencyKeyHeader),
     security(("admin_token" = [])),
     responses(
-        (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
     )
 )]
 pub async fn delete_rsvp(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
+    idempotency: Option<Extension<Idempotency>>,
+) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
-    state.writer.run(WriteOp::Delete { id }, traceparent(&headers)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    write(&state, &headers, WriteOp::Delete { id }, idempotency, deleted).await
+}
+
+/// Runs `op` (once per `Idempotency-Key`) and answers with `render` of its outcome.
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    op: WriteOp,
+    idempotency: Option<Extension<Idempotency>>,
+    render: Render,
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency.map(|Extension(i)| i);
+    let claim = Claim::new(idempotency.clone(), render);
+    let outcome = state.writer.run(op, claim, traceparent(headers)).await;
+    idempotency::respond(&state.db, idempotency.as_ref(), outcome, render).await
+}
+
+/// 200 with the rsvp as the write left it.
+fn rsvp_as_it_is(outcome: &WriteOutcome) -> anyhow::Result<StoredResponse> {
+    StoredResponse::json(StatusCode::OK, &outcome.written.rsvp.view())
+}
+
+fn deleted(_: &WriteOutcome) -> anyhow::Result<StoredResponse> {
+    Ok(StoredResponse::empty(StatusCode::NO_CONTENT))
 }

@@ -37,7 +37,7 @@ pub struct RsvpCounts {
 }
 
 #[tracing::instrument(skip_all, err)]
-pub async fn insert_event(pool: &PgPool, event: &NewEvent) -> Result<EventView, sqlx::Error> {
+pub async fn insert_event(db: impl sqlx::PgExecutor<'_>, event: &NewEvent) -> Result<EventView, sqlx::Error> {
     let (id, created_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
         "insert into events (id, title, starts_at, capacity) values ($1, $2, $3, $4)
          returning id, created_at",
@@ -46,7 +46,7 @@ pub async fn insert_event(pool: &PgPool, event: &NewEvent) -> Result<EventView, 
     .bind(event.title.as_str())
     .bind(event.starts_at.value())
     .bind(event.capacity.map(|c| c.value()))
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(EventView {
         id,

@@ -2,6 +2,7 @@
 //! transaction, so that a handler composes them and commits once.
 
 pub mod events;
+pub mod idempotency;
 pub mod key_locks;
 pub mod outbox;
 pub mod rsvps;

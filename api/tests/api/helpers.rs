@@ -50,6 +50,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         write_batch_max: 64,
         write_batch_wait: Duration::from_millis(2),
         write_workers: 4,
+        idempotency_key_ttl: Duration::from_secs(24 * 3600),
+        idempotency_prune_interval: Duration::from_secs(60),
     };
     configure(&mut settings);
     let app = Application::build(&settings).await.expect("build the api");

@@ -7,6 +7,7 @@ mod connections;
 mod events;
 mod health;
 mod helpers;
+mod idempotency;
 mod metrics;
 mod ordering;
 mod outbox;
