@@ -5,5 +5,6 @@ pub mod events;
 pub mod key_locks;
 pub mod outbox;
 pub mod rsvps;
+pub mod transactions;
 
 pub type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
