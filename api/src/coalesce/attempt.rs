@@ -1,0 +1,164 @@
+//! One try at a batch: one transaction that starts the writes whose requests still
+//! wait, applies them, commits, and, should `COMMIT` fail, asks the database whether
+//! it committed before anyone retries anything.
+
+use std::slice;
+
+use metrics::counter;
+use tokio::time::Instant;
+
+use super::{Answer, Pending};
+use crate::{
+    error::{ApiError, Unavailable},
+    store::{
+        events,
+        transactions::{self, Settled, TxTimeouts},
+        Tx,
+    },
+    writes::{apply, create_rsvps, lock_writers, try_lock_writers, CreateRequest, WriteOp},
+};
+
+/// How a try takes its events' locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Locking {
+    /// Waits for each, up to the lock timeout.
+    Wait,
+    /// Takes those free now; the writes to events held elsewhere are answered
+    /// `lock_timeout` (they already waited that long in the try before).
+    SkipHeld,
+}
+
+/// Runs `batch` in one transaction. `Ok`: each write's final answer (a write whose
+/// request gave up before it started answers `request_timeout` and was not applied;
+/// when the commit's fate could not be learned, the writes it would have applied
+/// answer `outcome_unknown`). `Err`: the transaction rolled back, nothing of it was
+/// applied, and its writes may be tried again.
+pub(super) async fn attempt(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+) -> Result<Vec<Answer>, ApiError> {
+    let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+    if Instant::now() >= deadline {
+        return Ok(batch.iter().map(|_| Err(Unavailable::RequestTimeout.into())).collect());
+    }
+    let mut started = vec![false; batch.len()];
+    let result = run(db, timeouts, batch, locking, deadline, &mut started).await;
+    if result.is_err() {
+        for (pending, _) in batch.iter().zip(&started).filter(|(_, started)| **started) {
+            pending.ticket.requeue();
+        }
+    }
+    result
+}
+
+/// Runs one write in its own transaction.
+pub(super) async fn attempt_alone(db: &sqlx::PgPool, timeouts: TxTimeouts, pending: &Pending) -> Answer {
+    match attempt(db, timeouts, slice::from_ref(pending), Locking::Wait).await {
+        Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(anyhow::anyhow!("a write had no answer").into())),
+        Err(error) => Err(error),
+    }
+}
+
+async fn run(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+    deadline: Instant,
+    started: &mut [bool],
+) -> Result<Vec<Answer>, ApiError> {
+    let mut tx = transactions::begin(db, timeouts, deadline).await?;
+    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    lock_events(&mut tx, batch, locking, &mut answers).await?;
+
+    // The writes start here, after their locks were taken, if their requests still wait.
+    for (index, pending) in batch.iter().enumerate() {
+        if answers[index].is_none() {
+            started[index] = pending.ticket.start(pending.deadline);
+            if !started[index] {
+                answers[index] = Some(Err(Unavailable::RequestTimeout.into()));
+            }
+        }
+    }
+    let (creates, others): (Vec<_>, Vec<_>) = batch
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| started[*index])
+        .partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
+    let requests: Vec<CreateRequest<'_>> = creates
+        .iter()
+        .filter_map(|(_, p)| match &p.op {
+            WriteOp::Create { event_id, rsvp } => {
+                Some(CreateRequest { event_id: *event_id, rsvp, traceparent: p.traceparent.as_deref() })
+            }
+            _ => None,
+        })
+        .collect();
+    if !requests.is_empty() {
+        let created = create_rsvps(&mut tx, &requests).await?;
+        for ((index, _), outcome) in creates.iter().zip(created) {
+            answers[*index] = Some(outcome.map(|(written, token)| super::WriteOutcome { written, token: Some(token) }));
+        }
+    }
+    for (index, pending) in others {
+        match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
+            Err(error) if !error.is_client_mistake() => return Err(error),
+            answer => answers[index] = Some(answer),
+        }
+    }
+    let mut answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
+
+    let xid = transactions::current_xid(&mut tx).await?;
+    if let Err(error) = tx.commit().await {
+        // No xid: the transaction wrote nothing, and every answer holds either way.
+        if let Some(xid) = xid {
+            match transactions::settle(db, &xid, deadline).await {
+                Settled::Committed => tracing::warn!(%error, "COMMIT failed, but the transaction committed"),
+                Settled::Aborted => return Err(error.into()),
+                Settled::Unknown => {
+                    tracing::warn!(%error, "COMMIT failed and whether it committed is unknown");
+                    for answer in answers.iter_mut().filter(|a| a.is_ok()) {
+                        counter!("api_write_deadlines_missed_total", "outcome" => "unknown").increment(1);
+                        *answer = Err(Unavailable::OutcomeUnknown.into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Locks every event the batch writes to before any write: first their advisory
+/// locks (see [`lock_writers`]: before the transaction has an xid, which keeps each
+/// key's `(xid, id)` order its commit order), then their rows in id order, as the
+/// seat counts need. With [`Locking::SkipHeld`], the writes to events another
+/// transaction holds get their answer here and are not run.
+async fn lock_events(
+    tx: &mut Tx<'_>,
+    batch: &[Pending],
+    locking: Locking,
+    answers: &mut [Option<Answer>],
+) -> Result<(), sqlx::Error> {
+    let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
+    match locking {
+        Locking::Wait => {
+            let event_ids = lock_writers(tx, ops).await?;
+            sqlx::query("select id from events where id = any($1) order by id for no key update")
+                .bind(&event_ids)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Locking::SkipHeld => {
+            let mut tried = try_lock_writers(tx, &ops).await?;
+            tried.held.extend(events::try_lock(tx, &tried.locked).await?);
+            for (answer, event) in answers.iter_mut().zip(&tried.events) {
+                if event.is_some_and(|event| tried.held.contains(&event)) {
+                    *answer = Some(Err(Unavailable::LockTimeout.into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
