@@ -121,24 +121,23 @@ impl Writer {
             }
             answer.await.map_err(|_| anyhow::anyhow!("a write worker dropped a request"))?
         };
-        match tokio::time::timeout_at(deadline, queued).await {
+        let answer = match tokio::time::timeout_at(deadline, queued).await {
             Ok(answer) => answer,
-            Err(_) => {
-                let reason = match ticket.give_up() {
-                    GaveUp::BeforeStart => Unavailable::RequestTimeout,
-                    GaveUp::WhileRunning => Unavailable::OutcomeUnknown,
-                };
-                counter!("api_write_deadlines_missed_total", "outcome" => reason_label(reason)).increment(1);
-                Err(reason.into())
+            Err(_) => Err(match ticket.give_up() {
+                GaveUp::BeforeStart => Unavailable::RequestTimeout.into(),
+                GaveUp::WhileRunning => Unavailable::OutcomeUnknown.into(),
+            }),
+        };
+        match &answer {
+            Err(ApiError::Unavailable(Unavailable::RequestTimeout)) => {
+                counter!("api_write_deadlines_missed_total", "outcome" => "not_applied").increment(1);
             }
+            Err(ApiError::Unavailable(Unavailable::OutcomeUnknown)) => {
+                counter!("api_write_deadlines_missed_total", "outcome" => "unknown").increment(1);
+            }
+            _ => {}
         }
-    }
-}
-
-fn reason_label(reason: Unavailable) -> &'static str {
-    match reason {
-        Unavailable::OutcomeUnknown => "unknown",
-        _ => "not_applied",
+        answer
     }
 }
 

@@ -225,3 +225,27 @@ impl From<sqlx::Error> for ApiError {
         ApiError::Unexpected(anyhow::Error::new(error).context("database query failed"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_a_503_and_other_query_failures_are_500s() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        for error in [sqlx::Error::PoolTimedOut, sqlx::Error::Io(refused), sqlx::Error::PoolClosed] {
+            let error = ApiError::from(error);
+            assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.code(), "database_unavailable");
+        }
+        assert_eq!(ApiError::from(sqlx::Error::RowNotFound).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn only_client_mistakes_leave_a_shared_transaction_usable() {
+        assert!(ApiError::Conflict("taken".into()).is_client_mistake());
+        assert!(ApiError::NotFound("rsvp").is_client_mistake());
+        assert!(!ApiError::from(Unavailable::LockTimeout).is_client_mistake());
+        assert!(!ApiError::Unexpected(anyhow::anyhow!("deadlock")).is_client_mistake());
+    }
+}

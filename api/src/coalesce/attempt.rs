@@ -4,7 +4,6 @@
 
 use std::slice;
 
-use metrics::counter;
 use tokio::time::Instant;
 
 use super::{Answer, Pending};
@@ -69,7 +68,48 @@ async fn run(
     deadline: Instant,
     started: &mut [bool],
 ) -> Result<Vec<Answer>, ApiError> {
-    let mut tx = transactions::begin(db, timeouts, deadline).await?;
+    // Past the deadline every request has had its answer: a transaction still not
+    // ready to commit by then (a server that stopped answering, which no server-side
+    // timeout catches) is dropped, uncommitted, and frees the lane.
+    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started)).await;
+    let (tx, mut answers, xid) = prepared.unwrap_or(Err(Unavailable::RequestTimeout.into()))?;
+
+    let error = match tokio::time::timeout_at(deadline, tx.commit()).await {
+        Ok(Ok(())) => return Ok(answers),
+        // The server refused the COMMIT (a deferred constraint, its statement
+        // timeout): it rolled back, and said so.
+        Ok(Err(error @ sqlx::Error::Database(_))) => return Err(error.into()),
+        Ok(Err(error)) => anyhow::Error::new(error),
+        Err(_) => anyhow::anyhow!("COMMIT did not finish by the deadline"),
+    };
+    // No xid: the transaction wrote nothing, and every answer holds either way.
+    let Some(xid) = xid else { return Ok(answers) };
+    match transactions::settle(db, &xid, deadline).await {
+        Settled::Committed => tracing::warn!(error = ?error, "COMMIT failed, but the transaction committed"),
+        Settled::Aborted => {
+            tracing::warn!(error = ?error, "COMMIT failed and the transaction rolled back");
+            return Err(Unavailable::DatabaseDown.into());
+        }
+        Settled::Unknown => {
+            tracing::warn!(error = ?error, "COMMIT failed and whether it committed is unknown");
+            for answer in answers.iter_mut().filter(|a| a.is_ok()) {
+                *answer = Err(Unavailable::OutcomeUnknown.into());
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Everything up to `COMMIT`: the transaction, each write's answer, and the
+/// transaction's xid (to settle a failed `COMMIT` by).
+async fn prepare(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+    started: &mut [bool],
+) -> Result<(Tx<'static>, Vec<Answer>, Option<String>), ApiError> {
+    let mut tx = transactions::begin(db, timeouts).await?;
     let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
     lock_events(&mut tx, batch, locking, &mut answers).await?;
 
@@ -108,26 +148,9 @@ async fn run(
             answer => answers[index] = Some(answer),
         }
     }
-    let mut answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
-
+    let answers = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
     let xid = transactions::current_xid(&mut tx).await?;
-    if let Err(error) = tx.commit().await {
-        // No xid: the transaction wrote nothing, and every answer holds either way.
-        if let Some(xid) = xid {
-            match transactions::settle(db, &xid, deadline).await {
-                Settled::Committed => tracing::warn!(%error, "COMMIT failed, but the transaction committed"),
-                Settled::Aborted => return Err(error.into()),
-                Settled::Unknown => {
-                    tracing::warn!(%error, "COMMIT failed and whether it committed is unknown");
-                    for answer in answers.iter_mut().filter(|a| a.is_ok()) {
-                        counter!("api_write_deadlines_missed_total", "outcome" => "unknown").increment(1);
-                        *answer = Err(Unavailable::OutcomeUnknown.into());
-                    }
-                }
-            }
-        }
-    }
-    Ok(answers)
+    Ok((tx, answers, xid))
 }
 
 /// Locks every event the batch writes to before any write: first their advisory

@@ -29,13 +29,10 @@ impl TxTimeouts {
     }
 }
 
-/// Starts a transaction with `timeouts`; gives up at `deadline` (`PoolTimedOut`),
-/// so that an unreachable database fails a request within its time.
+/// Starts a transaction with `timeouts`.
 #[tracing::instrument(skip_all, err)]
-pub async fn begin(db: &PgPool, timeouts: TxTimeouts, deadline: Instant) -> Result<Tx<'static>, sqlx::Error> {
-    tokio::time::timeout_at(deadline, db.begin_with(timeouts.begin_statement()))
-        .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+pub async fn begin(db: &PgPool, timeouts: TxTimeouts) -> Result<Tx<'static>, sqlx::Error> {
+    db.begin_with(timeouts.begin_statement()).await
 }
 
 /// The transaction's id, when it has one: a transaction that wrote nothing has none,

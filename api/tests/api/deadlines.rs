@@ -120,6 +120,9 @@ async fn a_queued_write_whose_request_timed_out_is_answered_request_timeout_and_
     assert_eq!(outbox_rows(&app.db).await, 1);
     let seats: i32 = sqlx::query_scalar("select seats_taken from events").fetch_one(&app.db).await.unwrap();
     assert_eq!(seats, 1);
+    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains(r#"api_write_deadlines_missed_total{outcome="not_applied"} 2"#), "{metrics}");
 }
 
 #[tokio::test]
@@ -178,6 +181,40 @@ async fn a_write_still_committing_at_the_deadline_answers_outcome_unknown_with_a
     let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(metrics.contains(r#"api_write_deadlines_missed_total{outcome="unknown"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_commit_that_hangs_past_every_deadline_frees_its_lane_for_the_next_write() {
+    // Arrange: one lane; COMMITs of writes to the first event block until the test
+    // lets them through, those to the second do not.
+    let app = spawn_app_with(|settings| {
+        one_patient_lane(settings);
+        settings.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (stuck, other) = (app.create_event(None).await, app.create_event(None).await);
+    let mut holder = PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "create function wait_at_commit() returns trigger language plpgsql as
+           $$ begin if new.kafka_key = '{stuck}' then perform pg_advisory_xact_lock(4242); end if; return null; end; $$;
+         create constraint trigger wait_at_commit after insert on outbox
+           deferrable initially deferred for each row execute function wait_at_commit();"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    // Act
+    let first = app.create_rsvp_with(stuck, &going("stuck@example.com")).await;
+    let second = app.create_rsvp_with(other, &going("next@example.com")).await;
+
+    // Assert: the first may still commit and says so; the lane moved on to the second.
+    assert_error(first, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown").await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    wait_for("the first write committed", async || outbox_rows(&app.db).await == 2).await;
+    assert_eq!(emails(&app.db).await, vec!["next@example.com", "stuck@example.com"]);
 }
 
 #[tokio::test]
