@@ -8,16 +8,27 @@
 //! their event: a batch locks the events it writes to until it commits, so lanes
 //! that shared events would wait for each other's commits instead of running side
 //! by side. Writes refused for a client mistake leave the transaction usable (see
-//! `writes`), so a neighbour's 409 never fails a batch. Should the batch transaction
-//! fail for any other reason (a deadlock between two batches, a lost connection),
-//! every write of it is retried alone, so each request gets the answer it would have
-//! had without coalescing.
+//! `writes`), so a neighbour's 409 never fails a batch.
+//!
+//! No write outlives its answer: a request waits for its write until its deadline
+//! (`REQUEST_TIMEOUT`), and the worker starts a write only while its request still
+//! waits (see `ticket`); a write whose request gave up or went away first is never
+//! applied. A request that gives up on a started write answers `outcome_unknown`.
 //!
 //! A write sent with an `Idempotency-Key` carries a [`Claim`]: its transaction claims
-//! the key before writing and fills in the record before committing (see
+//! the key once the write has started and fills in the record before committing (see
 //! [`crate::store::idempotency`]), whether the write commits in a batch or alone. A
 //! write whose key a committed request holds is skipped and answered
 //! `IdempotencyKeyInUse`, which its handler turns into that request's stored answer.
+//!
+//! Should the batch transaction fail, nothing of it was applied (a failed `COMMIT`
+//! is first settled by asking the database, see `attempt`), and what happens next
+//! depends on why: Postgres out of reach answers every write 503 at once (retrying
+//! one by one would only keep the lane busy failing); a lock or statement timeout
+//! tries the batch once more without the writes to events held elsewhere, which
+//! answer `lock_timeout`; anything else (a deadlock between two batches) retries
+//! each write alone, so each request gets the answer it would have had without
+//! coalescing.
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -26,14 +37,24 @@ use std::{
 
 use metrics::counter;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 
 use crate::{
-    error::ApiError,
+    deadline,
+    error::{ApiError, Unavailable},
     idempotency::Claim,
-    store::{idempotency, Tx},
-    writes::{apply, create_rsvps, lock_writers, CreateRequest, WriteOp, WriteOutcome},
+    store::transactions::TxTimeouts,
+    writes::{WriteOp, WriteOutcome},
 };
+
+mod attempt;
+mod ticket;
+
+use attempt::{attempt, attempt_alone, Locking};
+use ticket::{GaveUp, Ticket};
 
 /// How writes are committed.
 #[derive(Debug, Clone, Copy)]
@@ -44,19 +65,29 @@ pub struct CoalescingSettings {
     pub max_wait: Duration,
     /// Lanes, each committing one transaction at a time.
     pub workers: usize,
+    /// The lock and statement timeouts of every write transaction.
+    pub timeouts: TxTimeouts,
+    /// A write's deadline when its request has none (outside the router).
+    pub request_timeout: Duration,
 }
+
+type Answer = Result<WriteOutcome, ApiError>;
 
 struct Pending {
     op: WriteOp,
     claim: Option<Claim>,
     traceparent: Option<String>,
-    reply: oneshot::Sender<Result<WriteOutcome, ApiError>>,
+    reply: oneshot::Sender<Answer>,
+    ticket: Ticket,
+    /// When the request stops waiting; the write must not start later.
+    deadline: Instant,
 }
 
 /// Runs writes, coalesced or one transaction each.
 #[derive(Clone)]
 pub struct Writer {
     db: PgPool,
+    settings: CoalescingSettings,
     /// One queue per lane; empty when coalescing is off.
     lanes: Vec<mpsc::Sender<Pending>>,
 }
@@ -65,7 +96,7 @@ impl Writer {
     /// Starts the workers (when coalescing); they stop when the last `Writer` is dropped.
     pub fn start(db: PgPool, settings: CoalescingSettings) -> Self {
         if !settings.enabled {
-            return Self { db, lanes: Vec::new() };
+            return Self { db, settings, lanes: Vec::new() };
         }
         let lanes = (0..settings.workers.max(1))
             .map(|_| {
@@ -74,27 +105,61 @@ impl Writer {
                 sender
             })
             .collect();
-        Self { db, lanes }
+        Self { db, settings, lanes }
     }
 
-    /// Applies `op` and answers once its transaction has committed.
+    /// Applies `op` and answers once its transaction has committed, or at the
+    /// request's deadline with `request_timeout` (the write was not applied and never
+    /// will be) or `outcome_unknown` (it had started). Dropping the future gives the
+    /// write up the same way: a write whose client went away does not start.
     pub async fn run(
         &self,
         op: WriteOp,
         claim: Option<Claim>,
         traceparent: Option<&str>,
     ) -> Result<WriteOutcome, ApiError> {
-        if self.lanes.is_empty() {
-            return run_alone(&self.db, &op, claim.as_ref(), traceparent).await;
-        }
-        let queue = &self.lanes[lane(&op, self.lanes.len())];
+        let deadline = deadline::current().unwrap_or_else(|| Instant::now() + self.settings.request_timeout);
+        let ticket = Ticket::default();
+        let _give_up_when_dropped = GiveUpOnDrop(ticket.clone());
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { op, claim, traceparent: traceparent.map(str::to_owned), reply };
-        queue
-            .send(pending)
-            .await
-            .map_err(|_| anyhow::anyhow!("the write workers have stopped"))?;
-        answer.await.map_err(|_| anyhow::anyhow!("a write worker dropped a request"))?
+        let traceparent = traceparent.map(str::to_owned);
+        let pending = Pending { op, claim, traceparent, reply, ticket: ticket.clone(), deadline };
+        let queued = async {
+            match self.lanes.get(lane(&pending.op, self.lanes.len().max(1))) {
+                // Spawned, so that the write's transaction is not dropped half-way by its request.
+                None => drop(tokio::spawn(run_batch(self.db.clone(), self.settings.timeouts, vec![pending]))),
+                Some(queue) => {
+                    queue.send(pending).await.map_err(|_| anyhow::anyhow!("the write workers have stopped"))?
+                }
+            }
+            answer.await.map_err(|_| anyhow::anyhow!("a write worker dropped a request"))?
+        };
+        let answer = match tokio::time::timeout_at(deadline, queued).await {
+            Ok(answer) => answer,
+            Err(_) => Err(match ticket.give_up() {
+                GaveUp::BeforeStart => Unavailable::RequestTimeout.into(),
+                GaveUp::WhileRunning => Unavailable::OutcomeUnknown.into(),
+            }),
+        };
+        match &answer {
+            Err(ApiError::Unavailable(Unavailable::RequestTimeout)) => {
+                counter!("api_write_deadlines_missed_total", "outcome" => "not_applied").increment(1);
+            }
+            Err(ApiError::Unavailable(Unavailable::OutcomeUnknown)) => {
+                counter!("api_write_deadlines_missed_total", "outcome" => "unknown").increment(1);
+            }
+            _ => {}
+        }
+        answer
+    }
+}
+
+/// Gives the write up when its request's future is dropped: the client went away.
+struct GiveUpOnDrop(Ticket);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.give_up();
     }
 }
 
@@ -113,7 +178,7 @@ fn lane(op: &WriteOp, lanes: usize) -> usize {
 
 async fn work(db: PgPool, mut queue: mpsc::Receiver<Pending>, settings: CoalescingSettings) {
     while let Some(batch) = next_batch(&mut queue, settings).await {
-        run_batch(&db, batch).await;
+        run_batch(db.clone(), settings.timeouts, batch).await;
     }
 }
 
@@ -137,122 +202,46 @@ async fn next_batch(queue: &mut mpsc::Receiver<Pending>, settings: CoalescingSet
 }
 
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
-async fn run_batch(db: &PgPool, batch: Vec<Pending>) {
+async fn run_batch(db: PgPool, timeouts: TxTimeouts, batch: Vec<Pending>) {
     counter!("api_write_batches_total").increment(1);
     counter!("api_write_batched_requests_total").increment(batch.len() as u64);
-    match run_together(db, &batch).await {
-        Ok(outcomes) => {
-            for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                if let Ok(outcome) = &outcome {
-                    count_outbox_row(outcome);
-                }
-                let _ = pending.reply.send(outcome);
+    let answers = match attempt(&db, timeouts, &batch, Locking::Wait).await {
+        Ok(answers) => answers,
+        Err(ApiError::Unavailable(Unavailable::LockTimeout | Unavailable::StatementTimeout)) if batch.len() > 1 => {
+            counter!("api_write_batch_retries_total", "reason" => "timeout").increment(1);
+            match attempt(&db, timeouts, &batch, Locking::SkipHeld).await {
+                Ok(answers) => answers,
+                Err(error) => retry_alone(&db, timeouts, &batch, error).await,
             }
         }
+        // Postgres out of reach, or one write's own timeout: nothing to gain by retrying.
+        Err(ApiError::Unavailable(reason)) => batch.iter().map(|_| Err(reason.into())).collect(),
         Err(error) => {
-            counter!("api_write_batch_retries_total").increment(1);
-            tracing::warn!(error = ?error, "batch transaction failed; retrying each write alone");
-            for pending in batch {
-                let outcome =
-                    run_alone(db, &pending.op, pending.claim.as_ref(), pending.traceparent.as_deref()).await;
-                let _ = pending.reply.send(outcome);
-            }
+            counter!("api_write_batch_retries_total", "reason" => "failure").increment(1);
+            retry_alone(&db, timeouts, &batch, error).await
         }
+    };
+    for (pending, answer) in batch.into_iter().zip(answers) {
+        if let Ok(outcome) = &answer {
+            count_outbox_row(outcome);
+        }
+        let _ = pending.reply.send(answer);
     }
 }
 
-/// One transaction for the whole batch: creates go in together, the other writes one
-/// after the other. Client mistakes become that write's outcome; anything else fails
-/// the batch.
-async fn run_together(db: &PgPool, batch: &[Pending]) -> anyhow::Result<Vec<Result<WriteOutcome, ApiError>>> {
-    let mut tx = db.begin().await?;
-    lock_events(&mut tx, batch).await?;
-    let claims: Vec<_> = batch.iter().map(|p| p.claim.as_ref().map(|c| &c.idempotency)).collect();
-    let claimed = idempotency::claim(&mut tx, &claims).await?;
-    // A key held by a committed request (or by an earlier write of this batch): no write.
-    let mut outcomes: Vec<Option<Result<WriteOutcome, ApiError>>> = claims
-        .iter()
-        .zip(&claimed)
-        .map(|(claim, claimed)| (claim.is_some() && !claimed).then_some(Err(ApiError::IdempotencyKeyInUse)))
-        .collect();
-
-    let (creates, others): (Vec<_>, Vec<_>) = batch
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| outcomes[*index].is_none())
-        .partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
-    let requests: Vec<CreateRequest<'_>> = creates
-        .iter()
-        .filter_map(|(_, p)| match &p.op {
-            WriteOp::Create { event_id, rsvp } => {
-                Some(CreateRequest { event_id: *event_id, rsvp, traceparent: p.traceparent.as_deref() })
-            }
-            _ => None,
-        })
-        .collect();
-    let created = create_rsvps(&mut tx, &requests).await?;
-    for ((index, _), outcome) in creates.iter().zip(created) {
-        outcomes[*index] = Some(outcome.map(|(written, token)| WriteOutcome { written, token: Some(token) }));
+/// Each write of a failed batch in its own transaction, until Postgres turns out to
+/// be out of reach: then the rest fail at once rather than one after the other.
+async fn retry_alone(db: &PgPool, timeouts: TxTimeouts, batch: &[Pending], error: ApiError) -> Vec<Answer> {
+    tracing::warn!(error = ?error, "batch transaction failed; retrying each write alone");
+    let mut answers = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let answer = match answers.last() {
+            Some(Err(ApiError::Unavailable(Unavailable::DatabaseDown))) => Err(Unavailable::DatabaseDown.into()),
+            _ => attempt_alone(db, timeouts, pending).await,
+        };
+        answers.push(answer);
     }
-    for (index, pending) in others {
-        match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
-            Err(ApiError::Unexpected(error)) => return Err(error),
-            outcome => outcomes[index] = Some(outcome),
-        }
-    }
-    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every write has an outcome")).collect();
-    let mut records = Vec::new();
-    for ((pending, claimed), outcome) in batch.iter().zip(claimed).zip(&outcomes) {
-        if let (Some(claim), true) = (&pending.claim, claimed) {
-            records.extend(claim.response(outcome)?.map(|response| (&claim.idempotency, response)));
-        }
-    }
-    idempotency::record(&mut tx, &records).await?;
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-/// Locks every event the batch writes to before any write: first their advisory
-/// locks (see [`lock_writers`]: before the transaction has an xid, which keeps each
-/// key's `(xid, id)` order its commit order), then their rows in id order, as the
-/// seat counts need.
-async fn lock_events(tx: &mut Tx<'_>, batch: &[Pending]) -> Result<(), sqlx::Error> {
-    let event_ids = lock_writers(tx, batch.iter().map(|p| &p.op)).await?;
-    sqlx::query("select id from events where id = any($1) order by id for no key update")
-        .bind(&event_ids)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// One write in its own transaction. With a claim, a refused write commits its record
-/// (and nothing else: refused writes undo what they wrote); a fault commits nothing.
-async fn run_alone(
-    db: &PgPool,
-    op: &WriteOp,
-    claim: Option<&Claim>,
-    traceparent: Option<&str>,
-) -> Result<WriteOutcome, ApiError> {
-    let mut tx = db.begin().await?;
-    lock_writers(&mut tx, [op]).await?;
-    let claims = [claim.map(|c| &c.idempotency)];
-    if claim.is_some() && !idempotency::claim(&mut tx, &claims).await?[0] {
-        return Err(ApiError::IdempotencyKeyInUse);
-    }
-    let outcome = apply(&mut tx, op, traceparent).await;
-    match (claim, &outcome) {
-        (_, Err(ApiError::Unexpected(_))) | (None, Err(_)) => return outcome,
-        (None, Ok(_)) => {}
-        (Some(claim), outcome) => {
-            let record = claim.response(outcome)?.map(|response| (&claim.idempotency, response));
-            idempotency::record(&mut tx, &Vec::from_iter(record)).await?;
-        }
-    }
-    tx.commit().await?;
-    if let Ok(outcome) = &outcome {
-        count_outbox_row(outcome);
-    }
-    outcome
+    answers
 }
 
 fn count_outbox_row(outcome: &WriteOutcome) {

@@ -4,7 +4,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits};
+use crate::{
+    coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits, store::transactions::TxTimeouts,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
@@ -84,6 +86,17 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Longest a write transaction waits for one lock (an event or rsvp row held by
+    /// another transaction) before its write is answered 503 `lock_timeout`; the
+    /// other writes of its shared transaction then complete without it.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub database_lock_timeout: Duration,
+
+    /// Longest one statement of a write transaction (its COMMIT included) may run
+    /// before it is cancelled and the write answered 503 `statement_timeout`.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_statement_timeout: Duration,
+
     /// How long a client may take to send a request's headers (and an idle keep-alive
     /// connection may wait for its next request) before its connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -117,6 +130,14 @@ impl Settings {
         anyhow::ensure!(self.write_batch_max >= 1, "WRITE_BATCH_MAX must be at least 1");
         anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
         anyhow::ensure!(!self.header_read_timeout.is_zero(), "HEADER_READ_TIMEOUT must be above zero");
+        for (name, timeout) in [
+            ("REQUEST_TIMEOUT", self.request_timeout),
+            ("DATABASE_LOCK_TIMEOUT", self.database_lock_timeout),
+            ("DATABASE_STATEMENT_TIMEOUT", self.database_statement_timeout),
+        ] {
+            // Postgres reads a zero lock or statement timeout as none at all.
+            anyhow::ensure!(timeout >= Duration::from_millis(1), "{name} must be at least 1ms");
+        }
         anyhow::ensure!(self.write_workers >= 1, "WRITE_WORKERS must be at least 1");
         anyhow::ensure!(!self.idempotency_key_ttl.is_zero(), "IDEMPOTENCY_KEY_TTL must be above zero");
         anyhow::ensure!(
@@ -144,6 +165,8 @@ impl Settings {
             max_batch: self.write_batch_max,
             max_wait: self.write_batch_wait,
             workers: self.write_workers,
+            timeouts: TxTimeouts { lock: self.database_lock_timeout, statement: self.database_statement_timeout },
+            request_timeout: self.request_timeout,
         }
     }
 }

@@ -51,9 +51,72 @@ pub enum ApiError {
     /// The request holding this `Idempotency-Key` has no answer to replay yet.
     #[error("a request with this Idempotency-Key has not finished; retry with the same key")]
     IdempotencyKeyInUse,
+    /// The request could not be served in time, or its outcome is not known: 503.
+    #[error("{0}")]
+    Unavailable(#[from] Unavailable),
     /// A fault of ours or of a dependency; the cause is logged, never returned.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// Why a request was answered 503. Each says whether a write was applied, so that a
+/// client knows whether retrying is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// `REQUEST_TIMEOUT` passed before the request's write started: it was not applied.
+    #[error("the request was not served within REQUEST_TIMEOUT; nothing was written, it is safe to retry")]
+    RequestTimeout,
+    /// The write was under way when the answer had to be sent: it may have committed.
+    #[error(
+        "the write may or may not have been applied; retry with the same Idempotency-Key to apply it at most once and learn its outcome"
+    )]
+    OutcomeUnknown,
+    /// A row the write needs was held by another transaction for longer than
+    /// `DATABASE_LOCK_TIMEOUT`; the write was not applied.
+    #[error("another transaction held a row this request needs for longer than DATABASE_LOCK_TIMEOUT; nothing was written, retry")]
+    LockTimeout,
+    /// A statement ran longer than `DATABASE_STATEMENT_TIMEOUT`; the write was not applied.
+    #[error("the database took longer than DATABASE_STATEMENT_TIMEOUT; nothing was written, retry")]
+    StatementTimeout,
+    /// Postgres could not be reached; nothing was written.
+    #[error("the database is unavailable; nothing was written, retry later")]
+    DatabaseDown,
+}
+
+impl Unavailable {
+    fn code(self) -> &'static str {
+        match self {
+            Unavailable::RequestTimeout => "request_timeout",
+            Unavailable::OutcomeUnknown => "outcome_unknown",
+            Unavailable::LockTimeout => "lock_timeout",
+            Unavailable::StatementTimeout => "statement_timeout",
+            Unavailable::DatabaseDown => "database_unavailable",
+        }
+    }
+
+    /// What a failed query means for its request, when it is a 503 at all: a
+    /// timeout set on the transaction, or Postgres out of reach.
+    pub fn of(error: &sqlx::Error) -> Option<Self> {
+        match error {
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("55P03") => Some(Unavailable::LockTimeout),
+                Some("57014") => Some(Unavailable::StatementTimeout),
+                // Connection exceptions, and the server shutting down or starting up.
+                Some(code) if code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code) => {
+                    Some(Unavailable::DatabaseDown)
+                }
+                _ => None,
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => Some(Unavailable::DatabaseDown),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -87,6 +150,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,8 +169,16 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ApiError::Unavailable(reason) => reason.code(),
             ApiError::Unexpected(_) => "internal_error",
         }
+    }
+
+    /// True when the request was refused for what it asked (a 4xx): such a refusal
+    /// writes nothing and leaves a shared transaction usable, where any other error
+    /// means the transaction failed.
+    pub fn is_client_mistake(&self) -> bool {
+        self.status_code().is_client_error()
     }
 
     pub fn field(field: &'static str, message: impl Into<String>) -> Self {
@@ -170,7 +242,37 @@ impl From<PathRejection> for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    // Timeouts and an unreachable database are 503s that say nothing was written:
+    // every caller's query ran inside a transaction that then rolled back, or alone.
     fn from(error: sqlx::Error) -> Self {
+        if let Some(reason) = Unavailable::of(&error) {
+            tracing::warn!(error = ?error, "the database failed this request: answering 503");
+            return ApiError::Unavailable(reason);
+        }
         ApiError::Unexpected(anyhow::Error::new(error).context("database query failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_a_503_and_other_query_failures_are_500s() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        for error in [sqlx::Error::PoolTimedOut, sqlx::Error::Io(refused), sqlx::Error::PoolClosed] {
+            let error = ApiError::from(error);
+            assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.code(), "database_unavailable");
+        }
+        assert_eq!(ApiError::from(sqlx::Error::RowNotFound).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn only_client_mistakes_leave_a_shared_transaction_usable() {
+        assert!(ApiError::Conflict("taken".into()).is_client_mistake());
+        assert!(ApiError::NotFound("rsvp").is_client_mistake());
+        assert!(!ApiError::from(Unavailable::LockTimeout).is_client_mistake());
+        assert!(!ApiError::Unexpected(anyhow::anyhow!("deadlock")).is_client_mistake());
     }
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cache;
 pub mod coalesce;
 pub mod config;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod http_metrics;

@@ -5,7 +5,6 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use anyhow::Context;
 use axum::{
     extract::{DefaultBodyLimit, Request},
-    http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
     routing::get,
@@ -14,13 +13,14 @@ use axum::{
 use rsvp_contract::admin::{self, Readiness, ReadinessCheck};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::net::TcpListener;
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::{
     auth::AdminToken,
     cache::Cache,
     coalesce::Writer,
     config::Settings,
+    deadline,
     error::ApiError,
     http_metrics,
     idempotency::{self, IdempotencySettings},
@@ -157,7 +157,7 @@ pub fn router(state: AppState, request_timeout: Duration, idempotency: Idempoten
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline::enforce))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

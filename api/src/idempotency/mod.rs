@@ -200,7 +200,8 @@ impl StoredResponse {
     /// faults (a retry must run again) and a key held by another request.
     pub fn of_error(error: &ApiError) -> Option<Self> {
         match error {
-            ApiError::Unexpected(_) | ApiError::IdempotencyKeyInUse => None,
+            // A 503 says nothing about the write: its retry must run it.
+            ApiError::Unexpected(_) | ApiError::IdempotencyKeyInUse | ApiError::Unavailable(_) => None,
             refused => Some(Self {
                 status: refused.status_code().as_u16(),
                 body: refused.body_json(),

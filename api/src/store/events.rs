@@ -136,6 +136,20 @@ pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, S
     Ok(rows.into_iter().map(|(id, capacity, taken)| (id, Seats { capacity, taken })).collect())
 }
 
+/// Locks the rows of the events that no other transaction has locked, without
+/// waiting, and returns the ids of those held elsewhere (unknown ids are neither).
+#[tracing::instrument(skip_all, fields(events = ids.len()), err)]
+pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let existing: Vec<Uuid> =
+        sqlx::query_scalar("select id from events where id = any($1)").bind(ids).fetch_all(&mut **tx).await?;
+    let locked: Vec<Uuid> =
+        sqlx::query_scalar("select id from events where id = any($1) order by id for no key update skip locked")
+            .bind(&existing)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(existing.into_iter().filter(|id| !locked.contains(id)).collect())
+}
+
 /// Adds seats to events whose capacity the caller already checked under lock.
 #[tracing::instrument(skip_all, err)]
 pub async fn add_seats(tx: &mut Tx<'_>, seats: &HashMap<Uuid, i32>) -> Result<(), sqlx::Error> {

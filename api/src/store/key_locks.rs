@@ -43,6 +43,21 @@ pub async fn lock_events(tx: &mut Tx<'_>, event_ids: &[Uuid]) -> Result<(), sqlx
     Ok(())
 }
 
+/// Takes the lock of every event in `event_ids` that no other transaction holds,
+/// without waiting, in ascending key order; returns the keys it could not take.
+#[tracing::instrument(skip_all, fields(events = event_ids.len()), err)]
+pub async fn try_lock_events(tx: &mut Tx<'_>, event_ids: &[Uuid]) -> Result<Vec<i64>, sqlx::Error> {
+    let keys = sorted_keys(event_ids);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The filter runs row by row in array order, as the select list does above.
+    sqlx::query_scalar("select k from unnest($1::int8[]) as k where not pg_try_advisory_xact_lock(k)")
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,5 +6,6 @@ pub mod idempotency;
 pub mod key_locks;
 pub mod outbox;
 pub mod rsvps;
+pub mod transactions;
 
 pub type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;

@@ -142,21 +142,24 @@ pub async fn discard(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The events of the rsvps with these ids or token hashes, sorted, without locking
-/// anything: a plain read assigns no xid, and an rsvp never changes its event, so the
-/// answer holds for the rest of the transaction (see `writes::lock_writers`).
+/// The rsvps with these ids or token hashes, as `(id, token_hash, event_id)`,
+/// without locking anything: a plain read assigns no xid, and an rsvp never changes
+/// its event, so the answer holds for the rest of the transaction (see
+/// `writes::lock_writers`).
 #[tracing::instrument(skip_all, err)]
-pub async fn events_of(tx: &mut Tx<'_>, ids: &[Uuid], token_hashes: &[Vec<u8>]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn events_of(
+    tx: &mut Tx<'_>,
+    ids: &[Uuid],
+    token_hashes: &[Vec<u8>],
+) -> Result<Vec<(Uuid, Vec<u8>, Uuid)>, sqlx::Error> {
     if ids.is_empty() && token_hashes.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(
-        "select distinct event_id from rsvps where id = any($1) or token_hash = any($2) order by event_id",
-    )
-    .bind(ids)
-    .bind(token_hashes)
-    .fetch_all(&mut **tx)
-    .await
+    sqlx::query_as("select id, token_hash, event_id from rsvps where id = any($1) or token_hash = any($2)")
+        .bind(ids)
+        .bind(token_hashes)
+        .fetch_all(&mut **tx)
+        .await
 }
 
 /// The rsvp, locked until the transaction ends.

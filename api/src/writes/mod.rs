@@ -15,7 +15,7 @@ mod create;
 mod order;
 
 pub use create::{create_rsvps, CreateRequest};
-pub use order::lock_writers;
+pub use order::{lock_writers, try_lock_writers, TriedLocks};
 
 use crate::{
     auth::TokenHash,

@@ -1,6 +1,8 @@
 //! Per-key commit order: before a transaction does anything that gives it an xid, it
 //! locks the Kafka key (the event) of every write it will make.
 
+use std::collections::{HashMap, HashSet};
+
 use uuid::Uuid;
 
 use super::WriteOp;
@@ -43,17 +45,62 @@ pub async fn lock_writers<'o>(
     tx: &mut Tx<'_>,
     ops: impl IntoIterator<Item = &'o WriteOp>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let (mut event_ids, mut rsvp_ids, mut token_hashes) = (Vec::new(), Vec::new(), Vec::new());
+    let ops: Vec<&WriteOp> = ops.into_iter().collect();
+    let event_ids = sorted(events_of(tx, &ops).await?.into_iter().flatten());
+    key_locks::lock_events(tx, &event_ids).await?;
+    Ok(event_ids)
+}
+
+/// The events of `ops` after [`try_lock_writers`].
+pub struct TriedLocks {
+    /// The event of each op, in op order; `None` for an rsvp that does not exist.
+    pub events: Vec<Option<Uuid>>,
+    /// The events whose lock this transaction holds, sorted.
+    pub locked: Vec<Uuid>,
+    /// The events whose lock another transaction holds: their ops must wait or go.
+    pub held: HashSet<Uuid>,
+}
+
+/// [`lock_writers`] without waiting: takes the locks no other transaction holds and
+/// says which are held. What it takes keeps the order argument above intact (each
+/// key's lock is still taken before the xid); what it skips this transaction does
+/// not write to.
+#[tracing::instrument(skip_all, err)]
+pub async fn try_lock_writers(tx: &mut Tx<'_>, ops: &[&WriteOp]) -> Result<TriedLocks, sqlx::Error> {
+    let events = events_of(tx, ops).await?;
+    let all = sorted(events.iter().flatten().copied());
+    let held_keys = key_locks::try_lock_events(tx, &all).await?;
+    let (held, locked): (Vec<Uuid>, Vec<Uuid>) =
+        all.into_iter().partition(|event| held_keys.contains(&key_locks::lock_key(*event)));
+    Ok(TriedLocks { events, locked, held: held.into_iter().collect() })
+}
+
+/// The event each op writes to, in op order: an rsvp's is looked up by a plain read.
+async fn events_of(tx: &mut Tx<'_>, ops: &[&WriteOp]) -> Result<Vec<Option<Uuid>>, sqlx::Error> {
+    let (mut rsvp_ids, mut token_hashes) = (Vec::new(), Vec::new());
     for op in ops {
         match op {
-            WriteOp::Create { event_id, .. } => event_ids.push(*event_id),
+            WriteOp::Create { .. } => {}
             WriteOp::Update { id, .. } | WriteOp::Delete { id } => rsvp_ids.push(*id),
             WriteOp::Cancel { token } => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
         }
     }
-    event_ids.extend(rsvps::events_of(tx, &rsvp_ids, &token_hashes).await?);
-    event_ids.sort_unstable();
-    event_ids.dedup();
-    key_locks::lock_events(tx, &event_ids).await?;
-    Ok(event_ids)
+    let rsvps = rsvps::events_of(tx, &rsvp_ids, &token_hashes).await?;
+    let by_id: HashMap<Uuid, Uuid> = rsvps.iter().map(|(id, _, event)| (*id, *event)).collect();
+    let by_token: HashMap<&[u8], Uuid> = rsvps.iter().map(|(_, hash, event)| (hash.as_slice(), *event)).collect();
+    Ok(ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Create { event_id, .. } => Some(*event_id),
+            WriteOp::Update { id, .. } | WriteOp::Delete { id } => by_id.get(id).copied(),
+            WriteOp::Cancel { token } => by_token.get(TokenHash::of(token).as_bytes()).copied(),
+        })
+        .collect())
+}
+
+fn sorted(events: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut events: Vec<Uuid> = events.collect();
+    events.sort_unstable();
+    events.dedup();
+    events
 }

@@ -44,6 +44,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         database_max_connections: 8,
         redis_timeout: Duration::from_millis(250),
         request_timeout: Duration::from_secs(10),
+        database_lock_timeout: Duration::from_secs(2),
+        database_statement_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_secs(10),
         max_connections: 10_000,
         write_coalescing: true,

@@ -4,6 +4,7 @@
 mod cache;
 mod coalescing;
 mod connections;
+mod deadlines;
 mod events;
 mod health;
 mod helpers;

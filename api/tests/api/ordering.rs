@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use rsvp_api::{
     coalesce::{CoalescingSettings, Writer},
     domain::{RsvpChanges, UpdateRsvpRequest},
+    store::transactions::TxTimeouts,
     writes::WriteOp,
 };
 use serde_json::json;
@@ -39,11 +40,22 @@ async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change
     let app = spawn_app_with(|settings| {
         settings.write_workers = 1;
         settings.write_batch_wait = Duration::from_millis(400);
+        // The shared transaction waits for E2 for as long as the test holds it.
+        settings.database_lock_timeout = Duration::from_secs(60);
+        settings.database_statement_timeout = Duration::from_secs(60);
     })
     .await;
+    let timeouts = TxTimeouts { lock: Duration::from_secs(60), statement: Duration::from_secs(60) };
     let alone = Writer::start(
         app.db.clone(),
-        CoalescingSettings { enabled: false, max_batch: 1, max_wait: Duration::ZERO, workers: 1 },
+        CoalescingSettings {
+            enabled: false,
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            workers: 1,
+            timeouts,
+            request_timeout: Duration::from_secs(10),
+        },
     );
     let mut events = Vec::new();
     for _ in 0..3 {

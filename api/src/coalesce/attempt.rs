@@ -1,0 +1,210 @@
+//! One try at a batch: one transaction that starts the writes whose requests still
+//! wait, applies them, commits, and, should `COMMIT` fail, asks the database whether
+//! it committed before anyone retries anything.
+
+use std::slice;
+
+use tokio::time::Instant;
+
+use super::{Answer, Pending};
+use crate::{
+    error::{ApiError, Unavailable},
+    store::{
+        events, idempotency,
+        transactions::{self, Settled, TxTimeouts},
+        Tx,
+    },
+    writes::{apply, create_rsvps, lock_writers, try_lock_writers, CreateRequest, WriteOp},
+};
+
+/// How a try takes its events' locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Locking {
+    /// Waits for each, up to the lock timeout.
+    Wait,
+    /// Takes those free now; the writes to events held elsewhere are answered
+    /// `lock_timeout` (they already waited that long in the try before).
+    SkipHeld,
+}
+
+/// Runs `batch` in one transaction. `Ok`: each write's final answer (a write whose
+/// request gave up before it started answers `request_timeout` and was not applied;
+/// when the commit's fate could not be learned, the writes it would have applied
+/// answer `outcome_unknown`). `Err`: the transaction rolled back, nothing of it was
+/// applied, and its writes may be tried again.
+pub(super) async fn attempt(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+) -> Result<Vec<Answer>, ApiError> {
+    let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+    if Instant::now() >= deadline {
+        return Ok(batch.iter().map(|_| Err(Unavailable::RequestTimeout.into())).collect());
+    }
+    let mut started = vec![false; batch.len()];
+    let result = run(db, timeouts, batch, locking, deadline, &mut started).await;
+    if result.is_err() {
+        for (pending, _) in batch.iter().zip(&started).filter(|(_, started)| **started) {
+            pending.ticket.requeue();
+        }
+    }
+    result
+}
+
+/// Runs one write in its own transaction.
+pub(super) async fn attempt_alone(db: &sqlx::PgPool, timeouts: TxTimeouts, pending: &Pending) -> Answer {
+    match attempt(db, timeouts, slice::from_ref(pending), Locking::Wait).await {
+        Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(anyhow::anyhow!("a write had no answer").into())),
+        Err(error) => Err(error),
+    }
+}
+
+async fn run(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+    deadline: Instant,
+    started: &mut [bool],
+) -> Result<Vec<Answer>, ApiError> {
+    // Past the deadline every request has had its answer: a transaction still not
+    // ready to commit by then (a server that stopped answering, which no server-side
+    // timeout catches) is dropped, uncommitted, and frees the lane.
+    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started)).await;
+    let (tx, mut answers, xid) = prepared.unwrap_or(Err(Unavailable::RequestTimeout.into()))?;
+
+    let error = match tokio::time::timeout_at(deadline, tx.commit()).await {
+        Ok(Ok(())) => return Ok(answers),
+        // The server refused the COMMIT (a deferred constraint, its statement
+        // timeout): it rolled back, and said so.
+        Ok(Err(error @ sqlx::Error::Database(_))) => return Err(error.into()),
+        Ok(Err(error)) => anyhow::Error::new(error),
+        Err(_) => anyhow::anyhow!("COMMIT did not finish by the deadline"),
+    };
+    // No xid: the transaction wrote nothing, and every answer holds either way.
+    let Some(xid) = xid else { return Ok(answers) };
+    match transactions::settle(db, &xid, deadline).await {
+        Settled::Committed => tracing::warn!(error = ?error, "COMMIT failed, but the transaction committed"),
+        Settled::Aborted => {
+            tracing::warn!(error = ?error, "COMMIT failed and the transaction rolled back");
+            return Err(Unavailable::DatabaseDown.into());
+        }
+        Settled::Unknown => {
+            tracing::warn!(error = ?error, "COMMIT failed and whether it committed is unknown");
+            for answer in answers.iter_mut().filter(|a| a.is_ok()) {
+                *answer = Err(Unavailable::OutcomeUnknown.into());
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Everything up to `COMMIT`: the transaction, each write's answer, and the
+/// transaction's xid (to settle a failed `COMMIT` by).
+async fn prepare(
+    db: &sqlx::PgPool,
+    timeouts: TxTimeouts,
+    batch: &[Pending],
+    locking: Locking,
+    started: &mut [bool],
+) -> Result<(Tx<'static>, Vec<Answer>, Option<String>), ApiError> {
+    let mut tx = transactions::begin(db, timeouts).await?;
+    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    lock_events(&mut tx, batch, locking, &mut answers).await?;
+
+    // The writes start here, after their locks were taken, if their requests still wait.
+    for (index, pending) in batch.iter().enumerate() {
+        if answers[index].is_none() {
+            started[index] = pending.ticket.start(pending.deadline);
+            if !started[index] {
+                answers[index] = Some(Err(Unavailable::RequestTimeout.into()));
+            }
+        }
+    }
+    // A started write with a key claims it; one whose key a committed request (or an
+    // earlier write of this batch) holds is not applied, and its handler answers from
+    // that request's record.
+    let claims: Vec<_> = batch
+        .iter()
+        .zip(&*started)
+        .map(|(p, started)| p.claim.as_ref().filter(|_| *started).map(|c| &c.idempotency))
+        .collect();
+    let claimed = idempotency::claim(&mut tx, &claims).await?;
+    for (index, claim) in claims.iter().enumerate() {
+        if claim.is_some() && !claimed[index] {
+            answers[index] = Some(Err(ApiError::IdempotencyKeyInUse));
+        }
+    }
+    let (creates, others): (Vec<_>, Vec<_>) = batch
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| started[*index] && answers[*index].is_none())
+        .partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
+    let requests: Vec<CreateRequest<'_>> = creates
+        .iter()
+        .filter_map(|(_, p)| match &p.op {
+            WriteOp::Create { event_id, rsvp } => {
+                Some(CreateRequest { event_id: *event_id, rsvp, traceparent: p.traceparent.as_deref() })
+            }
+            _ => None,
+        })
+        .collect();
+    if !requests.is_empty() {
+        let created = create_rsvps(&mut tx, &requests).await?;
+        for ((index, _), outcome) in creates.iter().zip(created) {
+            answers[*index] = Some(outcome.map(|(written, token)| super::WriteOutcome { written, token: Some(token) }));
+        }
+    }
+    for (index, pending) in others {
+        match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
+            Err(error) if !error.is_client_mistake() => return Err(error),
+            answer => answers[index] = Some(answer),
+        }
+    }
+    let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
+    let mut records = Vec::new();
+    for ((pending, claim), answer) in batch.iter().zip(&claims).zip(&answers) {
+        if let (Some(claim), Some(_)) =
+            (&pending.claim, claim.filter(|_| !matches!(answer, Err(ApiError::IdempotencyKeyInUse))))
+        {
+            records.extend(claim.response(answer)?.map(|response| (&claim.idempotency, response)));
+        }
+    }
+    idempotency::record(&mut tx, &records).await?;
+    let xid = transactions::current_xid(&mut tx).await?;
+    Ok((tx, answers, xid))
+}
+
+/// Locks every event the batch writes to before any write: first their advisory
+/// locks (see [`lock_writers`]: before the transaction has an xid, which keeps each
+/// key's `(xid, id)` order its commit order), then their rows in id order, as the
+/// seat counts need. With [`Locking::SkipHeld`], the writes to events another
+/// transaction holds get their answer here and are not run.
+async fn lock_events(
+    tx: &mut Tx<'_>,
+    batch: &[Pending],
+    locking: Locking,
+    answers: &mut [Option<Answer>],
+) -> Result<(), sqlx::Error> {
+    let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
+    match locking {
+        Locking::Wait => {
+            let event_ids = lock_writers(tx, ops).await?;
+            sqlx::query("select id from events where id = any($1) order by id for no key update")
+                .bind(&event_ids)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Locking::SkipHeld => {
+            let mut tried = try_lock_writers(tx, &ops).await?;
+            tried.held.extend(events::try_lock(tx, &tried.locked).await?);
+            for (answer, event) in answers.iter_mut().zip(&tried.events) {
+                if event.is_some_and(|event| tried.held.contains(&event)) {
+                    *answer = Some(Err(Unavailable::LockTimeout.into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
