@@ -51,6 +51,25 @@ fn server_sockets(port: u16) -> usize {
         .count()
 }
 
+/// The established client sockets connected to `port`, and how many of them have no
+/// socket at all on the server's side.
+fn client_connections(port: u16) -> (usize, usize) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |address: &str| address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    let (mut clients, mut server_peers) = (Vec::new(), HashSet::new());
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote) = (port_of(fields[1]), port_of(fields[2]));
+        if local == Some(port) {
+            server_peers.extend(remote);
+        } else if remote == Some(port) && fields[3] == "01" {
+            clients.extend(local);
+        }
+    }
+    let orphans = clients.iter().filter(|client| !server_peers.contains(client)).count();
+    (clients.len(), orphans)
+}
+
 /// Connects, sends half a request line (or nothing), and waits until the server
 /// closes the connection.
 async fn slowloris(port: u16, send: &'static [u8], connecting: Arc<Semaphore>, sent: Arc<AtomicUsize>) -> std::io::Result<()> {
@@ -99,18 +118,26 @@ async fn connections_that_never_finish_their_headers_are_closed_and_never_held_b
     // were closed as they came.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let held = tokio::task::spawn_blocking(move || server_sockets(port)).await.unwrap();
+    // Every socket the api accepted closes within the header-read timeout; one that
+    // sees no close for twice that long is left to the check below.
     let mut closed = 0;
-    while let Some(done) = tokio::time::timeout_at(deadline, clients.join_next())
-        .await
-        .unwrap_or_else(|_| panic!("{} of {sockets} connections never closed", sockets - closed))
+    while let Ok(Ok(Some(done))) =
+        tokio::time::timeout_at(deadline, tokio::time::timeout(Duration::from_secs(10), clients.join_next())).await
     {
         done.unwrap().expect("connect and send");
         closed += 1;
     }
     let held_after = tokio::task::spawn_blocking(move || server_sockets(port)).await.unwrap();
+    // A client socket still open is one the kernel lost before the api could accept
+    // it (the accept queue overflowed and the handshake's last ACK was dropped: the
+    // server side forgot it, the client never sent a byte to learn that), never one
+    // the api holds: no connection on the server side may be left for it.
+    let (open_clients, orphans) = tokio::task::spawn_blocking(move || client_connections(port)).await.unwrap();
+    assert_eq!(open_clients, sockets - closed, "every client still waiting has an open socket");
+    assert_eq!(orphans, open_clients, "{} of {sockets} connections never closed on the api's side", open_clients - orphans);
     let after = reqwest::Client::new().get(app.url("/healthz")).send().await.unwrap();
 
-    eprintln!("{sockets} slowloris sockets, bound {bound}: {held} held once all were open; all closed");
+    eprintln!("{sockets} slowloris sockets, bound {bound}: {held} held once all were open; all closed but {orphans} the kernel lost before accepting them");
     assert!(held <= bound, "the api holds {held} connections, more than its bound of {bound}");
     assert!(held > bound / 2, "the test reached the bound ({held} of {bound})");
     assert_eq!(held_after, 0);
