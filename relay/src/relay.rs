@@ -1,6 +1,8 @@
 //! The `run` loop: stand by until this process holds the leader lock, then publish
 //! step by step, woken by commit notifications or the poll interval, backing off on
-//! failures, until shutdown or until the leader session is lost.
+//! failures, until shutdown or until the leader session is lost. While nothing
+//! happens the poll interval stretches ([`IdleWait`]), so an idle leader costs
+//! Postgres next to nothing.
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) 
     let options = leader::connect_options(&settings.database_url)?;
     let observer = tokio::spawn(observe_loop(
         Observer::new(pool.clone(), &settings.topic, settings.stall_warning),
-        settings.poll_interval.max(Duration::from_millis(250)),
+        settings.observe_interval,
         shutdown.clone(),
     ));
     let mut backoff = Backoff::new(settings.max_backoff);
@@ -110,6 +112,7 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
     let mut listener = listen(pool).await;
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut recheck = Recheck::default();
+    let mut idle = IdleWait::new(settings.poll_interval, settings.idle_poll_max);
     // A step in progress finishes (it is bounded by the Kafka timeout) so that what
     // the broker acknowledged is recorded before the process exits.
     while !shutdown.is_cancelled() {
@@ -117,16 +120,20 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
             Ok(StepOutcome::Published { .. }) => {
                 backoff.reset();
                 recheck = Recheck::default();
+                idle.reset();
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
                 let waited = match recheck.next_delay() {
                     Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
                     None => {
-                        let waiting = wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown);
+                        // Without a LISTEN connection, polling is all there is.
+                        let poll = if listener.is_some() { idle.next_wait() } else { settings.poll_interval };
+                        let waiting = wait_for_commit(&mut listener, pool, poll, shutdown);
                         worker.role().keep_alive_while(waiting).await.map(|notified| {
                             if notified {
                                 recheck = Recheck::after_notification();
+                                idle.reset();
                             }
                         })
                     }
@@ -199,6 +206,35 @@ impl Recheck {
     }
 }
 
+/// How long the leader waits for a commit notification before it looks anyway. The
+/// look is needed because a row committed behind a longer transaction becomes
+/// eligible when that transaction ends, which notifies nobody. Looking again 1, 2,
+/// 4 … s after the last notification still finds such a row at most about twice as
+/// long after its commit as the transaction held it, while an idle leader looks
+/// only every `max`. A notification or a published row starts the waits over.
+#[derive(Debug)]
+struct IdleWait {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl IdleWait {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max: max.max(base), next: base }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
 /// Waits for a commit notification or the poll interval; true when notified.
 async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) -> bool {
     let Some(active) = listener.as_mut() else {
@@ -256,6 +292,17 @@ async fn prune_loop(pool: PgPool, settings: Settings, term: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_waits_double_up_to_their_maximum_and_start_over_on_reset() {
+        let mut idle = IdleWait::new(Duration::from_secs(1), Duration::from_secs(10));
+        let waits: Vec<u64> = (0..6).map(|_| idle.next_wait().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        idle.reset();
+        assert_eq!(idle.next_wait(), Duration::from_secs(1));
+        let mut short = IdleWait::new(Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!((short.next_wait(), short.next_wait()), (Duration::from_secs(2), Duration::from_secs(2)));
+    }
 
     #[test]
     fn rechecks_back_off_and_stop_after_their_budget() {
