@@ -112,6 +112,7 @@ impl Application {
                     Group::Cache => self.settings.cache_poll_interval,
                     Group::Analytics => self.settings.analytics_poll_interval,
                 },
+                idle_poll_max: self.settings.idle_poll_max,
                 commit_interval: match group {
                     Group::Cache => self.settings.cache_commit_interval,
                     Group::Analytics => Duration::ZERO,
