@@ -42,7 +42,7 @@ async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool 
 }
 
 /// One probe: write to `event`, then watch its cache generation until it changes.
-async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
+pub(crate) async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
     let key = cache_keys::event_generation(event);
     let before: Option<String> = redis.get(&key).await.ok()?;
     if !create_rsvp(client, base, event).await {

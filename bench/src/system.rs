@@ -71,6 +71,12 @@ pub(crate) struct Api {
     pub(crate) base: String,
 }
 
+impl Api {
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
+        self._child.id().context("rsvp-api exited")
+    }
+}
+
 pub(crate) async fn start_api(database_url: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Api> {
     let port = free_port()?;
     let mut command = Command::new(sibling_binary("rsvp-api")?);
