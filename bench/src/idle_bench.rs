@@ -13,7 +13,12 @@ use anyhow::Context;
 use rsvp_contract::testing::counting::{self, FETCH};
 use sqlx::{Connection, PgConnection};
 
-use crate::{latency_bench::probe, load::percentile_us, report::Report, system};
+use crate::{
+    latency_bench::probe,
+    load::percentile_us,
+    report::Report,
+    system::{self, cpu_time, ticks_per_second},
+};
 
 const DATABASE: &str = "bench_idle";
 
@@ -24,27 +29,6 @@ pub(crate) struct IdleBench {
     pub(crate) window: Duration,
     /// Writes to an idle system, each after `settle` of nothing.
     pub(crate) probes: usize,
-}
-
-/// CPU time of a process so far (user + system), from `/proc/PID/stat`.
-fn cpu_time(pid: u32, ticks_per_second: f64) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-    Some(Duration::from_secs_f64(
-        (utime + stime) as f64 / ticks_per_second,
-    ))
-}
-
-fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// Committed and rolled-back transactions of `database` so far, as Postgres has
