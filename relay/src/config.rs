@@ -81,11 +81,12 @@ pub struct Settings {
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
-    /// The longest wait for a notification while nothing happens: each wait that ends
-    /// without one doubles the next, from RELAY_POLL_INTERVAL up to this, and a
-    /// notification or a published row resets it. Every look costs a Postgres
-    /// transaction, so this is what an idle leader costs; a row stuck behind a long
-    /// transaction is published at most about twice as late as the transaction ended.
+    /// The longest wait for a notification while nothing happens. For this long after
+    /// the last notification or published row the relay looks every
+    /// RELAY_POLL_INTERVAL; then each wait that ends without a notification doubles
+    /// the next, up to this. Every look costs a Postgres transaction, so this is what
+    /// an idle leader costs; a row held back longer than this by another transaction
+    /// is published up to about as late again after that transaction ended.
     #[arg(long, env = "RELAY_IDLE_POLL_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_poll_max: Duration,
 

@@ -182,23 +182,23 @@ impl Observer {
 
 /// The session with the oldest transaction id still running: the snapshot's xmin.
 async fn blocker_of_watermark(conn: &mut PgConnection) -> Result<Option<Blocker>, sqlx::Error> {
-        let row = sqlx::query(
-            "select pid, application_name, state, xact_start, left(query, 500) as query
-               from pg_stat_activity
-              where backend_xid is not null
-              order by age(backend_xid) desc
-              limit 1",
-        )
-        .fetch_optional(conn)
-        .await?;
-        row.map(|row| {
-            Ok(Blocker {
-                pid: row.try_get("pid")?,
-                application_name: row.try_get("application_name")?,
-                state: row.try_get("state")?,
-                xact_start: row.try_get("xact_start")?,
-                query: row.try_get("query")?,
-            })
+    let row = sqlx::query(
+        "select pid, application_name, state, xact_start, left(query, 500) as query
+           from pg_stat_activity
+          where backend_xid is not null
+          order by age(backend_xid) desc
+          limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(Blocker {
+            pid: row.try_get("pid")?,
+            application_name: row.try_get("application_name")?,
+            state: row.try_get("state")?,
+            xact_start: row.try_get("xact_start")?,
+            query: row.try_get("query")?,
         })
-        .transpose()
+    })
+    .transpose()
 }

@@ -4,7 +4,7 @@
 //! happens the poll interval stretches ([`IdleWait`]), so an idle leader costs
 //! Postgres next to nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{
     postgres::{PgConnectOptions, PgListener},
@@ -120,7 +120,7 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
             Ok(StepOutcome::Published { .. }) => {
                 backoff.reset();
                 recheck = Recheck::default();
-                idle.reset();
+                idle.reset(Instant::now());
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
@@ -128,12 +128,12 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
                     Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
                     None => {
                         // Without a LISTEN connection, polling is all there is.
-                        let poll = if listener.is_some() { idle.next_wait() } else { settings.poll_interval };
+                        let poll = if listener.is_some() { idle.next_wait(Instant::now()) } else { settings.poll_interval };
                         let waiting = wait_for_commit(&mut listener, pool, poll, shutdown);
                         worker.role().keep_alive_while(waiting).await.map(|notified| {
                             if notified {
                                 recheck = Recheck::after_notification();
-                                idle.reset();
+                                idle.reset(Instant::now());
                             }
                         })
                     }
@@ -208,30 +208,35 @@ impl Recheck {
 
 /// How long the leader waits for a commit notification before it looks anyway. The
 /// look is needed because a row committed behind a longer transaction becomes
-/// eligible when that transaction ends, which notifies nobody. Looking again 1, 2,
-/// 4 … s after the last notification still finds such a row at most about twice as
-/// long after its commit as the transaction held it, while an idle leader looks
-/// only every `max`. A notification or a published row starts the waits over.
+/// eligible when that transaction ends, which notifies nobody. For `max` after the
+/// last notification or published row the leader looks every poll interval, so such
+/// a row goes out within an interval of the transaction's end as long as it ended
+/// within `max`; after that the waits double up to `max`, so an idle leader looks
+/// only every `max`. A notification or a published row starts over.
 #[derive(Debug)]
 struct IdleWait {
     base: Duration,
     max: Duration,
     next: Duration,
+    quiet_since: Instant,
 }
 
 impl IdleWait {
     fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max: max.max(base), next: base }
+        Self { base, max: max.max(base), next: base, quiet_since: Instant::now() }
     }
 
-    fn next_wait(&mut self) -> Duration {
+    fn next_wait(&mut self, now: Instant) -> Duration {
+        if now.saturating_duration_since(self.quiet_since) < self.max {
+            return self.base;
+        }
         let wait = self.next;
         self.next = (self.next * 2).min(self.max);
         wait
     }
 
-    fn reset(&mut self) {
-        self.next = self.base;
+    fn reset(&mut self, now: Instant) {
+        (self.next, self.quiet_since) = (self.base, now);
     }
 }
 
@@ -294,14 +299,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_waits_double_up_to_their_maximum_and_start_over_on_reset() {
-        let mut idle = IdleWait::new(Duration::from_secs(1), Duration::from_secs(10));
-        let waits: Vec<u64> = (0..6).map(|_| idle.next_wait().as_secs()).collect();
+    fn idle_waits_stay_at_the_poll_interval_for_their_maximum_then_double_up_to_it_and_start_over_on_reset() {
+        let second = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut idle = IdleWait::new(second, 10 * second);
+        idle.reset(start);
+        assert_eq!(idle.next_wait(start + 3 * second), second);
+        assert_eq!(idle.next_wait(start + 9 * second), second);
+        let waits: Vec<u64> = (0..6).map(|_| idle.next_wait(start + 11 * second).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
-        idle.reset();
-        assert_eq!(idle.next_wait(), Duration::from_secs(1));
-        let mut short = IdleWait::new(Duration::from_secs(2), Duration::from_secs(1));
-        assert_eq!((short.next_wait(), short.next_wait()), (Duration::from_secs(2), Duration::from_secs(2)));
+        idle.reset(start + 12 * second);
+        assert_eq!(idle.next_wait(start + 13 * second), second);
+        assert_eq!(idle.next_wait(start + 30 * second), second);
+        assert_eq!(idle.next_wait(start + 30 * second), 2 * second);
+        let mut short = IdleWait::new(2 * second, second);
+        assert_eq!(short.next_wait(start + 60 * second), 2 * second);
+        assert_eq!(short.next_wait(start + 60 * second), 2 * second);
     }
 
     #[test]
