@@ -177,7 +177,12 @@ impl IdleBench {
                 n + 1,
                 self.probes
             );
-            tokio::time::sleep(self.settle.min(Duration::from_secs(5))).await;
+            // 53 ms more each time: gaps that are all a multiple of the consumers'
+            // 500 ms idle poll would find the poll at the same phase every time.
+            tokio::time::sleep(
+                self.settle.min(Duration::from_secs(5)) + Duration::from_millis(53) * n as u32,
+            )
+            .await;
             if let Some(latency) = probe(&client, &redis, &api.base, events[0]).await {
                 arrivals.push(latency);
             }
@@ -198,7 +203,8 @@ impl IdleBench {
                 "{table}\n| PostgreSQL transactions/s | Kafka requests/s (of which fetches) |\n|---:|---:|\n\
                  | {tx_per_second:.2} | {requests_per_second:.1} ({fetches_per_second:.1}) |\n\n\
                  A write to the idle system, commit to cache invalidated (the api's 201 to the cache \
-                 consumer replacing the event's cache generation), {} writes each after {:?} of nothing: \
+                 consumer replacing the event's cache generation), {} writes each after {:?} of nothing \
+                 (and 53 ms more for each write, to meet the idle polls at different phases): \
                  median {:.0} ms, max {:.0} ms ({} ms).\n\n\
                  rsvp-api, rsvp-relay and rsvp-consumers (both groups) with their defaults and Tansu in \
                  memory, after one write and {:?} of nothing, measured over {elapsed:.0} s: CPU time from \
