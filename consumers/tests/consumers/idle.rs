@@ -9,7 +9,8 @@ use rsvp_contract::testing::counting::{self, FETCH};
 use crate::helpers::{wait_until, Api, ConsumerProcess, TestEnv};
 
 #[tokio::test]
-async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_applies_a_new_record() {
+async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_applies_a_new_record(
+) {
     // Arrange: the real binary, both groups over 2 partitions (4 partition workers),
     // every Kafka request counted; nothing to read.
     let (broker, counter) = counting::start_broker().await;
@@ -19,9 +20,11 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     let consumers = ConsumerProcess::spawn(&env, &["--kafka-brokers", &brokers]);
     for group in Group::ALL {
         let owned = format!("consumer_owned_partitions{{group=\"{}\"}}", group.name());
-        wait_until(Duration::from_secs(20), "the instance owns both partitions", || async {
-            consumers.metric(&owned).await == Some(2.0)
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "the instance owns both partitions",
+            || async { consumers.metric(&owned).await == Some(2.0) },
+        )
         .await;
     }
     // Every worker's pause doubles from its poll interval to IDLE_POLL_MAX within a second.
@@ -40,9 +43,17 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     api.create_event(None).await;
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
-    wait_until(Duration::from_secs(10), "both groups applied the new record", || async {
-        env.stored_offsets(Group::Cache).await == on_topic && env.stored_offsets(Group::Analytics).await == on_topic
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "both groups applied the new record",
+        || async {
+            env.stored_offsets(Group::Cache).await == on_topic
+                && env.stored_offsets(Group::Analytics).await == on_topic
+        },
+    )
     .await;
-    eprintln!("idle instance: {fetches} fetches in 4 s; a new record applied after {:?}", written_at.elapsed());
+    eprintln!(
+        "idle instance: {fetches} fetches in 4 s; a new record applied after {:?}",
+        written_at.elapsed()
+    );
 }

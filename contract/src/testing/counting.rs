@@ -64,7 +64,9 @@ pub struct RequestCounter {
 pub async fn start_broker() -> (Broker, RequestCounter) {
     let proxy_port = free_port();
     let broker = Broker::start_advertising(free_port(), proxy_port).await;
-    let listener = TcpListener::bind(("127.0.0.1", proxy_port)).await.expect("bind the counting proxy");
+    let listener = TcpListener::bind(("127.0.0.1", proxy_port))
+        .await
+        .expect("bind the counting proxy");
     let target: SocketAddr = ([127, 0, 0, 1], broker.port).into();
     let counts = RequestCounts::default();
     let accept_counts = counts.clone();
@@ -78,7 +80,11 @@ pub async fn start_broker() -> (Broker, RequestCounter) {
             });
         }
     });
-    let counter = RequestCounter { proxy: ([127, 0, 0, 1], proxy_port).into(), counts, accept };
+    let counter = RequestCounter {
+        proxy: ([127, 0, 0, 1], proxy_port).into(),
+        counts,
+        accept,
+    };
     (broker, counter)
 }
 
