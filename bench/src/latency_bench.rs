@@ -42,7 +42,7 @@ async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool 
 }
 
 /// One probe: write to `event`, then watch its cache generation until it changes.
-async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
+pub(crate) async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
     let key = cache_keys::event_generation(event);
     let before: Option<String> = redis.get(&key).await.ok()?;
     if !create_rsvp(client, base, event).await {
@@ -66,6 +66,15 @@ struct RateResult {
     written: u64,
     commit_to_ack_ms: (f64, f64),
     invalidated_us: Vec<u64>,
+    /// CPU time of each measured process over the rate's window.
+    cpu: Vec<Duration>,
+}
+
+/// The processes whose CPU time each rate's window measures, in report order.
+const PROCESSES: [&str; 4] = ["rsvp-api", "rsvp-relay", "rsvp-consumers", "tansu"];
+
+fn cpu_times(pids: &[u32], ticks: f64) -> Vec<Duration> {
+    pids.iter().map(|pid| system::cpu_time(*pid, ticks).unwrap_or_default()).collect()
 }
 
 impl LatencyBench {
@@ -100,8 +109,12 @@ impl LatencyBench {
             }
         }
 
+        let id = |child: &tokio::process::Child| child.id().ok_or_else(|| anyhow::anyhow!("a service exited"));
+        let pids = [api.pid()?, id(&_relay)?, id(&_consumers)?, broker.pid().ok_or_else(|| anyhow::anyhow!("the broker exited"))?];
+        let ticks = system::ticks_per_second();
         let mut results = Vec::new();
         for &rate in &self.rates {
+            let cpu_before = cpu_times(&pids, ticks);
             eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
             let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let written = Arc::new(AtomicU64::new(0));
@@ -159,7 +172,8 @@ impl LatencyBench {
             .bind(last_id)
             .fetch_one(&pool)
             .await?;
-            results.push(RateResult { rate, written: written.load(Ordering::Relaxed), commit_to_ack_ms, invalidated_us });
+            let cpu = cpu_times(&pids, ticks).iter().zip(&cpu_before).map(|(after, before)| after.saturating_sub(*before)).collect();
+            results.push(RateResult { rate, written: written.load(Ordering::Relaxed), commit_to_ack_ms, invalidated_us, cpu });
         }
 
         let mut table = String::from(
@@ -178,6 +192,13 @@ impl LatencyBench {
                 r.invalidated_us.len()
             ));
         }
+        let mut cpu_table = format!("| writes/s | {} | all four |\n|---:|{}---:|\n", PROCESSES.join(" | "), "---:|".repeat(PROCESSES.len()));
+        for r in &results {
+            let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / r.written.max(1) as f64;
+            let cells: Vec<String> = r.cpu.iter().map(|c| format!("{:.3}", per_thousand(*c))).collect();
+            let total: Duration = r.cpu.iter().sum();
+            cpu_table.push_str(&format!("| {} | {} | {:.3} |\n", r.rate, cells.join(" | "), per_thousand(total)));
+        }
         pool.close().await;
         drop((_relay, _consumers, api));
         system::drop_database("bench_pipeline").await?;
@@ -189,7 +210,10 @@ impl LatencyBench {
                  upper bound. Commit-to-cache-invalidated: from the api's 201 (sent after the commit) to the \
                  event's cache generation changing in Redis, measured on {PROBES_PER_SECOND} probe writes a second \
                  (polling Redis every millisecond, so up to 1 ms high) to {PROBE_EVENTS} events that take no other writes; the rest of the rate goes to {LOAD_EVENTS} \
-                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n"
+                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n\n\
+                 CPU-seconds per 1,000 events, per process, at each rate: CPU time (user + system, from \
+                 `/proc/PID/stat`) from the rate's first write until the relay acknowledged its last row, \
+                 divided by the writes (each one event):\n\n{cpu_table}"
             ),
         );
         Ok(())

@@ -3,6 +3,8 @@
 //! release binaries and starts the services first.
 
 mod api_bench;
+mod fetch_wait_bench;
+mod idle_bench;
 mod keepup_bench;
 mod latency_bench;
 mod load;
@@ -33,8 +35,18 @@ struct Cli {
     /// Steady write rates of the latency measurement.
     #[arg(long, value_delimiter = ',', default_value = "500,1000")]
     rates: Vec<u64>,
-    /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_value = "api,relay,keepup,latency")]
+    /// How long the idle measurement lets the system settle before its window, and
+    /// between its writes to the idle system.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    idle_settle: Duration,
+    /// The idle measurement's window.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_window: Duration,
+    /// Writes to the idle system whose latency the idle measurement reports.
+    #[arg(long, default_value_t = 10)]
+    idle_probes: usize,
+    /// Which parts to run: api, relay, keepup, latency, idle, fetch-wait.
+    #[arg(long, value_delimiter = ',', default_value = "api,relay,keepup,latency,idle,fetch-wait")]
     only: Vec<String>,
     /// Where the report goes.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
@@ -58,6 +70,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("latency") {
         latency_bench::LatencyBench { rates: cli.rates.clone(), duration: cli.duration }.run(&mut report).await?;
+    }
+    if wants("fetch-wait") {
+        fetch_wait_bench::FetchWaitBench.run(&mut report).await?;
+    }
+    if wants("idle") {
+        idle_bench::IdleBench { settle: cli.idle_settle, window: cli.idle_window, probes: cli.idle_probes }
+            .run(&mut report)
+            .await?;
     }
     report.write(&cli.out)?;
     eprintln!("wrote {}", cli.out.display());

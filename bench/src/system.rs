@@ -71,6 +71,12 @@ pub(crate) struct Api {
     pub(crate) base: String,
 }
 
+impl Api {
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
+        self._child.id().context("rsvp-api exited")
+    }
+}
+
 pub(crate) async fn start_api(database_url: &str, extra_env: &[(&str, String)]) -> anyhow::Result<Api> {
     let port = free_port()?;
     let mut command = Command::new(sibling_binary("rsvp-api")?);
@@ -135,4 +141,25 @@ pub(crate) fn machine() -> String {
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
         .unwrap_or_else(|| "unknown".into());
     format!("{cores} cores (nproc), {memory} memory, {cpu}")
+}
+
+/// CPU time of a process so far (user + system), from `/proc/PID/stat`.
+pub(crate) fn cpu_time(pid: u32, ticks_per_second: f64) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks_per_second,
+    ))
+}
+
+pub(crate) fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }

@@ -114,6 +114,7 @@ impl Application {
                 fetch_max_bytes: self.settings.fetch_max_bytes,
                 fetch_max_wait: self.settings.fetch_max_wait,
                 poll_interval: consumer.poll_interval(),
+                idle_poll_max: self.settings.idle_poll_max,
                 commit_interval: match consumer.delivery() {
                     Delivery::AtLeastOnce { commit_interval } => commit_interval,
                     Delivery::ExactlyOnce => Duration::ZERO,

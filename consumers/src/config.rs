@@ -114,17 +114,29 @@ pub struct Settings {
     #[arg(long, env = "FETCH_MAX_BYTES", default_value_t = 262_144, global = true)]
     pub fetch_max_bytes: i32,
 
-    /// How long the broker may hold a fetch open while a partition has nothing new.
-    /// Tansu holds it this long even when records arrive meanwhile, so this bounds the
-    /// added latency; each idle partition is polled about once per this interval.
-    #[arg(long, env = "FETCH_MAX_WAIT", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
+    /// How long the broker may hold a fetch while a partition has nothing new (the
+    /// fetch asks for at least one byte). Tansu 0.6.0 does not answer when a record
+    /// arrives: it holds every fetch, empty or not, for this long (half of it from
+    /// 250ms up) and then answers with what it had when the fetch came in, so any
+    /// wait there is pure latency and the default is 0; idle partitions back off on
+    /// this side instead (IDLE_POLL_MAX). Against a broker that answers as soon as
+    /// data arrives (Kafka), 500ms makes an idle partition cost one fetch per 500ms.
+    #[arg(long, env = "FETCH_MAX_WAIT", default_value = "0ms", value_parser = humantime::parse_duration, global = true)]
     pub fetch_max_wait: Duration,
 
-    /// How often a caught-up partition of the cache group fetches again. Tansu answers
-    /// an empty fetch at once, so this paces the polling, and it adds up to this much
-    /// to commit-to-cache-invalidated.
+    /// How soon a partition of the cache group fetches again after a batch that left
+    /// nothing behind it, and the first pause after a fetch that found nothing; it
+    /// adds up to this much to commit-to-cache-invalidated under load.
     #[arg(long, env = "CACHE_POLL_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration, global = true)]
     pub cache_poll_interval: Duration,
+
+    /// Longest pause between the fetches of a partition that keeps finding nothing:
+    /// after each empty fetch the pause doubles, from the group's poll interval up to
+    /// this, and the first record resets it. It bounds how late a record arriving at
+    /// an idle partition is picked up (up to this plus one fetch) and sets the idle
+    /// cost: every partition of every group fetches about once per this interval.
+    #[arg(long, env = "IDLE_POLL_MAX", default_value = "500ms", value_parser = humantime::parse_duration, global = true)]
+    pub idle_poll_max: Duration,
 
     /// How often at most the cache group stores a partition's offset while records keep
     /// coming. Invalidating is idempotent, so a crash invalidates at most this much
@@ -156,7 +168,9 @@ pub struct Settings {
 
     /// How often each group counts its live instances and takes or gives up
     /// partitions; a dead instance's partitions are taken over within about this long.
-    #[arg(long, env = "REBALANCE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    /// Each count is a Postgres transaction per group, idle or not: at 2s the two
+    /// groups cost one transaction a second, most of what an idle system costs.
+    #[arg(long, env = "REBALANCE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub rebalance_interval: Duration,
 
     /// Longest pause between retries while Redis, Postgres or the broker fails.
@@ -197,6 +211,7 @@ impl Settings {
             ("CACHE_POLL_INTERVAL", self.cache_poll_interval),
             ("ANALYTICS_POLL_INTERVAL", self.analytics_poll_interval),
             ("CACHE_COMMIT_INTERVAL", self.cache_commit_interval),
+            ("IDLE_POLL_MAX", self.idle_poll_max),
         ] {
             anyhow::ensure!(interval <= Duration::from_secs(60), "{name} must be at most 60s");
         }
@@ -235,6 +250,7 @@ impl std::fmt::Debug for Settings {
             .field("fetch_max_wait", &self.fetch_max_wait)
             .field("cache_poll_interval", &self.cache_poll_interval)
             .field("analytics_poll_interval", &self.analytics_poll_interval)
+            .field("idle_poll_max", &self.idle_poll_max)
             .field("cache_commit_interval", &self.cache_commit_interval)
             .field("max_attempts", &self.max_attempts)
             .field("rebalance_interval", &self.rebalance_interval)
@@ -313,6 +329,19 @@ mod tests {
         assert_eq!(cli.settings.analytics_poll_interval, Duration::from_millis(100));
         let cli = parse(&["--analytics-poll-interval", "2m"]);
         assert!(cli.settings.validate().is_err());
+    }
+
+    #[test]
+    fn groups_rebalance_every_2s_by_default() {
+        assert_eq!(parse(&[]).settings.rebalance_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn fetches_do_not_wait_at_the_broker_and_idle_partitions_back_off_to_half_a_second_by_default() {
+        let cli = parse(&[]);
+        assert_eq!(cli.settings.fetch_max_wait, Duration::ZERO);
+        assert_eq!(cli.settings.idle_poll_max, Duration::from_millis(500));
+        assert!(parse(&["--idle-poll-max", "2m"]).settings.validate().is_err());
     }
 
     #[test]

@@ -133,8 +133,10 @@ pub trait Consumer: Send + Sync + 'static {
 pub struct WorkerSettings {
     pub fetch_max_bytes: i32,
     pub fetch_max_wait: Duration,
-    /// How often a caught-up partition fetches again.
+    /// How soon a caught-up partition fetches again; the first pause after an empty fetch.
     pub poll_interval: Duration,
+    /// The longest pause between the fetches of a partition that keeps finding nothing.
+    pub idle_poll_max: Duration,
     /// How long a batch's offset may wait to be stored with a later one; zero when
     /// the offset must commit with the batch's effects.
     pub commit_interval: Duration,

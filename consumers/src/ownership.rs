@@ -90,25 +90,29 @@ impl Membership {
     /// Forgets members whose backend is gone (no backend with that pid *and* start
     /// time: a reused pid is another backend), then counts the live ones (this one
     /// included). Any failure means the membership itself is gone: join again.
+    ///
+    /// One statement, so one transaction: every group rebalances every
+    /// REBALANCE_INTERVAL even when nothing happens, and on an idle system these
+    /// are most of what Postgres does. The count is taken from the statement's
+    /// snapshot, which still holds the rows being deleted, so those are subtracted.
     #[tracing::instrument(skip_all, fields(group = self.group.name()), err)]
     pub async fn live_members(&mut self) -> Result<usize, RoleLost> {
         let group = self.group.name();
         let counted = self
             .session
             .run(async |conn| {
-                sqlx::query(
-                    "delete from consumer_members m
-                     where group_name = $1
-                       and not exists (select 1 from pg_stat_activity a
-                                        where a.pid = m.backend_pid and a.backend_start = m.backend_start)",
+                sqlx::query_scalar::<_, i64>(
+                    "with gone as (
+                        delete from consumer_members m
+                         where group_name = $1
+                           and not exists (select 1 from pg_stat_activity a
+                                            where a.pid = m.backend_pid and a.backend_start = m.backend_start)
+                        returning 1)
+                     select (select count(*) from consumer_members where group_name = $1) - (select count(*) from gone)",
                 )
                 .bind(group)
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query_scalar::<_, i64>("select count(*) from consumer_members where group_name = $1")
-                    .bind(group)
-                    .fetch_one(&mut *conn)
-                    .await
+                .fetch_one(&mut *conn)
+                .await
             })
             .await?;
         let count = counted.map_err(|error| self.session.failed(error))?;

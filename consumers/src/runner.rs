@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{
     group::{Backoff, GroupContext},
     ownership::{fair_share, Membership},
-    partition::{PartitionWorker, StepOutcome},
+    partition::{IdlePacing, PartitionWorker, StepOutcome},
 };
 
 struct Owned {
@@ -147,6 +147,7 @@ impl GroupRunner {
 /// Steps one partition until told to stop or until it loses ownership.
 async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: CancellationToken) {
     let mut backoff = Backoff::new(ctx.settings.retry_max_backoff);
+    let mut pacing = IdlePacing::new(ctx.settings.poll_interval, ctx.settings.idle_poll_max);
     loop {
         // A heartbeat when due; after a pause, the partition may be another's by now.
         if let Err(error) = worker.role().ensure_held().await {
@@ -163,19 +164,21 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
         let pause = match outcome {
             Ok(StepOutcome::Processed { .. }) if !worker.caught_up() => {
                 backoff.reset();
+                pacing.reset();
                 Duration::ZERO
             }
             // Also after a batch that left nothing behind it: fetching again at once
             // mostly finds nothing or a record or two, each costing a transaction.
-            Ok(StepOutcome::Processed { .. } | StepOutcome::CaughtUp) => {
+            Ok(StepOutcome::Processed { .. }) => {
                 backoff.reset();
-                // Tansu answers an empty fetch at once instead of waiting
-                // FETCH_MAX_WAIT, so this paces the polling: at 5 ms for every
-                // partition of both groups, the polling alone took about 15% of a
-                // core in the broker on an idle system.
-                ctx.settings.poll_interval.saturating_sub(started.elapsed())
+                pacing.after_records(started.elapsed())
+            }
+            Ok(StepOutcome::CaughtUp) => {
+                backoff.reset();
+                pacing.after_empty(started.elapsed())
             }
             Err(error) if error.keeps_ownership() => {
+                pacing.reset();
                 let delay = backoff.next_delay();
                 tracing::warn!(partition = worker.partition(), error = format!("{:#}", anyhow::Error::new(error)), ?delay, "step failed; retrying");
                 delay

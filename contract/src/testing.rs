@@ -14,6 +14,8 @@ use tokio::{
     task::JoinSet,
 };
 
+pub mod counting;
+
 /// Where the Tansu binary is: `$TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
 pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU_BIN") {
@@ -50,6 +52,8 @@ async fn wait_for_port(addr: SocketAddr, within: Duration) -> bool {
 pub struct Broker {
     child: Child,
     port: u16,
+    /// The port clients are told to connect to: `port`, or a proxy's.
+    advertised: u16,
 }
 
 impl Broker {
@@ -58,9 +62,15 @@ impl Broker {
     }
 
     async fn start_on(port: u16) -> Self {
+        Self::start_advertising(port, port).await
+    }
+
+    /// Listens on `port` and tells clients to connect to `advertised` (a proxy's port).
+    async fn start_advertising(port: u16, advertised: u16) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised_url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -69,7 +79,12 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start {}: {e} (run scripts/test.sh, which installs it)", tansu_binary().display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         assert!(wait_for_port(addr, Duration::from_secs(20)).await, "tansu did not listen on {addr}");
-        Self { child, port }
+        Self { child, port, advertised }
+    }
+
+    /// The broker's process id, to read its CPU time from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// `host:port`, as `KAFKA_BROKERS` takes it.
@@ -96,8 +111,8 @@ impl Broker {
     /// Kills the broker and starts an empty one on the same port: everything it held is lost.
     pub async fn restart_empty(&mut self) {
         self.child.kill().await.expect("kill the broker");
-        let port = self.port;
-        *self = Self::start_on(port).await;
+        let (port, advertised) = (self.port, self.advertised);
+        *self = Self::start_advertising(port, advertised).await;
     }
 }
 

@@ -75,10 +75,26 @@ pub struct Settings {
     #[arg(long, env = "RELAY_MAX_BATCH_BYTES", default_value_t = DEFAULT_MAX_BATCH_BYTES)]
     pub max_batch_bytes: usize,
 
-    /// How often the relay looks for rows when no commit notification arrives: the most
-    /// a notification lost while the listener reconnected can delay a row.
+    /// How soon the relay looks for rows again when no commit notification arrives
+    /// after one did (or without a LISTEN connection): rows committed behind a longer
+    /// transaction notify nobody when it ends, and wait this long for the relay.
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+
+    /// The longest wait for a notification while nothing happens. For this long after
+    /// the last notification or published row the relay looks every
+    /// RELAY_POLL_INTERVAL; then each wait that ends without a notification doubles
+    /// the next, up to this. Every look costs a Postgres transaction, so this is what
+    /// an idle leader costs; a row held back longer than this by another transaction
+    /// is published up to about as late again after that transaction ended.
+    #[arg(long, env = "RELAY_IDLE_POLL_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_poll_max: Duration,
+
+    /// How often every relay (leader or standby) measures the backlog, the oldest
+    /// unpublished row's age and the watermark stall for its gauges and the stall
+    /// log: one Postgres transaction each time, idle or not.
+    #[arg(long, env = "RELAY_OBSERVE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub observe_interval: Duration,
 
     /// How often a standby tries to take the leader lock; failover takes about this long
     /// after the leader's database session ends.
@@ -175,6 +191,14 @@ impl Settings {
         );
         anyhow::ensure!(self.prune_batch >= 1, "RELAY_PRUNE_BATCH must be at least 1");
         anyhow::ensure!(!self.poll_interval.is_zero(), "RELAY_POLL_INTERVAL must be positive");
+        anyhow::ensure!(
+            self.idle_poll_max <= Duration::from_secs(300),
+            "RELAY_IDLE_POLL_MAX must be at most 5m"
+        );
+        anyhow::ensure!(
+            (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.observe_interval),
+            "RELAY_OBSERVE_INTERVAL must be between 100ms and 5m"
+        );
         anyhow::ensure!(!self.kafka_timeout.is_zero(), "RELAY_KAFKA_TIMEOUT must be positive");
         anyhow::ensure!(
             self.role_loss_timeout >= rsvp_contract::role_lock::MIN_TIMEOUT,
@@ -196,6 +220,8 @@ impl std::fmt::Debug for Settings {
             .field("batch_bytes", &self.batch_bytes)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("poll_interval", &self.poll_interval)
+            .field("idle_poll_max", &self.idle_poll_max)
+            .field("observe_interval", &self.observe_interval)
             .field("role_loss_timeout", &self.role_loss_timeout)
             .field("compression", &self.compression)
             .field("retention", &self.retention)
@@ -268,6 +294,8 @@ mod tests {
         assert_eq!(settings.topic, "rsvp-events");
         assert_eq!(settings.partitions, 6);
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
+        assert_eq!(settings.idle_poll_max, Duration::from_secs(10));
+        assert_eq!(settings.observe_interval, Duration::from_secs(5));
         assert_eq!(settings.role_loss_timeout, Duration::from_secs(10));
         assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:9465");

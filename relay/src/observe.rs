@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::{generation, metrics, store::{self, Generation}};
 
@@ -67,11 +67,16 @@ impl Observer {
         // at or above xmin wait for an older transaction. Every part is an index
         // lookup or a bounded scan: counting the whole backlog took 0.46 s of
         // parallel scanning per tick with 1M rows behind the cursor.
-        let cursor = store::load_cursor(&self.pool, &self.topic).await?.unwrap_or_default().position;
-        let cluster = generation::current_cluster(&self.pool).await?;
-        let cursor_problem = generation::cursor_problem(&self.pool, &self.topic).await?;
+        //
+        // One transaction for all of it: each statement on its own would be a
+        // transaction, and the observer runs on every relay, leader or not, every
+        // RELAY_OBSERVE_INTERVAL, idle or not.
+        let mut tx = self.pool.begin().await?;
+        let cursor = store::load_cursor(&mut *tx, &self.topic).await?.unwrap_or_default().position;
+        let cluster = generation::current_cluster(&mut *tx).await?;
+        let cursor_problem = generation::cursor_problem(&mut *tx, &self.topic).await?;
         // No cursor yet, or none usable: measured as if from the start of this cluster's rows.
-        let generation = store::load_generation(&self.pool, &self.topic)
+        let generation = store::load_generation(&mut *tx, &self.topic)
             .await?
             .flatten()
             .unwrap_or(Generation { cluster, since_id: 0 });
@@ -125,7 +130,7 @@ impl Observer {
         .bind(generation.since_id)
         .bind(cluster)
         .bind(generation.cluster)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
         let counted: i64 = row.try_get("counted")?;
         let backlog_rows = if counted < COUNTED_UP_TO { counted } else { counted.max(row.try_get("ids_after")?) };
@@ -142,13 +147,13 @@ impl Observer {
         let replayed: i64 =
             sqlx::query_scalar("select coalesce(sum(replayed), 0)::bigint from relay_replays where topic = $1")
                 .bind(&self.topic)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
         ::metrics::counter!(metrics::REPLAYED).absolute(replayed.max(0) as u64);
 
         let mut blocker = None;
         if !watermark_stall.is_zero() && watermark_stall >= self.stall_warning {
-            blocker = self.blocker().await?;
+            blocker = blocker_of_watermark(&mut tx).await?;
             if self.last_warned.is_none_or(|at| at.elapsed() >= STALL_LOG_EVERY) {
                 self.last_warned = Some(Instant::now());
                 match &blocker {
@@ -170,29 +175,30 @@ impl Observer {
         } else {
             self.last_warned = None;
         }
+        tx.commit().await?;
         Ok(Observation { backlog_rows, oldest_unpublished_age, watermark_stall, blocker, earlier_cluster_rows, cursor_problem })
     }
+}
 
-    /// The session with the oldest transaction id still running: the snapshot's xmin.
-    async fn blocker(&self) -> Result<Option<Blocker>, sqlx::Error> {
-        let row = sqlx::query(
-            "select pid, application_name, state, xact_start, left(query, 500) as query
-               from pg_stat_activity
-              where backend_xid is not null
-              order by age(backend_xid) desc
-              limit 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Blocker {
-                pid: row.try_get("pid")?,
-                application_name: row.try_get("application_name")?,
-                state: row.try_get("state")?,
-                xact_start: row.try_get("xact_start")?,
-                query: row.try_get("query")?,
-            })
+/// The session with the oldest transaction id still running: the snapshot's xmin.
+async fn blocker_of_watermark(conn: &mut PgConnection) -> Result<Option<Blocker>, sqlx::Error> {
+    let row = sqlx::query(
+        "select pid, application_name, state, xact_start, left(query, 500) as query
+           from pg_stat_activity
+          where backend_xid is not null
+          order by age(backend_xid) desc
+          limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(Blocker {
+            pid: row.try_get("pid")?,
+            application_name: row.try_get("application_name")?,
+            state: row.try_get("state")?,
+            xact_start: row.try_get("xact_start")?,
+            query: row.try_get("query")?,
         })
-        .transpose()
-    }
+    })
+    .transpose()
 }

@@ -1,8 +1,10 @@
 //! The `run` loop: stand by until this process holds the leader lock, then publish
 //! step by step, woken by commit notifications or the poll interval, backing off on
-//! failures, until shutdown or until the leader session is lost.
+//! failures, until shutdown or until the leader session is lost. While nothing
+//! happens the poll interval stretches ([`IdleWait`]), so an idle leader costs
+//! Postgres next to nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{
     postgres::{PgConnectOptions, PgListener},
@@ -29,7 +31,7 @@ pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) 
     let options = leader::connect_options(&settings.database_url)?;
     let observer = tokio::spawn(observe_loop(
         Observer::new(pool.clone(), &settings.topic, settings.stall_warning),
-        settings.poll_interval.max(Duration::from_millis(250)),
+        settings.observe_interval,
         shutdown.clone(),
     ));
     let mut backoff = Backoff::new(settings.max_backoff);
@@ -110,6 +112,7 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
     let mut listener = listen(pool).await;
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut recheck = Recheck::default();
+    let mut idle = IdleWait::new(settings.poll_interval, settings.idle_poll_max);
     // A step in progress finishes (it is bounded by the Kafka timeout) so that what
     // the broker acknowledged is recorded before the process exits.
     while !shutdown.is_cancelled() {
@@ -117,16 +120,20 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
             Ok(StepOutcome::Published { .. }) => {
                 backoff.reset();
                 recheck = Recheck::default();
+                idle.reset(Instant::now());
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
                 let waited = match recheck.next_delay() {
                     Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
                     None => {
-                        let waiting = wait_for_commit(&mut listener, pool, settings.poll_interval, shutdown);
+                        // Without a LISTEN connection, polling is all there is.
+                        let poll = if listener.is_some() { idle.next_wait(Instant::now()) } else { settings.poll_interval };
+                        let waiting = wait_for_commit(&mut listener, pool, poll, shutdown);
                         worker.role().keep_alive_while(waiting).await.map(|notified| {
                             if notified {
                                 recheck = Recheck::after_notification();
+                                idle.reset(Instant::now());
                             }
                         })
                     }
@@ -199,6 +206,40 @@ impl Recheck {
     }
 }
 
+/// How long the leader waits for a commit notification before it looks anyway. The
+/// look is needed because a row committed behind a longer transaction becomes
+/// eligible when that transaction ends, which notifies nobody. For `max` after the
+/// last notification or published row the leader looks every poll interval, so such
+/// a row goes out within an interval of the transaction's end as long as it ended
+/// within `max`; after that the waits double up to `max`, so an idle leader looks
+/// only every `max`. A notification or a published row starts over.
+#[derive(Debug)]
+struct IdleWait {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+    quiet_since: Instant,
+}
+
+impl IdleWait {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max: max.max(base), next: base, quiet_since: Instant::now() }
+    }
+
+    fn next_wait(&mut self, now: Instant) -> Duration {
+        if now.saturating_duration_since(self.quiet_since) < self.max {
+            return self.base;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self, now: Instant) {
+        (self.next, self.quiet_since) = (self.base, now);
+    }
+}
+
 /// Waits for a commit notification or the poll interval; true when notified.
 async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) -> bool {
     let Some(active) = listener.as_mut() else {
@@ -256,6 +297,25 @@ async fn prune_loop(pool: PgPool, settings: Settings, term: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_waits_stay_at_the_poll_interval_for_their_maximum_then_double_up_to_it_and_start_over_on_reset() {
+        let second = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut idle = IdleWait::new(second, 10 * second);
+        idle.reset(start);
+        assert_eq!(idle.next_wait(start + 3 * second), second);
+        assert_eq!(idle.next_wait(start + 9 * second), second);
+        let waits: Vec<u64> = (0..6).map(|_| idle.next_wait(start + 11 * second).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        idle.reset(start + 12 * second);
+        assert_eq!(idle.next_wait(start + 13 * second), second);
+        assert_eq!(idle.next_wait(start + 30 * second), second);
+        assert_eq!(idle.next_wait(start + 30 * second), 2 * second);
+        let mut short = IdleWait::new(2 * second, second);
+        assert_eq!(short.next_wait(start + 60 * second), 2 * second);
+        assert_eq!(short.next_wait(start + 60 * second), 2 * second);
+    }
 
     #[test]
     fn rechecks_back_off_and_stop_after_their_budget() {

@@ -71,7 +71,11 @@ pub(crate) struct TestEnv {
 
 impl TestEnv {
     pub(crate) async fn start(partitions: i32) -> Self {
-        let broker = Broker::start().await;
+        Self::start_with(Broker::start().await, partitions).await
+    }
+
+    /// With a broker the test started itself (say, one behind a counting proxy).
+    pub(crate) async fn start_with(broker: Broker, partitions: i32) -> Self {
         let (db, db_url) = fresh_database(&MIGRATOR).await;
         let kafka = ClientBuilder::new(vec![broker.address()]).build().await.expect("connect to the broker");
         kafka.controller_client().unwrap().create_topic(TOPIC, partitions, 1, 5_000).await.expect("create the topic");
@@ -109,6 +113,9 @@ impl TestEnv {
             ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ("REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
             ("RUST_LOG", "warn,rsvp_consumers=info".to_owned()),
+            // The takeover bounds the ownership tests assert were set with 1s, the
+            // default before idle cost mattered; the default is 2s now.
+            ("REBALANCE_INTERVAL", "1s".to_owned()),
         ]
     }
 

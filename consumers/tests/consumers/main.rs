@@ -7,6 +7,7 @@ mod cache;
 mod dead_letters;
 mod end_to_end;
 mod helpers;
+mod idle;
 mod lost_log;
 mod notifications;
 mod ordering;

@@ -30,6 +30,8 @@ pub(crate) fn settings(db: &TestDb, broker: &str) -> Settings {
     let mut settings = Settings::defaults(&db.url, broker);
     settings.admin_addr = "127.0.0.1:0".parse().unwrap();
     settings.poll_interval = Duration::from_millis(500);
+    // As often as the observer looked before it had a setting of its own.
+    settings.observe_interval = Duration::from_millis(500);
     settings.leader_poll_interval = Duration::from_millis(500);
     settings.kafka_timeout = Duration::from_secs(2);
     settings.max_backoff = Duration::from_secs(1);
@@ -184,6 +186,8 @@ impl RelayProcess {
             .env("RELAY_TOPIC", &settings.topic)
             .env("RELAY_POLL_INTERVAL", humantime::format_duration(settings.poll_interval).to_string())
             .env("RELAY_LEADER_POLL_INTERVAL", humantime::format_duration(settings.leader_poll_interval).to_string())
+            .env("RELAY_IDLE_POLL_MAX", humantime::format_duration(settings.idle_poll_max).to_string())
+            .env("RELAY_OBSERVE_INTERVAL", humantime::format_duration(settings.observe_interval).to_string())
             .env("RELAY_KAFKA_TIMEOUT", humantime::format_duration(settings.kafka_timeout).to_string())
             .env("RELAY_MAX_BACKOFF", humantime::format_duration(settings.max_backoff).to_string())
             .env("RELAY_BATCH_ROWS", settings.batch_rows.to_string())

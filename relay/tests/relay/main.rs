@@ -3,6 +3,7 @@
 mod batching;
 mod faults;
 mod helpers;
+mod idle;
 mod leadership;
 mod limited_broker;
 mod publishing;
