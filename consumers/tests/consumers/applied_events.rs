@@ -112,6 +112,52 @@ async fn two_transactions_applying_the_first_change_of_an_rsvp_count_it_once() {
 }
 
 #[tokio::test]
+async fn two_transactions_applying_different_first_changes_of_an_rsvp_count_it_once() {
+    // Arrange: the rsvp has no state row yet; a first transaction applied its creation
+    // (going) and has not committed.
+    let (db, _) = fresh_database(&MIGRATOR).await;
+    let (event, rsvp) = (Uuid::now_v7(), Uuid::now_v7());
+    let created = change(EventType::RsvpCreated, rsvp, event, 1, RsvpStatus::Going);
+    let updated = change(EventType::RsvpUpdated, rsvp, event, 2, RsvpStatus::Maybe);
+    let mut first = db.begin().await.unwrap();
+    assert_eq!(analytics::apply(&mut first, &created).await.unwrap(), Applied::Changed);
+
+    // Act: a second transaction (a redrive racing the worker) applies the next version;
+    // it must wait for the first, which then commits.
+    let second = {
+        let (db, updated) = (db.clone(), updated.clone());
+        tokio::spawn(async move {
+            let mut tx = db.begin().await.unwrap();
+            let outcome = analytics::apply(&mut tx, &updated).await.unwrap();
+            tx.commit().await.unwrap();
+            outcome
+        })
+    };
+    wait_until(Duration::from_secs(10), "the second apply waits for the first", || async {
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from pg_stat_activity
+                            where datname = current_database() and wait_event_type = 'Lock')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    })
+    .await;
+    first.commit().await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap();
+
+    // Assert: one rsvp, now maybe: nobody going, created once, updated once.
+    assert_eq!(outcome, Applied::Changed);
+    assert_eq!(stats(&db, event).await, (0, 0, 1, 1, 0, 2));
+    let last_version: i64 = sqlx::query_scalar("select last_version from analytics.rsvp_state where rsvp_id = $1")
+        .bind(rsvp)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(last_version, 2);
+}
+
+#[tokio::test]
 async fn pruning_removes_exactly_the_rows_that_applied_versions_cover_and_a_pruned_change_redelivered_counts_once() {
     // Arrange: rsvp a applied through v3; rsvp b has v1 and v3, v2 not yet seen; a
     // row from before versions were recorded.
