@@ -72,23 +72,17 @@ async fn applied_rows(db: &PgPool, rsvp: Uuid) -> Vec<Option<i64>> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn two_transactions_applying_the_first_change_of_an_rsvp_count_it_once() {
-    // Arrange: the rsvp has no state row yet, so `for update` has nothing to lock; a
-    // first transaction (a worker) applied its creation and has not committed.
-    let (db, _) = fresh_database(&MIGRATOR).await;
-    let (event, rsvp) = (Uuid::now_v7(), Uuid::now_v7());
-    let created = change(EventType::RsvpCreated, rsvp, event, 1, RsvpStatus::Going);
-    let mut first = db.begin().await.unwrap();
-    assert_eq!(analytics::apply(&mut first, &created).await.unwrap(), Applied::Changed);
-
-    // Act: a second transaction (a redrive of the same change) applies it too; it
-    // must wait for the first, which then commits.
+/// Applies `first` in a transaction left open, then `second` in another, waits until the
+/// second is blocked on a lock the first holds, commits the first, and returns both
+/// outcomes once the second has committed too.
+async fn apply_while_the_first_is_open(db: &PgPool, first: &CloudEvent, second: &CloudEvent) -> (Applied, Applied) {
+    let mut first_tx = db.begin().await.unwrap();
+    let first_outcome = analytics::apply(&mut first_tx, first).await.unwrap();
     let second = {
-        let (db, created) = (db.clone(), created.clone());
+        let (db, second) = (db.clone(), second.clone());
         tokio::spawn(async move {
             let mut tx = db.begin().await.unwrap();
-            let outcome = analytics::apply(&mut tx, &created).await.unwrap();
+            let outcome = analytics::apply(&mut tx, &second).await.unwrap();
             tx.commit().await.unwrap();
             outcome
         })
@@ -98,56 +92,46 @@ async fn two_transactions_applying_the_first_change_of_an_rsvp_count_it_once() {
             "select exists (select 1 from pg_stat_activity
                             where datname = current_database() and wait_event_type = 'Lock')",
         )
-        .fetch_one(&db)
+        .fetch_one(db)
         .await
         .unwrap()
     })
     .await;
-    first.commit().await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap();
+    first_tx.commit().await.unwrap();
+    let second_outcome = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap();
+    (first_outcome, second_outcome)
+}
+
+#[tokio::test]
+async fn two_transactions_applying_the_first_change_of_an_rsvp_count_it_once() {
+    // Arrange: the rsvp has no state row yet, so `for update` has nothing to lock.
+    let (db, _) = fresh_database(&MIGRATOR).await;
+    let (event, rsvp) = (Uuid::now_v7(), Uuid::now_v7());
+    let created = change(EventType::RsvpCreated, rsvp, event, 1, RsvpStatus::Going);
+
+    // Act: a worker applies the creation and has not committed when a second
+    // transaction (a redrive of the same change) applies it too.
+    let outcomes = apply_while_the_first_is_open(&db, &created, &created).await;
 
     // Assert
-    assert_eq!(outcome, Applied::Duplicate);
+    assert_eq!(outcomes, (Applied::Changed, Applied::Duplicate));
     assert_eq!(stats(&db, event).await, (1, 1, 1, 0, 0, 1));
 }
 
 #[tokio::test]
 async fn two_transactions_applying_different_first_changes_of_an_rsvp_count_it_once() {
-    // Arrange: the rsvp has no state row yet; a first transaction applied its creation
-    // (going) and has not committed.
+    // Arrange: the rsvp has no state row yet.
     let (db, _) = fresh_database(&MIGRATOR).await;
     let (event, rsvp) = (Uuid::now_v7(), Uuid::now_v7());
     let created = change(EventType::RsvpCreated, rsvp, event, 1, RsvpStatus::Going);
     let updated = change(EventType::RsvpUpdated, rsvp, event, 2, RsvpStatus::Maybe);
-    let mut first = db.begin().await.unwrap();
-    assert_eq!(analytics::apply(&mut first, &created).await.unwrap(), Applied::Changed);
 
-    // Act: a second transaction (a redrive racing the worker) applies the next version;
-    // it must wait for the first, which then commits.
-    let second = {
-        let (db, updated) = (db.clone(), updated.clone());
-        tokio::spawn(async move {
-            let mut tx = db.begin().await.unwrap();
-            let outcome = analytics::apply(&mut tx, &updated).await.unwrap();
-            tx.commit().await.unwrap();
-            outcome
-        })
-    };
-    wait_until(Duration::from_secs(10), "the second apply waits for the first", || async {
-        sqlx::query_scalar::<_, bool>(
-            "select exists (select 1 from pg_stat_activity
-                            where datname = current_database() and wait_event_type = 'Lock')",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap()
-    })
-    .await;
-    first.commit().await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap();
+    // Act: a worker applies the creation (going) and has not committed when a second
+    // transaction (a redrive racing it) applies the next version.
+    let outcomes = apply_while_the_first_is_open(&db, &created, &updated).await;
 
     // Assert: one rsvp, now maybe: nobody going, created once, updated once.
-    assert_eq!(outcome, Applied::Changed);
+    assert_eq!(outcomes, (Applied::Changed, Applied::Changed));
     assert_eq!(stats(&db, event).await, (0, 0, 1, 1, 0, 2));
     let last_version: i64 = sqlx::query_scalar("select last_version from analytics.rsvp_state where rsvp_id = $1")
         .bind(rsvp)
