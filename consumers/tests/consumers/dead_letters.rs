@@ -235,12 +235,15 @@ async fn step_past_an_undecodable_batch(raw_brokers: Option<&str>) -> TestEnv {
     env
 }
 
+/// A dead letter's offset, value, header names and error, as stored.
+type RawDeadLetter = (i64, Option<Vec<u8>>, Vec<Vec<u8>>, String);
+
 #[tokio::test]
 async fn records_whose_header_names_are_not_utf8_are_dead_lettered_raw_and_their_partition_moves_on() {
     let env = step_past_an_undecodable_batch(None).await;
 
     // Both records, with their bytes.
-    let letters: Vec<(i64, Option<Vec<u8>>, Vec<Vec<u8>>, String)> = sqlx::query_as(
+    let letters: Vec<RawDeadLetter> = sqlx::query_as(
         "select kafka_offset, record_value, header_names, error from consumer_dead_letters order by kafka_offset",
     )
     .fetch_all(&env.db)
