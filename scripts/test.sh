@@ -20,7 +20,7 @@ psql -h 127.0.0.1 -U root -d postgres -Atc \
 
 log "checking the query macros' offline data (.sqlx/) against freshly migrated PostgreSQL"
 sqlx_check_url=postgres://root@127.0.0.1:5432/rsvp_sqlx_check
-psql -h 127.0.0.1 -U root -d postgres -q \
+PGOPTIONS='-c client_min_messages=warning' psql -h 127.0.0.1 -U root -d postgres -q \
     -c 'drop database if exists rsvp_sqlx_check with (force)' -c 'create database rsvp_sqlx_check' >/dev/null
 cargo sqlx migrate run --source migrations --database-url "$sqlx_check_url" >/dev/null
 if ! SQLX_OFFLINE=false DATABASE_URL=$sqlx_check_url cargo sqlx prepare --workspace --check -- --all-targets --locked; then

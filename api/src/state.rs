@@ -1,4 +1,4 @@
-//! The state every handler shares (its readiness check is built with it, in `startup`).
+//! The one state every handler shares; `startup` builds it and checks its readiness.
 
 use sqlx::PgPool;
 
