@@ -2,11 +2,13 @@
 # One image with the three binaries (rsvp-api, rsvp-relay, rsvp-consumers); each
 # docker-compose service picks its binary with `command`.
 #
-# The crates use runtime sqlx queries, so no sqlx offline data is needed; the
-# migrations are embedded at compile time by `sqlx::migrate!("../migrations")`.
+# The sqlx query macros check every statement at compile time against the offline
+# data in .sqlx/ (SQLX_OFFLINE: never a database); the migrations are embedded at
+# compile time by `sqlx::migrate!("../migrations")`.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
+ENV SQLX_OFFLINE=true
 # zstd-sys and lz4-sys (rskafka compression) build C code: gcc comes with the image.
 # Cargo loads every workspace member's manifest, so every member is copied, bench
 # too; only the three services are built (`-p`): building bench alongside would
@@ -19,6 +21,7 @@ COPY relay relay
 COPY consumers consumers
 COPY bench bench
 COPY migrations migrations
+COPY .sqlx .sqlx
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p rsvp-api -p rsvp-relay -p rsvp-consumers --bins \

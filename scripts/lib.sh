@@ -7,7 +7,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS_DIR=${RSVP_TOOLS_DIR:-$HOME/.cache/rsvp-outbox}
 VENV=$TOOLS_DIR/venv
 TANSU_VERSION=0.6.0
+SQLX_CLI_VERSION=0.8.6
 export PATH="$HOME/.cargo/bin:$PATH"
+# The query macros check the SQL against the offline data committed in .sqlx/, never
+# against the DATABASE_URL that these scripts export for the processes they start
+# (a database not migrated yet would fail the build). test.sh checks that .sqlx/
+# matches the queries (`cargo sqlx prepare --check`).
+export SQLX_OFFLINE=true
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -64,6 +70,14 @@ ensure_tansu() {
     if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
         log "installing the Tansu broker $TANSU_VERSION (about 20 minutes on a new machine)"
         cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore
+    fi
+}
+
+# sqlx-cli, for `cargo sqlx prepare` (the offline data of the query macros in .sqlx/).
+ensure_sqlx_cli() {
+    if ! cargo sqlx --version 2>/dev/null | grep -q "$SQLX_CLI_VERSION"; then
+        log "installing sqlx-cli $SQLX_CLI_VERSION (a few minutes on a new machine)"
+        cargo install sqlx-cli --locked --version "$SQLX_CLI_VERSION" --no-default-features --features postgres,rustls
     fi
 }
 

@@ -10,12 +10,25 @@ ensure_rust
 ensure_postgres
 ensure_redis
 ensure_tansu
+ensure_sqlx_cli
 ensure_python_tools
 
 log "dropping databases left by earlier test runs"
 psql -h 127.0.0.1 -U root -d postgres -Atc \
     "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'test\_%'" |
     psql -h 127.0.0.1 -U root -d postgres -q >/dev/null
+
+log "checking the query macros' offline data (.sqlx/) against freshly migrated PostgreSQL"
+sqlx_check_url=postgres://root@127.0.0.1:5432/rsvp_sqlx_check
+PGOPTIONS='-c client_min_messages=warning' psql -h 127.0.0.1 -U root -d postgres -q \
+    -c 'drop database if exists rsvp_sqlx_check with (force)' -c 'create database rsvp_sqlx_check' >/dev/null
+cargo sqlx migrate run --source migrations --database-url "$sqlx_check_url" >/dev/null
+if ! SQLX_OFFLINE=false DATABASE_URL=$sqlx_check_url cargo sqlx prepare --workspace --check -- --all-targets --locked; then
+    echo "test.sh: .sqlx/ does not match the queries in the code: run" >&2
+    echo "  DATABASE_URL=$sqlx_check_url cargo sqlx prepare --workspace -- --all-targets" >&2
+    echo "against a migrated database and commit .sqlx/" >&2
+    exit 1
+fi
 
 log "building"
 cargo build --workspace --all-targets --locked

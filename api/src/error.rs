@@ -10,6 +10,9 @@ use axum::{
 };
 use serde::Serialize;
 
+/// Largest request body accepted: 16 KiB.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// Per-field validation messages, keyed by the request field's name.
 pub type FieldErrors = BTreeMap<&'static str, String>;
 
@@ -227,7 +230,7 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge { limit: crate::startup::MAX_BODY_BYTES }
+                ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES }
             }
             other => ApiError::MalformedJson(other.body_text()),
         }

@@ -14,5 +14,6 @@ pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod writes;

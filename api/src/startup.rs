@@ -21,28 +21,15 @@ use crate::{
     coalesce::Writer,
     config::Settings,
     deadline,
-    error::ApiError,
+    error::{ApiError, MAX_BODY_BYTES},
     http_metrics,
     idempotency::{self, IdempotencySettings},
     openapi, routes,
     serve::{self, ConnectionLimits},
+    state::AppState,
 };
 
-/// Largest request body accepted: 16 KiB.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
-
-/// The one state every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    /// Where the analytics consumer keeps its statistics: `db` unless configured apart.
-    pub analytics: PgPool,
-    pub cache: Cache,
-    pub admin: AdminToken,
-    pub writer: Writer,
-}
 
 impl AppState {
     pub async fn readiness(&self) -> Readiness {

@@ -22,21 +22,21 @@ pub async fn insert(
 ) -> Result<(), sqlx::Error> {
     let (names, values): (Vec<&[u8]>, Vec<&[u8]>) =
         record.headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).unzip();
-    sqlx::query(
+    sqlx::query!(
         "insert into consumer_dead_letters
             (group_name, topic, partition, kafka_offset, record_key, record_value, header_names, header_values, error, attempts)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        key.group.name(),
+        key.topic,
+        key.partition,
+        record.offset,
+        record.key.as_deref(),
+        record.value.as_deref(),
+        &names as &[&[u8]],
+        &values as &[&[u8]],
+        &storable(error) as &str,
+        i32::try_from(attempts).unwrap_or(i32::MAX),
     )
-    .bind(key.group.name())
-    .bind(&key.topic)
-    .bind(key.partition)
-    .bind(record.offset)
-    .bind(record.key.as_deref())
-    .bind(record.value.as_deref())
-    .bind(names)
-    .bind(values)
-    .bind(storable(error))
-    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
     .execute(conn)
     .await?;
     metrics::counter!("consumer_dead_letters_total", "group" => key.group.name()).increment(1);
@@ -54,7 +54,7 @@ fn storable(error: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A dead letter as `dlq list` prints it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub id: i64,
     pub group_name: String,
@@ -106,18 +106,21 @@ impl DeadLetter {
     }
 }
 
-const COLUMNS: &str = "id, group_name, topic, partition, kafka_offset, record_key, record_value, header_names,
-    header_values, error, attempts, created_at, redriven_at, redrive_error";
+// Both reads select the columns of `DeadLetter`, spelled out: the query macros check
+// only a literal statement.
 
 /// The group's dead letters, oldest first; pending ones only unless `all`.
 #[tracing::instrument(skip(pool), err)]
 pub async fn list(pool: &PgPool, group: Group, all: bool) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from consumer_dead_letters
-         where group_name = $1 and ($2 or redriven_at is null) order by id"
-    ))
-    .bind(group.name())
-    .bind(all)
+    sqlx::query_as!(
+        DeadLetter,
+        "select id, group_name, topic, partition, kafka_offset, record_key, record_value, header_names,
+                header_values, error, attempts, created_at, redriven_at, redrive_error
+         from consumer_dead_letters
+         where group_name = $1 and ($2 or redriven_at is null) order by id",
+        group.name(),
+        all,
+    )
     .fetch_all(pool)
     .await
 }
@@ -136,12 +139,12 @@ pub enum Redriven {
 /// cannot both apply it.
 #[tracing::instrument(skip(pool, consumer), fields(group = consumer.group().name()), err)]
 pub async fn redrive(pool: &PgPool, consumer: &dyn Consumer, id: Option<i64>) -> Result<Vec<Redriven>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sqlx::query_scalar!(
         "select id from consumer_dead_letters
          where group_name = $1 and redriven_at is null and ($2::bigint is null or id = $2) order by id",
+        consumer.group().name(),
+        id,
     )
-    .bind(consumer.group().name())
-    .bind(id)
     .fetch_all(pool)
     .await?;
     let mut results = Vec::with_capacity(ids.len());
@@ -153,10 +156,13 @@ pub async fn redrive(pool: &PgPool, consumer: &dyn Consumer, id: Option<i64>) ->
 
 async fn redrive_one(pool: &PgPool, consumer: &dyn Consumer, id: i64) -> Result<Redriven, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let letter: Option<DeadLetter> = sqlx::query_as(&format!(
-        "select {COLUMNS} from consumer_dead_letters where id = $1 and redriven_at is null for update skip locked"
-    ))
-    .bind(id)
+    let letter = sqlx::query_as!(
+        DeadLetter,
+        "select id, group_name, topic, partition, kafka_offset, record_key, record_value, header_names,
+                header_values, error, attempts, created_at, redriven_at, redrive_error
+         from consumer_dead_letters where id = $1 and redriven_at is null for update skip locked",
+        id,
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(letter) = letter else {
@@ -175,8 +181,7 @@ async fn redrive_one(pool: &PgPool, consumer: &dyn Consumer, id: i64) -> Result<
     };
     let result = match applied {
         Ok(outcome) => {
-            sqlx::query("update consumer_dead_letters set redriven_at = now(), redrive_error = null where id = $1")
-                .bind(id)
+            sqlx::query!("update consumer_dead_letters set redriven_at = now(), redrive_error = null where id = $1", id)
                 .execute(&mut *tx)
                 .await?;
             Redriven::Applied { id, outcome }
@@ -185,11 +190,13 @@ async fn redrive_one(pool: &PgPool, consumer: &dyn Consumer, id: i64) -> Result<
             // The effect may have failed half-way: undo it, then record why.
             tx.rollback().await?;
             tx = pool.begin().await?;
-            sqlx::query("update consumer_dead_letters set redrive_error = $2, attempts = attempts + 1 where id = $1")
-                .bind(id)
-                .bind(storable(&error))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "update consumer_dead_letters set redrive_error = $2, attempts = attempts + 1 where id = $1",
+                id,
+                &storable(&error) as &str,
+            )
+            .execute(&mut *tx)
+            .await?;
             Redriven::Failed { id, error }
         }
     };

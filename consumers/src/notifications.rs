@@ -60,19 +60,20 @@ impl Consumer for Notifications {
             let tx = tx.expect("an exactly-once group applies inside the offset's transaction");
             let due: Vec<(&CloudEvent, i32)> = events.iter().filter_map(|e| Some((*e, seats_freed(e)?))).collect();
             let column = |f: fn(&CloudEvent) -> Uuid| due.iter().map(|(e, _)| f(e)).collect::<Vec<Uuid>>();
-            let inserted: Vec<Uuid> = sqlx::query_scalar(
+            let causes: Vec<&str> = due.iter().map(|(e, _)| e.event_type.as_str()).collect();
+            let inserted: Vec<Uuid> = sqlx::query_scalar!(
                 "insert into notifications (ce_id, event_id, rsvp_id, kind, cause, seats, changed_at)
                  select ce_id, event_id, rsvp_id, 'seat_freed', cause, seats, changed_at
                  from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::integer[], $6::timestamptz[])
                       as n(ce_id, event_id, rsvp_id, cause, seats, changed_at)
                  on conflict (ce_id) do nothing returning ce_id",
+                &column(|e| e.id),
+                &column(|e| e.data.event_id),
+                &column(|e| e.data.id),
+                &causes as &[&str],
+                &due.iter().map(|(_, seats)| *seats).collect::<Vec<i32>>(),
+                &due.iter().map(|(e, _)| e.time).collect::<Vec<DateTime<Utc>>>(),
             )
-            .bind(column(|e| e.id))
-            .bind(column(|e| e.data.event_id))
-            .bind(column(|e| e.data.id))
-            .bind(due.iter().map(|(e, _)| e.event_type.as_str()).collect::<Vec<_>>())
-            .bind(due.iter().map(|(_, seats)| *seats).collect::<Vec<i32>>())
-            .bind(due.iter().map(|(e, _)| e.time).collect::<Vec<DateTime<Utc>>>())
             .fetch_all(tx)
             .await?;
             // A change due a row whose ce_id already had one was notified before.

@@ -42,18 +42,18 @@ pub enum OffsetError {
 impl OffsetKey {
     #[tracing::instrument(skip_all, fields(group = self.group.name(), partition = self.partition), err)]
     pub async fn load(&self, conn: &mut PgConnection) -> Result<Option<Stored>, sqlx::Error> {
-        let row: Option<(i64, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+        let row = sqlx::query!(
             "select next_offset, anchor_offset, anchor_fingerprint from consumer_offsets
              where group_name = $1 and topic = $2 and partition = $3",
+            self.group.name(),
+            self.topic,
+            self.partition,
         )
-        .bind(self.group.name())
-        .bind(&self.topic)
-        .bind(self.partition)
         .fetch_optional(conn)
         .await?;
-        Ok(row.map(|(next_offset, offset, fingerprint)| Stored {
-            next_offset,
-            anchor: offset.zip(fingerprint).map(|(offset, fingerprint)| Anchor { offset, fingerprint }),
+        Ok(row.map(|row| Stored {
+            next_offset: row.next_offset,
+            anchor: row.anchor_offset.zip(row.anchor_fingerprint).map(|(offset, fingerprint)| Anchor { offset, fingerprint }),
         }))
     }
 
@@ -61,16 +61,16 @@ impl OffsetKey {
     /// OffsetOutOfRange.
     #[tracing::instrument(skip_all, fields(group = self.group.name(), partition = self.partition, offset), err)]
     pub async fn store(&self, conn: &mut PgConnection, offset: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "insert into consumer_offsets (group_name, topic, partition, next_offset) values ($1, $2, $3, $4)
              on conflict (group_name, topic, partition)
              do update set next_offset = excluded.next_offset, anchor_offset = null, anchor_fingerprint = null,
                            updated_at = now()",
+            self.group.name(),
+            self.topic,
+            self.partition,
+            offset,
         )
-        .bind(self.group.name())
-        .bind(&self.topic)
-        .bind(self.partition)
-        .bind(offset)
         .execute(conn)
         .await?;
         Ok(())
@@ -92,17 +92,17 @@ impl OffsetKey {
         to: i64,
         anchor: Option<&Anchor>,
     ) -> Result<(), OffsetError> {
-        let moved = sqlx::query(
+        let moved = sqlx::query!(
             "update consumer_offsets set next_offset = $5, anchor_offset = $6, anchor_fingerprint = $7, updated_at = now()
              where group_name = $1 and topic = $2 and partition = $3 and next_offset = $4",
+            self.group.name(),
+            self.topic,
+            self.partition,
+            from,
+            to,
+            anchor.map(|a| a.offset),
+            anchor.map(|a| a.fingerprint.as_slice()),
         )
-        .bind(self.group.name())
-        .bind(&self.topic)
-        .bind(self.partition)
-        .bind(from)
-        .bind(to)
-        .bind(anchor.map(|a| a.offset))
-        .bind(anchor.map(|a| a.fingerprint.as_slice()))
         .execute(conn)
         .await?;
         if moved.rows_affected() != 1 {

@@ -106,25 +106,26 @@ pub async fn owners(store: &PgPool, group: Group, topic: &str) -> Result<BTreeMa
     // pg_advisory_lock(int4, int4) shows as classid = key1 (as an unsigned oid),
     // objid = key2, objsubid = 2.
     let class = i64::from(u32::from_ne_bytes(ownership::lock_class(group, topic).to_ne_bytes()));
-    let rows: Vec<(i64, String, String, i32, DateTime<Utc>)> = sqlx::query_as(
-        "select l.objid::bigint,
+    let rows = sqlx::query!(
+        r#"select l.objid::bigint as "partition!",
                 case when a.application_name like 'rsvp-consumers/%'
                      then substr(a.application_name, length('rsvp-consumers/') + 1)
-                     else coalesce(nullif(a.application_name, ''), 'pid ' || a.pid) end,
-                coalesce(a.client_hostname, host(a.client_addr), 'local'),
-                a.pid, a.backend_start
+                     else coalesce(nullif(a.application_name, ''), 'pid ' || a.pid) end as "instance!",
+                coalesce(a.client_hostname, host(a.client_addr), 'local') as "host!",
+                a.pid as "pid!", a.backend_start as "since!"
          from pg_locks l join pg_stat_activity a on a.pid = l.pid
          where l.locktype = 'advisory' and l.granted and l.objsubid = 2
            and l.database = (select oid from pg_database where datname = current_database())
-           and l.classid::bigint = $1",
+           and l.classid::bigint = $1"#,
+        class,
     )
-    .bind(class)
     .fetch_all(store)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(partition, instance, host, pid, since)| {
-            Some((i32::try_from(partition).ok()?, Owner { instance, host, pid, since }))
+        .filter_map(|row| {
+            let owner = Owner { instance: row.instance, host: row.host, pid: row.pid, since: row.since };
+            Some((i32::try_from(row.partition).ok()?, owner))
         })
         .collect())
 }
@@ -133,32 +134,34 @@ pub async fn owners(store: &PgPool, group: Group, topic: &str) -> Result<BTreeMa
 /// watermarks and record timestamps from the broker.
 #[tracing::instrument(skip_all, fields(group = group.name()), err)]
 pub async fn collect(store: &PgPool, kafka: &Client, group: Group, topic: &str) -> Result<GroupStatus, StatusError> {
-    let offsets: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
+    let offsets: BTreeMap<i32, i64> = sqlx::query!(
         "select partition, next_offset from consumer_offsets where group_name = $1 and topic = $2",
+        group.name(),
+        topic,
     )
-    .bind(group.name())
-    .bind(topic)
     .fetch_all(store)
     .await?
     .into_iter()
+    .map(|row| (row.partition, row.next_offset))
     .collect();
-    let dead: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
-        "select partition, count(*) from consumer_dead_letters
-         where group_name = $1 and topic = $2 and redriven_at is null group by partition",
+    let dead: BTreeMap<i32, i64> = sqlx::query!(
+        r#"select partition, count(*) as "dead!" from consumer_dead_letters
+         where group_name = $1 and topic = $2 and redriven_at is null group by partition"#,
+        group.name(),
+        topic,
     )
-    .bind(group.name())
-    .bind(topic)
     .fetch_all(store)
     .await?
     .into_iter()
+    .map(|row| (row.partition, row.dead))
     .collect();
-    let members: i64 = sqlx::query_scalar(
-        "select count(*) from consumer_members m
+    let members: i64 = sqlx::query_scalar!(
+        r#"select count(*) as "members!" from consumer_members m
          where group_name = $1
            and exists (select 1 from pg_stat_activity a
-                        where a.pid = m.backend_pid and a.backend_start = m.backend_start)",
+                        where a.pid = m.backend_pid and a.backend_start = m.backend_start)"#,
+        group.name(),
     )
-    .bind(group.name())
     .fetch_one(store)
     .await?;
     let mut owners = owners(store, group, topic).await?;

@@ -188,6 +188,7 @@ pub async fn fresh_database(migrator: &sqlx::migrate::Migrator) -> (sqlx::PgPool
     let server = test_server_url();
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to the test postgres server");
+    // Dynamic: a database name cannot be a bind parameter.
     sqlx::query(&format!(r#"create database "{name}""#))
         .execute(&mut admin)
         .await

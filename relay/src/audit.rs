@@ -97,10 +97,11 @@ pub async fn audit(
     // Behind the cursor: every row of an earlier generation (below its since_id), and
     // rows of its own generation up to its position. Rows written on another cluster
     // are all committed; their xids say nothing about this cluster's snapshot.
-    let rows = sqlx::query_as::<_, (i64, Uuid, DateTime<Utc>, bool, Option<i32>, Option<i64>)>(
+    let rows = sqlx::query!(
         r#"select o.id, o.message_id, o.created_at,
-                  coalesce(o.id < c.since_id or (o.written_on = c.cluster and (o.xid, o.id) <= (c.xid, c.id)), false),
-                  r.partition, r."offset"
+                  coalesce(o.id < c.since_id or (o.written_on = c.cluster and (o.xid, o.id) <= (c.xid, c.id)), false)
+                    as "behind_cursor!",
+                  r.partition as "partition?", r."offset" as "offset?"
              from outbox o
              left join relay_cursors c on c.name = $1
              left join (select distinct on (outbox_id) outbox_id, partition, "offset"
@@ -109,20 +110,20 @@ pub async fn audit(
             where (o.written_on <> (select outbox_cluster()) or o.xid < pg_snapshot_xmin(pg_current_snapshot()))
               and ($2::timestamptz is null or o.created_at >= $2)
             order by o.id"#,
+        settings.topic,
+        since,
     )
-    .bind(&settings.topic)
-    .bind(since)
     .fetch_all(pool)
     .await?;
 
     let mut report = AuditReport { rows: rows.len() as u64, ..AuditReport::default() };
     let mut expected: BTreeMap<i32, BTreeMap<i64, Expected>> = BTreeMap::new();
-    for (outbox_id, message_id, created_at, behind_cursor, partition, offset) in rows {
-        match (partition, offset) {
+    for row in rows {
+        match (row.partition, row.offset) {
             (Some(partition), Some(offset)) => {
-                expected.entry(partition).or_default().insert(offset, Expected { outbox_id, message_id });
+                expected.entry(partition).or_default().insert(offset, Expected { outbox_id: row.id, message_id: row.message_id });
             }
-            _ if behind_cursor || created_at < overdue => report.missing_receipts.push(outbox_id),
+            _ if row.behind_cursor || row.created_at < overdue => report.missing_receipts.push(row.id),
             _ => report.pending += 1,
         }
     }

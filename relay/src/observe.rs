@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::{generation, metrics, store::{self, Generation}};
 
@@ -48,6 +48,20 @@ pub struct Observer {
 /// outbox ids after the cursor's (ids that a rolled-back write took count too).
 const COUNTED_UP_TO: i64 = 10_000;
 
+/// The backlog as one statement of [`Observer::tick`] measures it.
+struct Backlog {
+    /// Rows after the cursor, counted up to `COUNTED_UP_TO`.
+    counted: i64,
+    /// Ids after the cursor: the backlog's size once counting stops.
+    ids_after: i64,
+    /// Seconds since the oldest unpublished row was written.
+    oldest: Option<f64>,
+    /// Seconds since the oldest row waiting behind an open transaction was written.
+    stall: Option<f64>,
+    /// Rows of earlier clusters still to publish.
+    earlier: i64,
+}
+
 /// How often a continuing stall is logged again.
 const STALL_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -85,15 +99,16 @@ impl Observer {
             // walk the whole outbox index whenever nothing was after the cursor. Rows
             // of this cluster are below its next xid; the bound keeps the scans off
             // the rows of an earlier cluster, whose xids may be anything.
-            sqlx::query(
-                "select (select count(*) from (select from outbox
-                                                where (xid, id) > ($1::xid8, $2) and id >= $4
+            sqlx::query_as!(
+                Backlog,
+                r#"select (select count(*) from (select from outbox
+                                                where (xid, id) > ($1::text::xid8, $2) and id >= $4
                                                   and xid < pg_snapshot_xmax(pg_current_snapshot())
-                                                limit $3) b) as counted,
-                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as ids_after,
+                                                limit $3) b) as "counted!",
+                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as "ids_after!",
                         extract(epoch from clock_timestamp() - (
                             select created_at from outbox
-                             where (xid, id) > ($1::xid8, $2) and id >= $4
+                             where (xid, id) > ($1::text::xid8, $2) and id >= $4
                                and xid < pg_snapshot_xmax(pg_current_snapshot())
                              order by xid, id limit 1))::float8 as oldest,
                         extract(epoch from clock_timestamp() - (
@@ -101,42 +116,50 @@ impl Observer {
                              where xid >= pg_snapshot_xmin(pg_current_snapshot())
                                and xid < pg_snapshot_xmax(pg_current_snapshot()) and written_on = $5
                              order by xid, id limit 1))::float8 as stall,
-                        0::bigint as earlier, $6::bigint as generation_cluster",
+                        0::bigint as "earlier!""#,
+                cursor.xid_text(),
+                cursor.id,
+                COUNTED_UP_TO,
+                generation.since_id,
+                cluster,
             )
+            .fetch_one(&mut *tx)
+            .await?
         } else {
             // The cursor is among an earlier cluster's rows: everything from its
             // generation's first id on that is not behind it, in id order (the xids of
             // different clusters do not compare). Scans the published rows of that
             // generation too, but only until the relay has moved past it.
-            sqlx::query(
-                "with pending as (
+            sqlx::query_as!(
+                Backlog,
+                r#"with pending as (
                     select written_on, created_at from outbox
-                     where id >= $4 and (written_on <> $6 or (xid, id) > ($1::xid8, $2))
+                     where id >= $4 and (written_on <> $6 or (xid, id) > ($1::text::xid8, $2))
                      order by id limit $3)
-                 select (select count(*) from pending) as counted,
-                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as ids_after,
+                 select (select count(*) from pending) as "counted!",
+                        coalesce((select max(id) from outbox), 0) - greatest($2, $4 - 1) as "ids_after!",
                         extract(epoch from clock_timestamp() - (select min(created_at) from pending))::float8 as oldest,
                         extract(epoch from clock_timestamp() - (
                             select created_at from outbox
                              where xid >= pg_snapshot_xmin(pg_current_snapshot())
                                and xid < pg_snapshot_xmax(pg_current_snapshot()) and written_on = $5
                              order by xid, id limit 1))::float8 as stall,
-                        (select count(*) from pending where written_on <> $5) as earlier",
+                        (select count(*) from pending where written_on <> $5) as "earlier!""#,
+                cursor.xid_text(),
+                cursor.id,
+                COUNTED_UP_TO,
+                generation.since_id,
+                cluster,
+                generation.cluster,
             )
-        }
-        .bind(cursor.xid_text())
-        .bind(cursor.id)
-        .bind(COUNTED_UP_TO)
-        .bind(generation.since_id)
-        .bind(cluster)
-        .bind(generation.cluster)
-        .fetch_one(&mut *tx)
-        .await?;
-        let counted: i64 = row.try_get("counted")?;
-        let backlog_rows = if counted < COUNTED_UP_TO { counted } else { counted.max(row.try_get("ids_after")?) };
-        let oldest_unpublished_age = seconds(row.try_get("oldest")?);
-        let watermark_stall = seconds(row.try_get("stall")?);
-        let earlier_cluster_rows: i64 = row.try_get("earlier")?;
+            .fetch_one(&mut *tx)
+            .await?
+        };
+        let counted = row.counted;
+        let backlog_rows = if counted < COUNTED_UP_TO { counted } else { counted.max(row.ids_after) };
+        let oldest_unpublished_age = seconds(row.oldest);
+        let watermark_stall = seconds(row.stall);
+        let earlier_cluster_rows = row.earlier;
         ::metrics::gauge!(metrics::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
         ::metrics::gauge!(metrics::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
         ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);
@@ -144,11 +167,12 @@ impl Observer {
         ::metrics::gauge!(metrics::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
         // Replays run as their own short-lived processes and log what they did; the
         // running relay is what Prometheus scrapes, so it reports their total.
-        let replayed: i64 =
-            sqlx::query_scalar("select coalesce(sum(replayed), 0)::bigint from relay_replays where topic = $1")
-                .bind(&self.topic)
-                .fetch_one(&mut *tx)
-                .await?;
+        let replayed = sqlx::query_scalar!(
+            r#"select coalesce(sum(replayed), 0)::bigint as "replayed!" from relay_replays where topic = $1"#,
+            self.topic,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         ::metrics::counter!(metrics::REPLAYED).absolute(replayed.max(0) as u64);
 
         let mut blocker = None;
@@ -182,23 +206,14 @@ impl Observer {
 
 /// The session with the oldest transaction id still running: the snapshot's xmin.
 async fn blocker_of_watermark(conn: &mut PgConnection) -> Result<Option<Blocker>, sqlx::Error> {
-    let row = sqlx::query(
-        "select pid, application_name, state, xact_start, left(query, 500) as query
-           from pg_stat_activity
-          where backend_xid is not null
-          order by age(backend_xid) desc
-          limit 1",
+    sqlx::query_as!(
+        Blocker,
+        r#"select pid as "pid!", application_name, state, xact_start, left(query, 500) as query
+             from pg_stat_activity
+            where backend_xid is not null
+            order by age(backend_xid) desc
+            limit 1"#,
     )
     .fetch_optional(conn)
-    .await?;
-    row.map(|row| {
-        Ok(Blocker {
-            pid: row.try_get("pid")?,
-            application_name: row.try_get("application_name")?,
-            state: row.try_get("state")?,
-            xact_start: row.try_get("xact_start")?,
-            query: row.try_get("query")?,
-        })
-    })
-    .transpose()
+    .await
 }

@@ -42,9 +42,25 @@ pub struct OutboxRow {
     pub published: bool,
 }
 
-/// `select <row columns> from outbox o <rest>`. The header fields inside the payload
-/// are picked out here rather than with `->>` in SQL: four jsonb lookups per row
-/// cost Postgres more than the whole rest of the read (measured on 1000-row pages).
+/// An outbox row's columns as a read selects them (see [`select_rows`]).
+pub struct SelectedRow {
+    pub id: i64,
+    /// `xid8` as text: sqlx has no type for it.
+    pub xid: String,
+    pub kafka_key: String,
+    pub message_id: Uuid,
+    pub event_type: String,
+    pub rsvp_version: i64,
+    pub payload: String,
+    pub traceparent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `select <row columns> from outbox o <rest>`, for the reads whose condition is
+/// composed at run time (replays); [`read_eligible`] spells the same columns out in
+/// its checked statements. The header fields inside the payload are picked out in
+/// Rust rather than with `->>` in SQL: four jsonb lookups per row cost Postgres more
+/// than the whole rest of the read (measured on 1000-row pages).
 pub fn select_rows(rest: &str) -> String {
     format!(
         "select o.id, o.xid::text as xid, o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
@@ -74,24 +90,43 @@ impl<'a> HeaderFields<'a> {
 }
 
 impl OutboxRow {
+    /// A row of a [`select_rows`] statement.
     pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        let xid: String = row.try_get("xid")?;
-        let xid = xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        let payload: String = row.try_get("payload")?;
-        let fields = HeaderFields::of(&payload);
-        Ok(Self {
-            position: Position { xid, id: row.try_get("id")? },
+        Self::from_selected(SelectedRow {
+            id: row.try_get("id")?,
+            xid: row.try_get("xid")?,
             kafka_key: row.try_get("kafka_key")?,
             message_id: row.try_get("message_id")?,
             event_type: row.try_get("event_type")?,
             rsvp_version: row.try_get("rsvp_version")?,
+            payload: row.try_get("payload")?,
             traceparent: row.try_get("traceparent")?,
             created_at: row.try_get("created_at")?,
-            specversion: fields.specversion.map(Cow::into_owned),
-            source: fields.source.map(Cow::into_owned),
-            time: fields.time.map(Cow::into_owned),
-            content_type: fields.datacontenttype.map(Cow::into_owned),
-            payload,
+        })
+    }
+
+    pub fn from_selected(row: SelectedRow) -> Result<Self, sqlx::Error> {
+        let xid = row.xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let fields = HeaderFields::of(&row.payload);
+        let (specversion, source, time, content_type) = (
+            fields.specversion.map(Cow::into_owned),
+            fields.source.map(Cow::into_owned),
+            fields.time.map(Cow::into_owned),
+            fields.datacontenttype.map(Cow::into_owned),
+        );
+        Ok(Self {
+            position: Position { xid, id: row.id },
+            kafka_key: row.kafka_key,
+            message_id: row.message_id,
+            event_type: row.event_type,
+            rsvp_version: row.rsvp_version,
+            traceparent: row.traceparent,
+            created_at: row.created_at,
+            specversion,
+            source,
+            time,
+            content_type,
+            payload: row.payload,
             published: false,
         })
     }
@@ -167,37 +202,55 @@ pub async fn read_eligible(
     // the rows of a table without statistics yet (a fresh restore, a bulk load), and
     // the planner then sorted the whole backlog on every read (200k rows: 1 s a read,
     // the drain 6x slower) instead of walking the (xid, id) index.
-    let sql = select_rows(if scope.earlier_cluster {
-        "where (o.xid, o.id) > ($1::xid8, $2)
-           and case when o.written_on = $4 then o.id >= $5 else false end
-         order by o.xid, o.id
-         limit $3"
-    } else {
-        "where (o.xid, o.id) > ($1::xid8, $2)
-           and o.xid < pg_snapshot_xmin(pg_current_snapshot())
-           and case when o.written_on = $4 then o.id >= $5 else false end
-         order by o.xid, o.id
-         limit $3"
-    });
-    let rows = sqlx::query(&sql)
-        .bind(after.xid_text())
-        .bind(after.id)
-        .bind(i64::from(limit))
-        .bind(scope.cluster)
-        .bind(scope.since_id)
+    let rows = if scope.earlier_cluster {
+        sqlx::query_as!(
+            SelectedRow,
+            r#"select o.id, o.xid::text as "xid!", o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
+                      o.payload::text as "payload!", o.traceparent, o.created_at
+                 from outbox o
+                where (o.xid, o.id) > ($1::text::xid8, $2)
+                  and case when o.written_on = $4 then o.id >= $5 else false end
+                order by o.xid, o.id
+                limit $3"#,
+            after.xid_text(),
+            after.id,
+            i64::from(limit),
+            scope.cluster,
+            scope.since_id,
+        )
         .fetch_all(db)
-        .await?;
-    let mut rows: Vec<OutboxRow> = rows.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
+        .await?
+    } else {
+        sqlx::query_as!(
+            SelectedRow,
+            r#"select o.id, o.xid::text as "xid!", o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
+                      o.payload::text as "payload!", o.traceparent, o.created_at
+                 from outbox o
+                where (o.xid, o.id) > ($1::text::xid8, $2)
+                  and o.xid < pg_snapshot_xmin(pg_current_snapshot())
+                  and case when o.written_on = $4 then o.id >= $5 else false end
+                order by o.xid, o.id
+                limit $3"#,
+            after.xid_text(),
+            after.id,
+            i64::from(limit),
+            scope.cluster,
+            scope.since_id,
+        )
+        .fetch_all(db)
+        .await?
+    };
+    let mut rows: Vec<OutboxRow> = rows.into_iter().map(OutboxRow::from_selected).collect::<Result<_, _>>()?;
     let Some(until) = receipts_until else { return Ok(rows) };
     // A separate lookup: every receipt holding a row after `after` ends after it,
     // which the receipts' (topic, last row) index finds without older receipts.
     if rows.first().is_some_and(|row| row.position <= until) {
-        let published: Vec<i64> = sqlx::query_scalar(
-            "select unnest(outbox_ids) from relay_receipts where topic = $1 and (last_xid, last_id) > ($2::xid8, $3)",
+        let published: Vec<i64> = sqlx::query_scalar!(
+            r#"select unnest(outbox_ids) as "id!" from relay_receipts where topic = $1 and (last_xid, last_id) > ($2::text::xid8, $3)"#,
+            topic,
+            after.xid_text(),
+            after.id,
         )
-        .bind(topic)
-        .bind(after.xid_text())
-        .bind(after.id)
         .fetch_all(db)
         .await?;
         let published: std::collections::HashSet<i64> = published.into_iter().collect();

@@ -18,8 +18,8 @@ pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: 
     // acknowledged. A receipt's rows are of one generation; one below the cursor's
     // since_id is of an earlier generation, all of which is behind the cursor (its
     // xids are another cluster's and do not compare with the cursor's).
-    let (receipts, rows): (i64, i64) = sqlx::query_as(
-        "with oldest as (
+    let pruned = sqlx::query!(
+        r#"with oldest as (
             select r.id,
                    sum(cardinality(r.outbox_ids)) over (order by r.published_at, r.id)
                      - cardinality(r.outbox_ids) as rows_before
@@ -35,16 +35,16 @@ pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: 
          pruned as (
             delete from outbox o using (select unnest(outbox_ids) as id from receipts) p where o.id = p.id
             returning o.id)
-         select (select count(*) from receipts), (select count(*) from pruned)",
+         select (select count(*) from receipts) as "receipts!", (select count(*) from pruned) as "rows!""#,
+        topic,
+        cutoff,
+        i64::from(batch.max(1)),
     )
-    .bind(topic)
-    .bind(cutoff)
-    .bind(i64::from(batch.max(1)))
     .fetch_one(pool)
     .await?;
-    let rows = u64::try_from(rows).unwrap_or_default();
+    let rows = u64::try_from(pruned.rows).unwrap_or_default();
     ::metrics::counter!(metrics::PRUNED).increment(rows);
-    Ok((receipts > 0).then_some(rows))
+    Ok((pruned.receipts > 0).then_some(rows))
 }
 
 /// Prunes until nothing is left to prune; returns the total.

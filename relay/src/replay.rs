@@ -111,14 +111,17 @@ pub async fn replay(
         "where (o.xid, o.id) > ($2::xid8, $3) and {} and {PUBLISHED} order by o.xid, o.id limit $4",
         selection.condition()
     ));
-    let log_id: i64 = sqlx::query_scalar("insert into relay_replays (topic, selection) values ($1, $2) returning id")
-        .bind(&settings.topic)
-        .bind(format!("{selection:?}"))
-        .fetch_one(pool)
-        .await?;
+    let log_id = sqlx::query_scalar!(
+        "insert into relay_replays (topic, selection) values ($1, $2) returning id",
+        settings.topic,
+        format!("{selection:?}"),
+    )
+    .fetch_one(pool)
+    .await?;
     let started = Instant::now();
     let mut after = Position::default();
     loop {
+        // Dynamic: the selection's condition and its parameters vary (see `Selection`).
         let query = sqlx::query(&sql).bind(&settings.topic).bind(after.xid_text()).bind(after.id).bind(i64::from(page_size));
         let rows: Vec<OutboxRow> =
             selection.bind(query).fetch_all(pool).await?.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
@@ -127,9 +130,7 @@ pub async fn replay(
         publish_with_retries(&kafka, &rows, settings.max_batch_bytes, settings.max_backoff).await?;
         report.replayed += rows.len() as u64;
         ::metrics::counter!(metrics::REPLAYED).increment(rows.len() as u64);
-        sqlx::query("update relay_replays set replayed = replayed + $2 where id = $1")
-            .bind(log_id)
-            .bind(rows.len() as i64)
+        sqlx::query!("update relay_replays set replayed = replayed + $2 where id = $1", log_id, rows.len() as i64)
             .execute(pool)
             .await?;
         progress(report.replayed, report.selected);
@@ -138,7 +139,7 @@ pub async fn replay(
             tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
         }
     }
-    sqlx::query("update relay_replays set finished_at = now() where id = $1").bind(log_id).execute(pool).await?;
+    sqlx::query!("update relay_replays set finished_at = now() where id = $1", log_id).execute(pool).await?;
     Ok(report)
 }
 
@@ -155,6 +156,7 @@ async fn count(pool: &PgPool, settings: &Settings, selection: &Selection) -> Res
             and {}",
         selection.condition()
     );
+    // Dynamic: the selection's condition and its parameters vary (see `Selection`).
     let query = sqlx::query_as::<_, (i64, i64, Option<i64>, Option<i64>)>(&sql)
         .bind(&settings.topic)
         .bind(None::<String>)

@@ -1,6 +1,6 @@
 //! The relay's cursor and receipts in Postgres.
 
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor};
 use crate::outbox::{Position, Scope};
 
 /// Where one produced batch landed: its rows, in offset order from `base_offset`.
@@ -61,41 +61,38 @@ impl Generation {
 /// The generation of relay `name`'s cursor: `Some(None)` when the cursor has no
 /// cluster (written by hand), which the relay refuses to publish from.
 pub async fn load_generation(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Option<Generation>>, sqlx::Error> {
-    let row: Option<(Option<i64>, i64)> = sqlx::query_as("select cluster, since_id from relay_cursors where name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(|(cluster, since_id)| cluster.map(|cluster| Generation { cluster, since_id })))
+    let row = sqlx::query!("select cluster, since_id from relay_cursors where name = $1", name).fetch_optional(db).await?;
+    Ok(row.map(|row| row.cluster.map(|cluster| Generation { cluster, since_id: row.since_id })))
 }
 
 /// The cursor of relay `name`, created at the start of the outbox when missing: in
 /// the generation of the first row (restored rows of another cluster come first).
 #[tracing::instrument(skip_all, fields(name), err)]
 pub async fn ensure_cursor(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into relay_cursors (name, cluster)
          values ($1, coalesce((select written_on from outbox order by id limit 1), outbox_cluster()))
          on conflict (name) do nothing",
+        name,
     )
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
+    .execute(&mut *conn)
+    .await?;
     Ok(load_cursor(&mut *conn, name).await?.unwrap_or_default())
 }
 
 /// The cursor of relay `name`, if it ever ran.
 pub async fn load_cursor(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
-    let row = sqlx::query(
-        "select xid::text as xid, id, receipts_ahead_xid::text as ahead_xid, receipts_ahead_id as ahead_id
-           from relay_cursors where name = $1",
+    let row = sqlx::query!(
+        r#"select xid::text as "xid!", id, receipts_ahead_xid::text as ahead_xid, receipts_ahead_id as ahead_id
+             from relay_cursors where name = $1"#,
+        name,
     )
-    .bind(name)
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let parse = |xid: String| xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)));
-    let position = Position { xid: parse(row.try_get("xid")?)?, id: row.try_get("id")? };
-    let receipts_ahead = match (row.try_get::<Option<String>, _>("ahead_xid")?, row.try_get::<Option<i64>, _>("ahead_id")?) {
+    let position = Position { xid: parse(row.xid)?, id: row.id };
+    let receipts_ahead = match (row.ahead_xid, row.ahead_id) {
         (Some(xid), Some(id)) => Some(Position { xid: parse(xid)?, id }),
         _ => None,
     };
@@ -118,7 +115,7 @@ pub async fn commit(
     // receipts and cursor moves, whose rows are published again (at-least-once, as
     // after a relay crash). Anything that acts on the cursor (pruning) commits
     // durably later in the same WAL, which makes the moves it saw durable first.
-    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
+    sqlx::query!("set local synchronous_commit = off").execute(&mut *tx).await?;
     if !receipts.is_empty() {
         // All receipts' ids in one array; each receipt takes its slice [first, last].
         let mut ids = Vec::new();
@@ -132,34 +129,35 @@ pub async fn commit(
         let base_offsets: Vec<i64> = receipts.iter().map(|r| r.base_offset).collect();
         let last_xids: Vec<String> = receipts.iter().map(|r| r.last.xid_text()).collect();
         let last_ids: Vec<i64> = receipts.iter().map(|r| r.last.id).collect();
-        sqlx::query(
+        sqlx::query!(
             "insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
              select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
                from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
                     as u(partition, base_offset, first, last, last_xid, last_id)",
+            topic,
+            &ids,
+            &partitions,
+            &base_offsets,
+            &first,
+            &last,
+            &last_xids,
+            &last_ids,
         )
-        .bind(topic)
-        .bind(ids)
-        .bind(partitions)
-        .bind(base_offsets)
-        .bind(first)
-        .bind(last)
-        .bind(last_xids)
-        .bind(last_ids)
         .execute(&mut *tx)
         .await?;
     }
     if let Some(Cursor { position, receipts_ahead }) = cursor {
-        sqlx::query(
+        sqlx::query!(
             "update relay_cursors
-                set xid = $2::xid8, id = $3, receipts_ahead_xid = $4::xid8, receipts_ahead_id = $5, updated_at = now()
-              where name = $1 and (xid, id) <= ($2::xid8, $3)",
+                set xid = $2::text::xid8, id = $3, receipts_ahead_xid = $4::text::xid8, receipts_ahead_id = $5,
+                    updated_at = now()
+              where name = $1 and (xid, id) <= ($2::text::xid8, $3)",
+            topic,
+            position.xid_text(),
+            position.id,
+            receipts_ahead.map(|p| p.xid_text()),
+            receipts_ahead.map(|p| p.id),
         )
-        .bind(topic)
-        .bind(position.xid_text())
-        .bind(position.id)
-        .bind(receipts_ahead.map(|p| p.xid_text()))
-        .bind(receipts_ahead.map(|p| p.id))
         .execute(&mut *tx)
         .await?;
     }

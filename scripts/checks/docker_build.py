@@ -469,12 +469,15 @@ def debian_release(base):
 
 def build_env():
     """This process's environment without what would make cargo build differently
-    from the image (the rust image sets none of these)."""
+    from the image (the rust image sets none of these): the sqlx macros must find
+    what the Dockerfile gives them (its ENV, the .sqlx it copies), not a database."""
     env = {}
     for name, value in os.environ.items():
         if name in ("CARGO_HOME", "RUSTUP_HOME"):
             env[name] = value
-        elif name.startswith(("CARGO_", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN")) or name in ("RUSTFLAGS", "RUST_LOG"):
+        elif name.startswith(("CARGO_", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN")) or name in (
+            "RUSTFLAGS", "RUST_LOG", "DATABASE_URL", "SQLX_OFFLINE", "SQLX_OFFLINE_DIR"
+        ):
             continue
         else:
             env[name] = value

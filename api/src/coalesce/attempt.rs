@@ -9,8 +9,9 @@ use tokio::time::Instant;
 use super::{Answer, Pending};
 use crate::{
     error::{ApiError, Unavailable},
+    idempotency::records,
     store::{
-        events, idempotency,
+        events,
         transactions::{self, Settled, TxTimeouts},
         Tx,
     },
@@ -130,7 +131,7 @@ async fn prepare(
         .zip(&*started)
         .map(|(p, started)| p.claim.as_ref().filter(|_| *started).map(|c| &c.idempotency))
         .collect();
-    let claimed = idempotency::claim(&mut tx, &claims).await?;
+    let claimed = records::claim(&mut tx, &claims).await?;
     for (index, claim) in claims.iter().enumerate() {
         if claim.is_some() && !claimed[index] {
             answers[index] = Some(Err(ApiError::IdempotencyKeyInUse));
@@ -163,15 +164,15 @@ async fn prepare(
         }
     }
     let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
-    let mut records = Vec::new();
+    let mut responses = Vec::new();
     for ((pending, claim), answer) in batch.iter().zip(&claims).zip(&answers) {
         if let (Some(claim), Some(_)) =
             (&pending.claim, claim.filter(|_| !matches!(answer, Err(ApiError::IdempotencyKeyInUse))))
         {
-            records.extend(claim.response(answer)?.map(|response| (&claim.idempotency, response)));
+            responses.extend(claim.response(answer)?.map(|response| (&claim.idempotency, response)));
         }
     }
-    idempotency::record(&mut tx, &records).await?;
+    records::record(&mut tx, &responses).await?;
     let xid = transactions::current_xid(&mut tx).await?;
     Ok((tx, answers, xid))
 }
@@ -191,10 +192,7 @@ async fn lock_events(
     match locking {
         Locking::Wait => {
             let event_ids = lock_writers(tx, ops).await?;
-            sqlx::query("select id from events where id = any($1) order by id for no key update")
-                .bind(&event_ids)
-                .execute(&mut **tx)
-                .await?;
+            events::lock(tx, &event_ids).await?;
         }
         Locking::SkipHeld => {
             let mut tried = try_lock_writers(tx, &ops).await?;

@@ -16,8 +16,7 @@ use sqlx::PgPool;
 use super::{Caller, Idempotency, IdempotencyKey, Render, REPLAYED_HEADER};
 use crate::{
     auth::bearer_token,
-    error::ApiError,
-    startup::MAX_BODY_BYTES,
+    error::{ApiError, MAX_BODY_BYTES},
     store::idempotency::{self as store, Record},
     writes::WriteOutcome,
 };

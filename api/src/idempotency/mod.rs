@@ -11,6 +11,7 @@
 
 mod http;
 pub mod prune;
+pub mod records;
 
 use std::time::Duration;
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{
     paging::{PageKey, PageQuery, PageRequest},
     traceparent,
-    views::{Reader, RsvpPage},
+    views::{EventView, Reader, RsvpPage, RsvpView},
     ApiJson, ApiPath, IdempotencyKeyHeader,
 };
 use crate::{
@@ -26,9 +26,9 @@ use crate::{
         NewEvent, NewRsvp,
     },
     error::{ApiError, ErrorBody},
-    idempotency::{self, Claim, Idempotency, StoredResponse},
-    startup::AppState,
-    store::{events, events::EventView, idempotency as records, rsvps, rsvps::RsvpView},
+    idempotency::{self, records, Claim, Idempotency, StoredResponse},
+    state::AppState,
+    store::{events, rsvps},
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -69,7 +69,7 @@ pub async fn create_event(
             return idempotency::replay(&state.db, idempotency).await;
         }
     }
-    let created = events::insert_event(&mut *tx, &event).await?;
+    let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
     let response = StoredResponse::json(StatusCode::CREATED, &created)?;
     if let Some(idempotency) = &idempotency {
         records::record(&mut tx, &[(idempotency, response.clone())]).await?;
@@ -93,10 +93,14 @@ pub async fn get_event(
         .read_through(
             &cache_keys::event_generation(id),
             |generation| cache_keys::event_detail(id, generation),
-            || events::find_event(&state.db, id),
+            || load_event(&state.db, id),
         )
         .await?;
     event.map(ApiJson).ok_or(ApiError::NotFound("event"))
+}
+
+async fn load_event(db: &PgPool, id: Uuid) -> Result<Option<EventView>, sqlx::Error> {
+    Ok(events::find_event(db, id).await?.map(EventView::from))
 }
 
 /// One page of the event's rsvps, oldest first; emails only with the admin token,
@@ -148,7 +152,8 @@ async fn load_page(db: &PgPool, event_id: Uuid, page: PageRequest) -> Result<Opt
     }
     let after = page.after.map(|key| (key.created_at, key.id));
     // One row more than the page tells whether another page follows.
-    let mut items = rsvps::page_for_event(db, event_id, after, i64::from(page.limit) + 1).await?;
+    let rows = rsvps::page_for_event(db, event_id, after, i64::from(page.limit) + 1).await?;
+    let mut items: Vec<RsvpView> = rows.iter().map(RsvpView::from).collect();
     let more = items.len() > page.limit as usize;
     items.truncate(page.limit as usize);
     let next = more
@@ -195,5 +200,5 @@ pub async fn create_rsvp(
 /// 201 with the new rsvp and its token.
 fn created_rsvp(outcome: &WriteOutcome) -> anyhow::Result<StoredResponse> {
     let token = outcome.token.clone().ok_or_else(|| anyhow::anyhow!("a created rsvp came back without its token"))?;
-    StoredResponse::json(StatusCode::CREATED, &CreatedRsvp { rsvp: outcome.written.rsvp.view(), token })
+    StoredResponse::json(StatusCode::CREATED, &CreatedRsvp { rsvp: RsvpView::from(&outcome.written.rsvp), token })
 }

@@ -3,7 +3,7 @@
 use axum::{extract::State, routing::get, Router};
 use rsvp_contract::admin::{self, Readiness};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(admin::healthz)).route("/readyz", get(readyz))

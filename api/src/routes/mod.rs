@@ -12,7 +12,7 @@ use axum::{
     http::HeaderMap,
     Router,
 };
-use crate::{error::ApiError, startup::AppState};
+use crate::{error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().merge(events::router()).merge(rsvps::router()).merge(stats::router()).merge(health::router())

@@ -8,11 +8,12 @@ use axum::{
     Extension, Router,
 };
 use rsvp_contract::cache_keys;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
     traceparent,
-    views::{Reader, RsvpRead, View},
+    views::{Reader, RsvpRead, RsvpView, View},
     ApiJson, ApiPath, IdempotencyKeyHeader,
 };
 use crate::{
@@ -20,8 +21,8 @@ use crate::{
     domain::{CancelRsvpRequest, RsvpChanges, UpdateRsvpRequest},
     error::{ApiError, ErrorBody},
     idempotency::{self, Claim, Idempotency, Render, StoredResponse},
-    startup::AppState,
-    store::{rsvps, rsvps::RsvpView},
+    state::AppState,
+    store::rsvps,
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -52,7 +53,7 @@ pub async fn get_rsvp(
         .read_through(
             &cache_keys::rsvp_generation(id),
             |generation| cache_keys::rsvp(id, generation),
-            || rsvps::find(&state.db, id),
+            || load_rsvp(&state.db, id),
         )
         .await?
         .ok_or(ApiError::NotFound("rsvp"))?;
@@ -158,9 +159,13 @@ async fn write(
 
 /// 200 with the rsvp as the write left it.
 fn rsvp_as_it_is(outcome: &WriteOutcome) -> anyhow::Result<StoredResponse> {
-    StoredResponse::json(StatusCode::OK, &outcome.written.rsvp.view())
+    StoredResponse::json(StatusCode::OK, &RsvpView::from(&outcome.written.rsvp))
 }
 
 fn deleted(_: &WriteOutcome) -> anyhow::Result<StoredResponse> {
     Ok(StoredResponse::empty(StatusCode::NO_CONTENT))
+}
+
+async fn load_rsvp(db: &PgPool, id: Uuid) -> Result<Option<RsvpView>, sqlx::Error> {
+    Ok(rsvps::find(db, id).await?.as_ref().map(RsvpView::from))
 }

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{ApiJson, ApiPath};
+use super::{views::RsvpCounts, ApiJson, ApiPath};
 use crate::{
     error::{ApiError, ErrorBody},
-    startup::AppState,
-    store::events::{self, RsvpCounts},
+    state::AppState,
+    store::{analytics, events},
 };
 
 pub fn router() -> Router<AppState> {
@@ -44,27 +44,13 @@ pub struct EventTotals {
     pub deleted: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HourlyRsvps {
     pub hour: DateTime<Utc>,
     /// Rsvps created in this hour.
     pub created: i64,
     /// Changes of any type in this hour.
     pub changes: i64,
-}
-
-#[derive(sqlx::FromRow)]
-struct StatsRow {
-    going: i64,
-    maybe: i64,
-    declined: i64,
-    cancelled: i64,
-    guests_going: i64,
-    created_total: i64,
-    updated_total: i64,
-    cancelled_total: i64,
-    deleted_total: i64,
-    last_event_at: Option<DateTime<Utc>>,
 }
 
 /// Statistics of an event: current counts, guests going, totals per change type and
@@ -81,22 +67,14 @@ pub async fn get_stats(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>
     Ok(ApiJson(load_stats(&state.analytics, id).await?))
 }
 
-#[tracing::instrument(skip(pool), err)]
+/// The event's statistics; zeros before the consumer applied its first rsvp change.
 pub async fn load_stats(pool: &PgPool, event_id: Uuid) -> Result<EventStats, sqlx::Error> {
-    let row: Option<StatsRow> = sqlx::query_as(
-        "select going, maybe, declined, cancelled, guests_going, created_total, updated_total,
-                cancelled_total, deleted_total, last_event_at
-         from analytics.event_stats where event_id = $1",
-    )
-    .bind(event_id)
-    .fetch_optional(pool)
-    .await?;
-    let rsvps_per_hour: Vec<HourlyRsvps> = sqlx::query_as(
-        "select hour, created, changes from analytics.rsvps_per_hour where event_id = $1 order by hour",
-    )
-    .bind(event_id)
-    .fetch_all(pool)
-    .await?;
+    let row = analytics::event_stats(pool, event_id).await?;
+    let rsvps_per_hour = analytics::rsvps_per_hour(pool, event_id)
+        .await?
+        .into_iter()
+        .map(|hour| HourlyRsvps { hour: hour.hour, created: hour.created, changes: hour.changes })
+        .collect();
     let stats = match row {
         None => EventStats {
             event_id,

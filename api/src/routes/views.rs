@@ -1,5 +1,6 @@
-//! What a read shows to whom: an attendee list shows name, status, guests and
-//! created time to anyone; the email only to the admin, or to the rsvp's own token.
+//! What the api shows of events and rsvps, and to whom: an attendee list shows name,
+//! status, guests and created time to anyone; the email only to the admin, or to the
+//! rsvp's own token.
 
 use axum::http::{header, HeaderMap};
 use chrono::{DateTime, Utc};
@@ -11,8 +12,79 @@ use uuid::Uuid;
 use crate::{
     auth::{bearer_token, AdminToken, TokenHash},
     error::ApiError,
-    store::rsvps::RsvpView,
+    store::{events::EventRow, rsvps::RsvpRow},
 };
+
+/// An event with its rsvp counts, as `GET /events/{id}` returns and the cache stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub title: String,
+    pub starts_at: DateTime<Utc>,
+    /// Seats; null when unlimited.
+    pub capacity: Option<i32>,
+    /// Seats held by going rsvps and their guests.
+    pub seats_taken: i32,
+    pub created_at: DateTime<Utc>,
+    pub counts: RsvpCounts,
+    /// Guests brought by going rsvps.
+    pub guests_going: i64,
+}
+
+impl From<EventRow> for EventView {
+    fn from(row: EventRow) -> Self {
+        Self {
+            id: row.id,
+            title: row.title,
+            starts_at: row.starts_at,
+            capacity: row.capacity,
+            seats_taken: row.seats_taken,
+            created_at: row.created_at,
+            counts: RsvpCounts { going: row.going, maybe: row.maybe, declined: row.declined, cancelled: row.cancelled },
+            guests_going: row.guests_going,
+        }
+    }
+}
+
+/// Rsvps of an event by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RsvpCounts {
+    pub going: i64,
+    pub maybe: i64,
+    pub declined: i64,
+    pub cancelled: i64,
+}
+
+/// An rsvp as reads return it: never its token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RsvpView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub status: RsvpStatus,
+    pub guests: i16,
+    /// Incremented by every change.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&RsvpRow> for RsvpView {
+    fn from(row: &RsvpRow) -> Self {
+        Self {
+            id: row.id,
+            event_id: row.event_id,
+            name: row.name.clone(),
+            email: row.email.clone(),
+            status: row.status(),
+            guests: row.guests,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
 
 /// An rsvp as anyone may see it: no email, no token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -3,117 +3,82 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::Tx;
 use crate::domain::NewEvent;
 
-/// An event with its rsvp counts, as `GET /events/{id}` returns and the cache stores it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct EventView {
+/// An event with its rsvp counts by status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
     pub id: Uuid,
     pub title: String,
     pub starts_at: DateTime<Utc>,
-    /// Seats; null when unlimited.
+    /// Seats; `None` when unlimited.
     pub capacity: Option<i32>,
     /// Seats held by going rsvps and their guests.
     pub seats_taken: i32,
     pub created_at: DateTime<Utc>,
-    pub counts: RsvpCounts,
-    /// Guests brought by going rsvps.
-    pub guests_going: i64,
-}
-
-/// Rsvps of an event by status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct RsvpCounts {
     pub going: i64,
     pub maybe: i64,
     pub declined: i64,
     pub cancelled: i64,
+    /// Guests brought by going rsvps.
+    pub guests_going: i64,
 }
 
+/// Inserts the event; it has no rsvps yet.
 #[tracing::instrument(skip_all, err)]
-pub async fn insert_event(db: impl sqlx::PgExecutor<'_>, event: &NewEvent) -> Result<EventView, sqlx::Error> {
-    let (id, created_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
+pub async fn insert_event(db: impl sqlx::PgExecutor<'_>, event: &NewEvent) -> Result<EventRow, sqlx::Error> {
+    let capacity = event.capacity.map(|c| c.value());
+    let inserted = sqlx::query!(
         "insert into events (id, title, starts_at, capacity) values ($1, $2, $3, $4)
          returning id, created_at",
+        Uuid::now_v7(),
+        event.title.as_str(),
+        event.starts_at.value(),
+        capacity,
     )
-    .bind(Uuid::now_v7())
-    .bind(event.title.as_str())
-    .bind(event.starts_at.value())
-    .bind(event.capacity.map(|c| c.value()))
     .fetch_one(db)
     .await?;
-    Ok(EventView {
-        id,
+    Ok(EventRow {
+        id: inserted.id,
         title: event.title.as_str().to_owned(),
         starts_at: event.starts_at.value(),
-        capacity: event.capacity.map(|c| c.value()),
+        capacity,
         seats_taken: 0,
-        created_at,
-        counts: RsvpCounts::default(),
+        created_at: inserted.created_at,
+        going: 0,
+        maybe: 0,
+        declined: 0,
+        cancelled: 0,
         guests_going: 0,
     })
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: Uuid,
-    title: String,
-    starts_at: DateTime<Utc>,
-    capacity: Option<i32>,
-    seats_taken: i32,
-    created_at: DateTime<Utc>,
-    going: i64,
-    maybe: i64,
-    declined: i64,
-    cancelled: i64,
-    guests_going: i64,
-}
-
 #[tracing::instrument(skip(pool), err)]
-pub async fn find_event(pool: &PgPool, id: Uuid) -> Result<Option<EventView>, sqlx::Error> {
-    let row: Option<EventRow> = sqlx::query_as(
-        "select e.id, e.title, e.starts_at, e.capacity, e.seats_taken, e.created_at,
-                count(*) filter (where r.status = 'going') as going,
-                count(*) filter (where r.status = 'maybe') as maybe,
-                count(*) filter (where r.status = 'declined') as declined,
-                count(*) filter (where r.status = 'cancelled') as cancelled,
-                coalesce(sum(r.guests) filter (where r.status = 'going'), 0)::bigint as guests_going
+pub async fn find_event(pool: &PgPool, id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        r#"select e.id, e.title, e.starts_at, e.capacity, e.seats_taken, e.created_at,
+                count(*) filter (where r.status = 'going') as "going!",
+                count(*) filter (where r.status = 'maybe') as "maybe!",
+                count(*) filter (where r.status = 'declined') as "declined!",
+                count(*) filter (where r.status = 'cancelled') as "cancelled!",
+                coalesce(sum(r.guests) filter (where r.status = 'going'), 0)::bigint as "guests_going!"
          from events e left join rsvps r on r.event_id = e.id
          where e.id = $1
-         group by e.id",
+         group by e.id"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| EventView {
-        id: r.id,
-        title: r.title,
-        starts_at: r.starts_at,
-        capacity: r.capacity,
-        seats_taken: r.seats_taken,
-        created_at: r.created_at,
-        counts: RsvpCounts {
-            going: r.going,
-            maybe: r.maybe,
-            declined: r.declined,
-            cancelled: r.cancelled,
-        },
-        guests_going: r.guests_going,
-    }))
+    .await
 }
 
 #[tracing::instrument(skip(pool), err)]
 pub async fn event_exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select exists (select 1 from events where id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(r#"select exists (select 1 from events where id = $1) as "exists!""#, id).fetch_one(pool).await
 }
 
 /// Seats of an event as its row says, under lock.
@@ -127,13 +92,23 @@ pub struct Seats {
 /// returns their seats; unknown ids are absent.
 #[tracing::instrument(skip_all, fields(events = ids.len()), err)]
 pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<i32>, i32)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "select id, capacity, seats_taken from events where id = any($1) order by id for no key update",
+        ids,
     )
-    .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().map(|(id, capacity, taken)| (id, Seats { capacity, taken })).collect())
+    Ok(rows.into_iter().map(|row| (row.id, Seats { capacity: row.capacity, taken: row.seats_taken })).collect())
+}
+
+/// Locks the rows of the events (in id order, so that concurrent writers cannot
+/// deadlock) until the transaction ends; unknown ids lock nothing.
+#[tracing::instrument(skip_all, fields(events = ids.len()), err)]
+pub async fn lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!("select id from events where id = any($1) order by id for no key update", ids)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Locks the rows of the events that no other transaction has locked, without
@@ -141,10 +116,9 @@ pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, S
 #[tracing::instrument(skip_all, fields(events = ids.len()), err)]
 pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     let existing: Vec<Uuid> =
-        sqlx::query_scalar("select id from events where id = any($1)").bind(ids).fetch_all(&mut **tx).await?;
+        sqlx::query_scalar!("select id from events where id = any($1)", ids).fetch_all(&mut **tx).await?;
     let locked: Vec<Uuid> =
-        sqlx::query_scalar("select id from events where id = any($1) order by id for no key update skip locked")
-            .bind(&existing)
+        sqlx::query_scalar!("select id from events where id = any($1) order by id for no key update skip locked", &existing)
             .fetch_all(&mut **tx)
             .await?;
     Ok(existing.into_iter().filter(|id| !locked.contains(id)).collect())
@@ -157,12 +131,12 @@ pub async fn add_seats(tx: &mut Tx<'_>, seats: &HashMap<Uuid, i32>) -> Result<()
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "update events set seats_taken = seats_taken + d.delta
          from unnest($1::uuid[], $2::int4[]) as d(id, delta) where events.id = d.id",
+        &ids,
+        &deltas,
     )
-    .bind(ids)
-    .bind(deltas)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -176,12 +150,12 @@ pub async fn adjust_seats(tx: &mut Tx<'_>, event_id: Uuid, delta: i32) -> Result
     if delta == 0 {
         return Ok(true);
     }
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "update events set seats_taken = seats_taken + $2
          where id = $1 and ($2 < 0 or capacity is null or seats_taken + $2 <= capacity)",
+        event_id,
+        delta,
     )
-    .bind(event_id)
-    .bind(delta)
     .execute(&mut **tx)
     .await?;
     Ok(updated.rows_affected() == 1)

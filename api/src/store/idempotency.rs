@@ -8,20 +8,35 @@
 //! first. Claims are taken in lookup-id order, after the transaction's event locks:
 //! two transactions never wait for each other's claims in a cycle.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use metrics::counter;
 use sqlx::PgPool;
 
 use super::Tx;
-use crate::idempotency::{Idempotency, StoredResponse};
 
 /// A record as a retry reads it.
-#[derive(sqlx::FromRow)]
 pub struct Record {
     pub fingerprint: Vec<u8>,
     pub status: Option<i16>,
     pub response: Option<Vec<u8>>,
+}
+
+/// A key to claim, as the database keeps it: derived from the client's key, which
+/// the store never sees.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyClaim<'a> {
+    pub lookup_id: &'a [u8; 32],
+    pub fingerprint: &'a [u8; 32],
+    /// How long the record answers retries.
+    pub ttl: Duration,
+}
+
+/// The answer of a claimed key's request, sealed by the caller.
+pub struct SealedResponse<'a> {
+    pub lookup_id: &'a [u8; 32],
+    pub status: i16,
+    pub sealed: Vec<u8>,
 }
 
 /// Claims the keys of `requests` (`None`: a write sent without a key) in `tx`; for
@@ -29,26 +44,18 @@ pub struct Record {
 /// record of a committed request is not claimed; an expired record is taken over. A
 /// key sent twice in one call is claimed by its first request only.
 #[tracing::instrument(skip_all, err)]
-pub async fn claim(
-    tx: &mut Tx<'_>,
-    requests: &[Option<&Idempotency>],
-) -> Result<Vec<bool>, sqlx::Error> {
+pub async fn claim(tx: &mut Tx<'_>, requests: &[Option<KeyClaim<'_>>]) -> Result<Vec<bool>, sqlx::Error> {
     let mut seen = HashSet::new();
-    let mut firsts: Vec<&Idempotency> = requests
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|i| seen.insert(i.lookup_id))
-        .collect();
+    let mut firsts: Vec<&KeyClaim<'_>> = requests.iter().flatten().filter(|k| seen.insert(k.lookup_id)).collect();
     if firsts.is_empty() {
         return Ok(vec![false; requests.len()]);
     }
-    firsts.sort_unstable_by_key(|i| i.lookup_id);
-    let ids: Vec<&[u8]> = firsts.iter().map(|i| &i.lookup_id[..]).collect();
-    let fingerprints: Vec<&[u8]> = firsts.iter().map(|i| &i.fingerprint[..]).collect();
-    let ttls: Vec<f64> = firsts.iter().map(|i| i.ttl.as_secs_f64()).collect();
+    firsts.sort_unstable_by_key(|k| k.lookup_id);
+    let ids: Vec<&[u8]> = firsts.iter().map(|k| &k.lookup_id[..]).collect();
+    let fingerprints: Vec<&[u8]> = firsts.iter().map(|k| &k.fingerprint[..]).collect();
+    let ttls: Vec<f64> = firsts.iter().map(|k| k.ttl.as_secs_f64()).collect();
     // The conflict action locks the live rows it leaves alone too, in the same order.
-    let claimed: Vec<Vec<u8>> = sqlx::query_scalar(
+    let claimed: Vec<Vec<u8>> = sqlx::query_scalar!(
         "insert into idempotency_keys (lookup_id, fingerprint, expires_at)
          select id, f, now() + make_interval(secs => s)
          from unnest($1::bytea[], $2::bytea[], $3::float8[]) with ordinality as r(id, f, s, n)
@@ -58,56 +65,47 @@ pub async fn claim(
                 status = null, response = null, created_at = now()
             where idempotency_keys.expires_at <= now()
          returning lookup_id",
+        &ids as &[&[u8]],
+        &fingerprints as &[&[u8]],
+        &ttls,
     )
-    .bind(ids)
-    .bind(fingerprints)
-    .bind(ttls)
     .fetch_all(&mut **tx)
     .await?;
     let mut claimed: HashSet<Vec<u8>> = claimed.into_iter().collect();
-    Ok(requests
-        .iter()
-        .map(|request| request.is_some_and(|i| claimed.remove(&i.lookup_id[..])))
-        .collect())
+    Ok(requests.iter().map(|request| request.is_some_and(|k| claimed.remove(&k.lookup_id[..]))).collect())
 }
 
-/// Fills in the records this transaction claimed with their responses, sealed.
+/// Fills in the records this transaction claimed with their sealed responses.
 #[tracing::instrument(skip_all, fields(records = responses.len()), err)]
-pub async fn record(
-    tx: &mut Tx<'_>,
-    responses: &[(&Idempotency, StoredResponse)],
-) -> Result<(), anyhow::Error> {
+pub async fn record(tx: &mut Tx<'_>, responses: &[SealedResponse<'_>]) -> Result<(), sqlx::Error> {
     if responses.is_empty() {
         return Ok(());
     }
-    let mut sealed = Vec::with_capacity(responses.len());
-    for (idempotency, response) in responses {
-        sealed.push(idempotency.seal(response)?);
-    }
-    let ids: Vec<&[u8]> = responses.iter().map(|(i, _)| &i.lookup_id[..]).collect();
-    let statuses: Vec<i16> = responses.iter().map(|(_, r)| r.status as i16).collect();
-    sqlx::query(
+    let ids: Vec<&[u8]> = responses.iter().map(|r| &r.lookup_id[..]).collect();
+    let statuses: Vec<i16> = responses.iter().map(|r| r.status).collect();
+    let sealed: Vec<&[u8]> = responses.iter().map(|r| &r.sealed[..]).collect();
+    sqlx::query!(
         "update idempotency_keys k set status = r.status, response = r.sealed
          from unnest($1::bytea[], $2::int2[], $3::bytea[]) as r(id, status, sealed)
          where k.lookup_id = r.id",
+        &ids as &[&[u8]],
+        &statuses,
+        &sealed as &[&[u8]],
     )
-    .bind(ids)
-    .bind(statuses)
-    .bind(sealed)
     .execute(&mut **tx)
     .await?;
-    counter!("api_idempotent_requests_total", "outcome" => "recorded")
-        .increment(responses.len() as u64);
+    counter!("api_idempotent_requests_total", "outcome" => "recorded").increment(responses.len() as u64);
     Ok(())
 }
 
 /// The record of `lookup_id`, expired or not.
 #[tracing::instrument(skip_all, err)]
 pub async fn find(db: &PgPool, lookup_id: &[u8; 32]) -> Result<Option<Record>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Record,
         "select fingerprint, status, response from idempotency_keys where lookup_id = $1",
+        &lookup_id[..],
     )
-    .bind(&lookup_id[..])
     .fetch_optional(db)
     .await
 }
@@ -116,12 +114,12 @@ pub async fn find(db: &PgPool, lookup_id: &[u8; 32]) -> Result<Option<Record>, s
 /// over right now are skipped rather than waited for.
 #[tracing::instrument(skip(db), err)]
 pub async fn prune_expired(db: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query(
+    let deleted = sqlx::query!(
         "delete from idempotency_keys where lookup_id in (
              select lookup_id from idempotency_keys where expires_at <= now()
              limit $1 for update skip locked)",
+        limit,
     )
-    .bind(limit)
     .execute(db)
     .await?;
     Ok(deleted.rows_affected())

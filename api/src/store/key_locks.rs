@@ -1,6 +1,6 @@
 //! Transaction-scoped advisory locks per Kafka key (an event id): what makes the
 //! relay's `(xid, id)` order the commit order of the writers of one key. The proof is
-//! on [`crate::writes::lock_writers`].
+//! on `writes::lock_writers`.
 
 use uuid::Uuid;
 
@@ -36,10 +36,7 @@ pub async fn lock_events(tx: &mut Tx<'_>, event_ids: &[Uuid]) -> Result<(), sqlx
     if keys.is_empty() {
         return Ok(());
     }
-    sqlx::query("select pg_advisory_xact_lock(k) from unnest($1::int8[]) as k")
-        .bind(keys)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!("select pg_advisory_xact_lock(k) from unnest($1::int8[]) as k", &keys).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -52,8 +49,7 @@ pub async fn try_lock_events(tx: &mut Tx<'_>, event_ids: &[Uuid]) -> Result<Vec<
         return Ok(Vec::new());
     }
     // The filter runs row by row in array order, as the select list does above.
-    sqlx::query_scalar("select k from unnest($1::int8[]) as k where not pg_try_advisory_xact_lock(k)")
-        .bind(keys)
+    sqlx::query_scalar!(r#"select k as "k!" from unnest($1::int8[]) as k where not pg_try_advisory_xact_lock(k)"#, &keys)
         .fetch_all(&mut **tx)
         .await
 }

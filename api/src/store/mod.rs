@@ -1,6 +1,8 @@
-//! SQL for events, rsvps and the outbox. Functions that write take the caller's
+//! The api's SQL: events, rsvps, the outbox, idempotency records, and the analytics
+//! consumer's statistics (read only). Functions that write take the caller's
 //! transaction, so that a handler composes them and commits once.
 
+pub mod analytics;
 pub mod events;
 pub mod idempotency;
 pub mod key_locks;

@@ -21,22 +21,22 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
     let versions: Vec<i64> = events.iter().map(|(e, _)| e.data.version).collect();
     let traceparents: Vec<Option<&str>> = events.iter().map(|(_, t)| *t).collect();
     // `with ordinality` keeps the given order, so outbox ids follow it.
-    sqlx::query(
+    sqlx::query!(
         "insert into outbox
             (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
          select $1, a, k, t, m, v, p, tp
          from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::jsonb[], $8::text[])
               with ordinality as rows(a, k, t, m, v, p, tp, n)
          order by n",
+        AGGREGATE_RSVP,
+        &aggregate_ids,
+        &keys,
+        &types as &[&str],
+        &message_ids,
+        &versions,
+        &payloads,
+        &traceparents as &[Option<&str>],
     )
-    .bind(AGGREGATE_RSVP)
-    .bind(aggregate_ids)
-    .bind(keys)
-    .bind(types)
-    .bind(message_ids)
-    .bind(versions)
-    .bind(payloads)
-    .bind(traceparents)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -2,23 +2,25 @@
 
 use chrono::{DateTime, Utc};
 use rsvp_contract::{RsvpData, RsvpStatus};
-use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use utoipa::ToSchema;
+use sqlx::{
+    error::BoxDynError,
+    postgres::{PgTypeInfo, PgValueRef},
+    PgPool, Postgres,
+};
 use uuid::Uuid;
 
 use super::Tx;
 use crate::{auth::TokenHash, domain::NewRsvp};
 
-const COLUMNS: &str = "id, event_id, name, email, status, guests, token_hash, version, created_at, updated_at";
+// Every query below selects or returns the columns of `RsvpRow`, spelled out: the
+// query macros check only a literal statement.
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RsvpRow {
     pub id: Uuid,
     pub event_id: Uuid,
     pub name: String,
     pub email: String,
-    #[sqlx(try_from = "String")]
     pub status: StoredStatus,
     pub guests: i16,
     pub token_hash: Vec<u8>,
@@ -31,27 +33,21 @@ pub struct RsvpRow {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoredStatus(pub RsvpStatus);
 
-impl TryFrom<String> for StoredStatus {
-    type Error = String;
+impl sqlx::Type<Postgres> for StoredStatus {
+    fn type_info() -> PgTypeInfo {
+        <&str as sqlx::Type<Postgres>>::type_info()
+    }
 
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        RsvpStatus::parse(&value).map(StoredStatus).ok_or(value)
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Postgres>>::compatible(ty)
     }
 }
 
-/// An rsvp as reads return it: never its token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct RsvpView {
-    pub id: Uuid,
-    pub event_id: Uuid,
-    pub name: String,
-    pub email: String,
-    pub status: RsvpStatus,
-    pub guests: i16,
-    /// Incremented by every change.
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+impl<'r> sqlx::Decode<'r, Postgres> for StoredStatus {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        RsvpStatus::parse(text).map(StoredStatus).ok_or_else(|| text.into())
+    }
 }
 
 impl RsvpRow {
@@ -65,20 +61,6 @@ impl RsvpRow {
 
     pub fn token_hash(&self) -> Option<TokenHash> {
         TokenHash::from_stored(&self.token_hash)
-    }
-
-    pub fn view(&self) -> RsvpView {
-        RsvpView {
-            id: self.id,
-            event_id: self.event_id,
-            name: self.name.clone(),
-            email: self.email.clone(),
-            status: self.status(),
-            guests: self.guests,
-            version: self.version,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
     }
 
     /// The event payload: the rsvp after the change.
@@ -119,26 +101,27 @@ pub async fn insert_many(tx: &mut Tx<'_>, rows: &[NewRow<'_>]) -> Result<Vec<Rsv
     let statuses: Vec<&str> = rows.iter().map(|r| r.rsvp.status.as_str()).collect();
     let guests: Vec<i16> = rows.iter().map(|r| r.rsvp.guests.value()).collect();
     let hashes: Vec<&[u8]> = rows.iter().map(|r| r.token_hash.as_bytes()).collect();
-    sqlx::query_as(&format!(
-        "insert into rsvps (id, event_id, name, email, status, guests, token_hash)
+    sqlx::query_as!(
+        RsvpRow,
+        r#"insert into rsvps (id, event_id, name, email, status, guests, token_hash)
          select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int2[], $7::bytea[])
          on conflict do nothing
-         returning {COLUMNS}"
-    ))
-    .bind(ids)
-    .bind(event_ids)
-    .bind(names)
-    .bind(emails)
-    .bind(statuses)
-    .bind(guests)
-    .bind(hashes)
+         returning id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at"#,
+        &ids,
+        &event_ids,
+        &names as &[&str],
+        &emails as &[&str],
+        &statuses as &[&str],
+        &guests,
+        &hashes as &[&[u8]],
+    )
     .fetch_all(&mut **tx)
     .await
 }
 
 /// Removes rows this transaction just inserted, when a later check refuses them.
 pub async fn discard(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from rsvps where id = any($1)").bind(ids).execute(&mut **tx).await?;
+    sqlx::query!("delete from rsvps where id = any($1)", ids).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -155,18 +138,20 @@ pub async fn events_of(
     if ids.is_empty() && token_hashes.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as("select id, token_hash, event_id from rsvps where id = any($1) or token_hash = any($2)")
-        .bind(ids)
-        .bind(token_hashes)
-        .fetch_all(&mut **tx)
-        .await
+    let rows = sqlx::query!(
+        "select id, token_hash, event_id from rsvps where id = any($1) or token_hash = any($2)",
+        ids,
+        token_hashes,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.token_hash, row.event_id)).collect())
 }
 
 /// The rsvp, locked until the transaction ends.
 #[tracing::instrument(skip(tx), err)]
 pub async fn lock_by_id(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<RsvpRow>, sqlx::Error> {
-    sqlx::query_as(&format!("select {COLUMNS} from rsvps where id = $1 for update"))
-        .bind(id)
+    sqlx::query_as!(RsvpRow, r#"select id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at from rsvps where id = $1 for update"#, id)
         .fetch_optional(&mut **tx)
         .await
 }
@@ -174,8 +159,7 @@ pub async fn lock_by_id(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<RsvpRow>, sq
 /// The rsvp whose token hashes to `hash`, locked until the transaction ends.
 #[tracing::instrument(skip_all, err)]
 pub async fn lock_by_token(tx: &mut Tx<'_>, hash: &TokenHash) -> Result<Option<RsvpRow>, sqlx::Error> {
-    sqlx::query_as(&format!("select {COLUMNS} from rsvps where token_hash = $1 for update"))
-        .bind(hash.as_bytes())
+    sqlx::query_as!(RsvpRow, r#"select id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at from rsvps where token_hash = $1 for update"#, hash.as_bytes())
         .fetch_optional(&mut **tx)
         .await
 }
@@ -190,14 +174,15 @@ pub async fn update(
     name: &str,
     guests: i16,
 ) -> Result<RsvpRow, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "update rsvps set status = $2, name = $3, guests = $4, version = version + 1, updated_at = now()
-         where id = $1 returning {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(status.as_str())
-    .bind(name)
-    .bind(guests)
+    sqlx::query_as!(
+        RsvpRow,
+        r#"update rsvps set status = $2, name = $3, guests = $4, version = version + 1, updated_at = now()
+         where id = $1 returning id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at"#,
+        id,
+        status.as_str(),
+        name,
+        guests,
+    )
     .fetch_one(&mut **tx)
     .await
 }
@@ -205,19 +190,14 @@ pub async fn update(
 /// Deletes the rsvp and returns it as it was.
 #[tracing::instrument(skip(tx), err)]
 pub async fn delete(tx: &mut Tx<'_>, id: Uuid) -> Result<Option<RsvpRow>, sqlx::Error> {
-    sqlx::query_as(&format!("delete from rsvps where id = $1 returning {COLUMNS}"))
-        .bind(id)
+    sqlx::query_as!(RsvpRow, r#"delete from rsvps where id = $1 returning id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at"#, id)
         .fetch_optional(&mut **tx)
         .await
 }
 
 #[tracing::instrument(skip(pool), err)]
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<RsvpView>, sqlx::Error> {
-    let row: Option<RsvpRow> = sqlx::query_as(&format!("select {COLUMNS} from rsvps where id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.as_ref().map(RsvpRow::view))
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<RsvpRow>, sqlx::Error> {
+    sqlx::query_as!(RsvpRow, r#"select id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at from rsvps where id = $1"#, id).fetch_optional(pool).await
 }
 
 /// Up to `limit` of the event's rsvps after `after` in `(created_at, id)` order: one
@@ -228,39 +208,39 @@ pub async fn page_for_event(
     event_id: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> Result<Vec<RsvpView>, sqlx::Error> {
+) -> Result<Vec<RsvpRow>, sqlx::Error> {
     // Two statements rather than `$2 is null or …`, which a generic plan cannot
     // turn into an index range.
-    let rows: Vec<RsvpRow> = match after {
+    match after {
         None => {
-            sqlx::query_as(&format!(
-                "select {COLUMNS} from rsvps where event_id = $1 order by created_at, id limit $2"
-            ))
-            .bind(event_id)
-            .bind(limit)
+            sqlx::query_as!(
+                RsvpRow,
+                r#"select id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at from rsvps where event_id = $1 order by created_at, id limit $2"#,
+                event_id,
+                limit,
+            )
             .fetch_all(pool)
-            .await?
+            .await
         }
         Some((created_at, id)) => {
-            sqlx::query_as(&format!(
-                "select {COLUMNS} from rsvps where event_id = $1 and (created_at, id) > ($2, $3)
-                 order by created_at, id limit $4"
-            ))
-            .bind(event_id)
-            .bind(created_at)
-            .bind(id)
-            .bind(limit)
+            sqlx::query_as!(
+                RsvpRow,
+                r#"select id, event_id, name, email, status as "status: StoredStatus", guests, token_hash, version, created_at, updated_at from rsvps where event_id = $1 and (created_at, id) > ($2, $3)
+                 order by created_at, id limit $4"#,
+                event_id,
+                created_at,
+                id,
+                limit,
+            )
             .fetch_all(pool)
-            .await?
+            .await
         }
-    };
-    Ok(rows.iter().map(RsvpRow::view).collect())
+    }
 }
 
 /// The hash of the rsvp's token, to tell its owner from other readers.
 #[tracing::instrument(skip(pool), err)]
 pub async fn token_hash(pool: &PgPool, id: Uuid) -> Result<Option<TokenHash>, sqlx::Error> {
-    let stored: Option<Vec<u8>> =
-        sqlx::query_scalar("select token_hash from rsvps where id = $1").bind(id).fetch_optional(pool).await?;
+    let stored = sqlx::query_scalar!("select token_hash from rsvps where id = $1", id).fetch_optional(pool).await?;
     Ok(stored.as_deref().and_then(TokenHash::from_stored))
 }

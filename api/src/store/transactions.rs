@@ -39,7 +39,7 @@ pub async fn begin(db: &PgPool, timeouts: TxTimeouts) -> Result<Tx<'static>, sql
 /// and then whether it committed makes no difference.
 #[tracing::instrument(skip_all, err)]
 pub async fn current_xid(tx: &mut Tx<'_>) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("select pg_current_xact_id_if_assigned()::text").fetch_one(&mut **tx).await
+    sqlx::query_scalar!("select pg_current_xact_id_if_assigned()::text").fetch_one(&mut **tx).await
 }
 
 /// What became of a transaction whose `COMMIT` failed.
@@ -60,7 +60,7 @@ pub async fn settle(db: &PgPool, xid: &str, deadline: Instant) -> Settled {
     loop {
         let status = tokio::time::timeout_at(
             deadline,
-            sqlx::query_scalar::<_, Option<String>>("select pg_xact_status($1::text::xid8)").bind(xid).fetch_one(db),
+            sqlx::query_scalar!("select pg_xact_status($1::text::xid8)", xid).fetch_one(db),
         )
         .await;
         match status {

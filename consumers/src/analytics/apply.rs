@@ -36,6 +36,7 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
     let mut claims: Vec<(Uuid, Uuid, i64)> = events.iter().map(|e| (e.id, e.data.id, e.data.version)).collect();
     claims.sort_unstable();
     claims.dedup_by_key(|c| c.0);
+    // Not `query_scalar!`: its statements are always prepared (see below).
     let claimed: Vec<Uuid> = sqlx::query_scalar(
         "insert into analytics.applied_events (ce_id, rsvp_id, version)
          select * from unnest($1::uuid[], $2::uuid[], $3::bigint[]) on conflict (ce_id) do nothing
@@ -53,7 +54,8 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
     // `applied_through`. Both statements are planned for their own arguments (not
     // prepared): a connection that started on a new, nearly empty table kept a
     // generic plan that scanned it whole, which at 1000 events a second took 9 ms a
-    // batch once the table had grown.
+    // batch once the table had grown. The query macros cannot turn preparing off for
+    // a statement that returns rows, so these stay runtime queries.
     let states: Vec<(Uuid, StateRow)> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool, i64)>(
         "select rsvp_id, event_id, status, guests, last_version, deleted, applied_through
            from analytics.rsvp_state where rsvp_id = any($1) for update",
@@ -93,6 +95,8 @@ async fn lock_rsvps(conn: &mut PgConnection, rsvp_ids: &[Uuid]) -> Result<(), sq
         .collect();
     keys.sort_unstable();
     keys.dedup();
+    // A runtime query: `query!` of a statement that returns a column (even `void`)
+    // cannot be left unprepared.
     sqlx::query("select pg_advisory_xact_lock(k) from unnest($1::int8[]) as k")
         .persistent(false)
         .bind(keys)
@@ -104,7 +108,8 @@ async fn lock_rsvps(conn: &mut PgConnection, rsvp_ids: &[Uuid]) -> Result<(), sq
 async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
     let column = |f: fn(&super::StatsChange) -> i64| plan.stats.values().map(f).collect::<Vec<i64>>();
     let last_event_at: Vec<DateTime<Utc>> = plan.stats.values().map(|s| s.last_event_at).collect();
-    sqlx::query(
+    let event_ids: Vec<Uuid> = plan.stats.keys().copied().collect();
+    sqlx::query!(
         "insert into analytics.event_stats as s (event_id, going, maybe, declined, cancelled, guests_going,
                 created_total, updated_total, cancelled_total, deleted_total, last_event_at)
          select * from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
@@ -118,46 +123,47 @@ async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
             cancelled_total = s.cancelled_total + excluded.cancelled_total,
             deleted_total = s.deleted_total + excluded.deleted_total,
             last_event_at = greatest(s.last_event_at, excluded.last_event_at), updated_at = now()",
+        &event_ids,
+        &column(|s| s.counts.going),
+        &column(|s| s.counts.maybe),
+        &column(|s| s.counts.declined),
+        &column(|s| s.counts.cancelled),
+        &column(|s| s.counts.guests_going),
+        &column(|s| s.created),
+        &column(|s| s.updated),
+        &column(|s| s.cancelled),
+        &column(|s| s.deleted),
+        &last_event_at,
     )
-    .bind(plan.stats.keys().copied().collect::<Vec<Uuid>>())
-    .bind(column(|s| s.counts.going))
-    .bind(column(|s| s.counts.maybe))
-    .bind(column(|s| s.counts.declined))
-    .bind(column(|s| s.counts.cancelled))
-    .bind(column(|s| s.counts.guests_going))
-    .bind(column(|s| s.created))
-    .bind(column(|s| s.updated))
-    .bind(column(|s| s.cancelled))
-    .bind(column(|s| s.deleted))
-    .bind(last_event_at)
     .execute(&mut *conn)
     .await?;
 
-    sqlx::query(
+    sqlx::query!(
         "insert into analytics.rsvps_per_hour as h (event_id, hour, created, changes)
          select * from unnest($1::uuid[], $2::timestamptz[], $3::bigint[], $4::bigint[])
          on conflict (event_id, hour) do update set created = h.created + excluded.created, changes = h.changes + excluded.changes",
+        &plan.hours.keys().map(|(event, _)| *event).collect::<Vec<Uuid>>(),
+        &plan.hours.keys().map(|(_, hour)| *hour).collect::<Vec<DateTime<Utc>>>(),
+        &plan.hours.values().map(|h| h.created).collect::<Vec<i64>>(),
+        &plan.hours.values().map(|h| h.changes).collect::<Vec<i64>>(),
     )
-    .bind(plan.hours.keys().map(|(event, _)| *event).collect::<Vec<Uuid>>())
-    .bind(plan.hours.keys().map(|(_, hour)| *hour).collect::<Vec<DateTime<Utc>>>())
-    .bind(plan.hours.values().map(|h| h.created).collect::<Vec<i64>>())
-    .bind(plan.hours.values().map(|h| h.changes).collect::<Vec<i64>>())
     .execute(&mut *conn)
     .await?;
 
     let states = plan.states.values();
-    sqlx::query(
+    let statuses: Vec<Option<String>> = states.clone().map(|s| s.status.clone()).collect();
+    sqlx::query!(
         "insert into analytics.rsvp_state (rsvp_id, event_id, status, guests, last_version, deleted)
          select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::bigint[], $6::boolean[])
          on conflict (rsvp_id) do update set status = excluded.status, guests = excluded.guests,
             last_version = excluded.last_version, deleted = excluded.deleted, updated_at = now()",
+        &plan.states.keys().copied().collect::<Vec<Uuid>>(),
+        &states.clone().map(|s| s.event_id).collect::<Vec<Uuid>>(),
+        &statuses as &[Option<String>],
+        &states.clone().map(|s| s.guests).collect::<Vec<i16>>(),
+        &states.clone().map(|s| s.last_version).collect::<Vec<i64>>(),
+        &states.map(|s| s.deleted).collect::<Vec<bool>>(),
     )
-    .bind(plan.states.keys().copied().collect::<Vec<Uuid>>())
-    .bind(states.clone().map(|s| s.event_id).collect::<Vec<Uuid>>())
-    .bind(states.clone().map(|s| s.status.clone()).collect::<Vec<Option<String>>>())
-    .bind(states.clone().map(|s| s.guests).collect::<Vec<i16>>())
-    .bind(states.clone().map(|s| s.last_version).collect::<Vec<i64>>())
-    .bind(states.map(|s| s.deleted).collect::<Vec<bool>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -56,12 +56,12 @@ impl Pruner {
     /// skipped (`skip locked`) and pruned by a later pass.
     #[tracing::instrument(skip_all, err)]
     pub async fn step(&mut self) -> Result<PruneOutcome, sqlx::Error> {
-        let rsvps: Vec<Uuid> = sqlx::query_scalar(
+        let rsvps: Vec<Uuid> = sqlx::query_scalar!(
             "select distinct rsvp_id from analytics.applied_events
              where ($1::uuid is null or rsvp_id > $1) order by rsvp_id limit $2",
+            self.after,
+            RSVPS_PER_STEP,
         )
-        .bind(self.after)
-        .bind(RSVPS_PER_STEP)
         .fetch_all(&self.pool)
         .await?;
         let Some(&last) = rsvps.last() else {
@@ -72,7 +72,7 @@ impl Pruner {
         // versions whose number is their distance from `applied_through` are the run
         // that follows it without a gap. The delete also takes rows at or below the
         // old `applied_through` that a redelivery claimed after an earlier pass.
-        let pruned = sqlx::query(
+        let pruned = sqlx::query!(
             "with s as (
                 select rsvp_id, applied_through from analytics.rsvp_state where rsvp_id = any($1) for update skip locked
              ), ranked as (
@@ -90,9 +90,9 @@ impl Pruner {
              delete from analytics.applied_events e
              using s left join moved m using (rsvp_id)
              where e.rsvp_id = s.rsvp_id and e.version <= coalesce(m.applied_through, s.applied_through)",
+            &rsvps,
         )
         .persistent(false)
-        .bind(&rsvps)
         .execute(&self.pool)
         .await?
         .rows_affected();

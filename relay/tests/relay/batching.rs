@@ -33,7 +33,7 @@ fn largest_event(event_id: Uuid) -> CloudEvent {
     let name = "😀".repeat(100);
     let email = format!("{}@{}.{}.{}.com", "ü".repeat(32), "a".repeat(63), "b".repeat(63), "c".repeat(57));
     let body = serde_json::json!({ "name": name, "email": email, "status": "declined", "guests": 10 });
-    assert!(body.to_string().len() <= rsvp_api::startup::MAX_BODY_BYTES, "the api takes the request body");
+    assert!(body.to_string().len() <= rsvp_api::error::MAX_BODY_BYTES, "the api takes the request body");
     let request: CreateRsvpRequest = serde_json::from_value(body).unwrap();
     let rsvp = NewRsvp::parse(request).expect("the api accepts the largest name and email");
     assert_eq!(rsvp.name.as_str().chars().count(), 100);
@@ -141,7 +141,7 @@ async fn the_largest_row_the_api_can_write_is_far_below_the_smallest_batch_limit
 
     // Assert: so any valid RELAY_MAX_BATCH_BYTES takes at least one row.
     eprintln!("the largest row the api can write: {} payload bytes, a batch of {bytes} bytes", rows[0].payload.len());
-    assert!(bytes <= rsvp_api::startup::MAX_BODY_BYTES, "{bytes} bytes");
+    assert!(bytes <= rsvp_api::error::MAX_BODY_BYTES, "{bytes} bytes");
     assert!(bytes * 2 <= MIN_MAX_BATCH_BYTES, "{bytes} bytes");
 }
 
