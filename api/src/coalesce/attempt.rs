@@ -2,7 +2,7 @@
 //! wait, applies them, commits, and, should `COMMIT` fail, asks the database whether
 //! it committed before anyone retries anything.
 
-use std::slice;
+use std::{collections::HashSet, slice};
 
 use tokio::time::Instant;
 
@@ -44,13 +44,30 @@ pub(super) async fn attempt(
         return Ok(batch.iter().map(|_| Err(Unavailable::RequestTimeout.into())).collect());
     }
     let mut started = vec![false; batch.len()];
-    let result = run(db, timeouts, batch, locking, deadline, &mut started).await;
-    if result.is_err() {
-        for (pending, _) in batch.iter().zip(&started).filter(|(_, started)| **started) {
-            pending.ticket.requeue();
+    // The writes whose keys committed requests turned out to hold: each run that
+    // finds more rolls back and runs again without them, at most once per write.
+    let mut held_keys = vec![false; batch.len()];
+    loop {
+        let result = run(db, timeouts, batch, locking, deadline, &mut started, &held_keys).await;
+        if !matches!(result, Ok(Ran::Answered(_))) {
+            for (pending, started) in batch.iter().zip(&mut started).filter(|(_, started)| **started) {
+                pending.ticket.requeue();
+                *started = false;
+            }
+        }
+        match result? {
+            Ran::Answered(answers) => return Ok(answers),
+            Ran::KeysHeld(indices) => indices.into_iter().for_each(|index| held_keys[index] = true),
         }
     }
-    result
+}
+
+/// How a run ended, when it did not fail.
+enum Ran {
+    /// Committed (or its fate settled): each write's answer.
+    Answered(Vec<Answer>),
+    /// Rolled back: committed requests hold the keys of these writes.
+    KeysHeld(Vec<usize>),
 }
 
 /// Runs one write in its own transaction.
@@ -68,15 +85,19 @@ async fn run(
     locking: Locking,
     deadline: Instant,
     started: &mut [bool],
-) -> Result<Vec<Answer>, ApiError> {
+    held_keys: &[bool],
+) -> Result<Ran, ApiError> {
     // Past the deadline every request has had its answer: a transaction still not
     // ready to commit by then (a server that stopped answering, which no server-side
     // timeout catches) is dropped, uncommitted, and frees the lane.
-    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started)).await;
-    let (tx, mut answers, xid) = prepared.unwrap_or(Err(Unavailable::RequestTimeout.into()))?;
+    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started, held_keys)).await;
+    let (tx, mut answers, xid) = match prepared.unwrap_or(Err(Unavailable::RequestTimeout.into()))? {
+        Prepared::Ready { tx, answers, xid } => (tx, answers, xid),
+        Prepared::KeysHeld(indices) => return Ok(Ran::KeysHeld(indices)),
+    };
 
     let error = match tokio::time::timeout_at(deadline, tx.commit()).await {
-        Ok(Ok(())) => return Ok(answers),
+        Ok(Ok(())) => return Ok(Ran::Answered(answers)),
         // The server refused the COMMIT (a deferred constraint, its statement
         // timeout): it rolled back, and said so.
         Ok(Err(error @ sqlx::Error::Database(_))) => return Err(error.into()),
@@ -84,7 +105,7 @@ async fn run(
         Err(_) => anyhow::anyhow!("COMMIT did not finish by the deadline"),
     };
     // No xid: the transaction wrote nothing, and every answer holds either way.
-    let Some(xid) = xid else { return Ok(answers) };
+    let Some(xid) = xid else { return Ok(Ran::Answered(answers)) };
     match transactions::settle(db, &xid, deadline).await {
         Settled::Committed => tracing::warn!(error = ?error, "COMMIT failed, but the transaction committed"),
         Settled::Aborted => {
@@ -98,18 +119,27 @@ async fn run(
             }
         }
     }
-    Ok(answers)
+    Ok(Ran::Answered(answers))
 }
 
-/// Everything up to `COMMIT`: the transaction, each write's answer, and the
-/// transaction's xid (to settle a failed `COMMIT` by).
+/// What a transaction holds once it is ready to commit.
+enum Prepared {
+    /// The transaction, each write's answer, and its xid (to settle a failed `COMMIT` by).
+    Ready { tx: Tx<'static>, answers: Vec<Answer>, xid: Option<String> },
+    /// Committed requests hold the keys of these writes: the transaction is dropped.
+    KeysHeld(Vec<usize>),
+}
+
+/// Everything up to `COMMIT`. The writes in `held_keys` are not applied (a committed
+/// request holds their keys): their handlers answer from that request's record.
 async fn prepare(
     db: &sqlx::PgPool,
     timeouts: TxTimeouts,
     batch: &[Pending],
     locking: Locking,
     started: &mut [bool],
-) -> Result<(Tx<'static>, Vec<Answer>, Option<String>), ApiError> {
+    held_keys: &[bool],
+) -> Result<Prepared, ApiError> {
     let mut tx = transactions::begin(db, timeouts).await?;
     let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
     lock_events(&mut tx, batch, locking, &mut answers).await?;
@@ -123,18 +153,15 @@ async fn prepare(
             }
         }
     }
-    // A started write with a key claims it; one whose key a committed request (or an
-    // earlier write of this batch) holds is not applied, and its handler answers from
-    // that request's record.
-    let claims: Vec<_> = batch
-        .iter()
-        .zip(&*started)
-        .map(|(p, started)| p.claim.as_ref().filter(|_| *started).map(|c| &c.idempotency))
-        .collect();
-    let claimed = records::claim(&mut tx, &claims).await?;
-    for (index, claim) in claims.iter().enumerate() {
-        if claim.is_some() && !claimed[index] {
-            answers[index] = Some(Err(ApiError::IdempotencyKeyInUse));
+    // A started write with a key is applied unless a committed request holds its key
+    // (learnt by an earlier run) or an earlier write of this batch has the same key:
+    // its handler then answers from that request's record.
+    let mut keys_in_batch = HashSet::new();
+    for (index, pending) in batch.iter().enumerate() {
+        if let Some(claim) = pending.claim.as_ref().filter(|_| started[index] && answers[index].is_none()) {
+            if held_keys[index] || !keys_in_batch.insert(claim.idempotency.lookup_id) {
+                answers[index] = Some(Err(ApiError::IdempotencyKeyInUse));
+            }
         }
     }
     let (creates, others): (Vec<_>, Vec<_>) = batch
@@ -164,17 +191,25 @@ async fn prepare(
         }
     }
     let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
+    // Each applied keyed write's record, with its answer.
+    let mut recorded = Vec::new();
     let mut responses = Vec::new();
-    for ((pending, claim), answer) in batch.iter().zip(&claims).zip(&answers) {
-        if let (Some(claim), Some(_)) =
-            (&pending.claim, claim.filter(|_| !matches!(answer, Err(ApiError::IdempotencyKeyInUse))))
-        {
-            responses.extend(claim.response(answer)?.map(|response| (&claim.idempotency, response)));
+    for (index, (pending, answer)) in batch.iter().zip(&answers).enumerate() {
+        let Some(claim) = pending.claim.as_ref().filter(|_| started[index]) else { continue };
+        if matches!(answer, Err(ApiError::IdempotencyKeyInUse)) {
+            continue;
+        }
+        if let Some(response) = claim.response(answer)? {
+            recorded.push(index);
+            responses.push((&claim.idempotency, response));
         }
     }
-    records::record(&mut tx, &responses).await?;
+    let held = records::insert(&mut tx, &responses).await?;
+    if !held.is_empty() {
+        return Ok(Prepared::KeysHeld(held.into_iter().map(|position| recorded[position]).collect()));
+    }
     let xid = transactions::current_xid(&mut tx).await?;
-    Ok((tx, answers, xid))
+    Ok(Prepared::Ready { tx, answers, xid })
 }
 
 /// Locks every event the batch writes to before any write: first their advisory

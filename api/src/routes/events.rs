@@ -62,17 +62,14 @@ pub async fn create_event(
     let event = NewEvent::parse(request, chrono::Utc::now())?;
     // The event and its idempotency record commit together, as every write does.
     let mut tx = state.db.begin().await?;
-    let idempotency = idempotency.map(|Extension(i)| i);
-    if let Some(idempotency) = &idempotency {
-        if !records::claim(&mut tx, &[Some(idempotency)]).await?[0] {
+    let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
+    let response = StoredResponse::json(StatusCode::CREATED, &created)?;
+    if let Some(Extension(idempotency)) = &idempotency {
+        if !records::insert(&mut tx, &[(idempotency, response.clone())]).await?.is_empty() {
+            // A committed request holds the key: this one's event is not kept.
             drop(tx);
             return idempotency::replay(&state.db, idempotency).await;
         }
-    }
-    let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
-    let response = StoredResponse::json(StatusCode::CREATED, &created)?;
-    if let Some(idempotency) = &idempotency {
-        records::record(&mut tx, &[(idempotency, response.clone())]).await?;
     }
     tx.commit().await?;
     Ok(response.into_response())

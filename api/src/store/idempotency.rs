@@ -1,12 +1,15 @@
-//! Idempotency records: claimed and filled in inside the writing transaction, so that
-//! a write and its record commit together or not at all.
+//! Idempotency records: written inside the writing transaction, after its writes
+//! and with their answers, so that a write and its record commit together or not at
+//! all.
 //!
-//! A claim is an insert of the record's primary key before the write: a second
-//! transaction claiming the same key waits on the first one's uncommitted row, and
-//! finds it taken once the first commits (or claims it, should the first roll back).
-//! So concurrent requests with one key write once, and the later ones wait for the
-//! first. Claims are taken in lookup-id order, after the transaction's event locks:
-//! two transactions never wait for each other's claims in a cycle.
+//! A record is inserted once, whole: a second transaction inserting the same key
+//! waits on the first one's uncommitted row, and finds it taken once the first
+//! commits (or inserts it, should the first roll back). A transaction that finds a
+//! key taken rolls back and runs again without that write, whose request then
+//! answers from the record. So concurrent requests with one key write once, and the
+//! later ones wait for the first. Records are inserted in lookup-id order, after the
+//! transaction's event locks and writes: two transactions never wait for each
+//! other's keys in a cycle.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -22,80 +25,56 @@ pub struct Record {
     pub response: Option<Vec<u8>>,
 }
 
-/// A key to claim, as the database keeps it: derived from the client's key, which
-/// the store never sees.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyClaim<'a> {
+/// A request's record as the database keeps it: derived from the client's key, which
+/// the store never sees, and its answer sealed by the caller.
+pub struct NewRecord<'a> {
     pub lookup_id: &'a [u8; 32],
     pub fingerprint: &'a [u8; 32],
     /// How long the record answers retries.
     pub ttl: Duration,
-}
-
-/// The answer of a claimed key's request, sealed by the caller.
-pub struct SealedResponse<'a> {
-    pub lookup_id: &'a [u8; 32],
     pub status: i16,
     pub sealed: Vec<u8>,
 }
 
-/// Claims the keys of `requests` (`None`: a write sent without a key) in `tx`; for
-/// each request, whether this transaction now holds its key. A key held by a live
-/// record of a committed request is not claimed; an expired record is taken over. A
-/// key sent twice in one call is claimed by its first request only.
-#[tracing::instrument(skip_all, err)]
-pub async fn claim(tx: &mut Tx<'_>, requests: &[Option<KeyClaim<'_>>]) -> Result<Vec<bool>, sqlx::Error> {
-    let mut seen = HashSet::new();
-    let mut firsts: Vec<&KeyClaim<'_>> = requests.iter().flatten().filter(|k| seen.insert(k.lookup_id)).collect();
-    if firsts.is_empty() {
-        return Ok(vec![false; requests.len()]);
+/// Inserts `records` in `tx` (their keys distinct); returns the lookup ids of those
+/// it could not insert, because a live record of a committed request holds their
+/// key. An expired record is taken over.
+#[tracing::instrument(skip_all, fields(records = records.len()), err)]
+pub async fn insert<'a>(tx: &mut Tx<'_>, records: &[NewRecord<'a>]) -> Result<Vec<&'a [u8; 32]>, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
-    firsts.sort_unstable_by_key(|k| k.lookup_id);
-    let ids: Vec<&[u8]> = firsts.iter().map(|k| &k.lookup_id[..]).collect();
-    let fingerprints: Vec<&[u8]> = firsts.iter().map(|k| &k.fingerprint[..]).collect();
-    let ttls: Vec<f64> = firsts.iter().map(|k| k.ttl.as_secs_f64()).collect();
-    // The conflict action locks the live rows it leaves alone too, in the same order.
-    let claimed: Vec<Vec<u8>> = sqlx::query_scalar!(
-        "insert into idempotency_keys (lookup_id, fingerprint, expires_at)
-         select id, f, now() + make_interval(secs => s)
-         from unnest($1::bytea[], $2::bytea[], $3::float8[]) with ordinality as r(id, f, s, n)
+    let mut ordered: Vec<&NewRecord<'a>> = records.iter().collect();
+    ordered.sort_unstable_by_key(|r| r.lookup_id);
+    let ids: Vec<&[u8]> = ordered.iter().map(|r| &r.lookup_id[..]).collect();
+    let fingerprints: Vec<&[u8]> = ordered.iter().map(|r| &r.fingerprint[..]).collect();
+    let ttls: Vec<f64> = ordered.iter().map(|r| r.ttl.as_secs_f64()).collect();
+    let statuses: Vec<i16> = ordered.iter().map(|r| r.status).collect();
+    let sealed: Vec<&[u8]> = ordered.iter().map(|r| &r.sealed[..]).collect();
+    let inserted: Vec<Vec<u8>> = sqlx::query_scalar!(
+        "insert into idempotency_keys (lookup_id, fingerprint, expires_at, status, response)
+         select id, f, now() + make_interval(secs => s), st, r
+         from unnest($1::bytea[], $2::bytea[], $3::float8[], $4::int2[], $5::bytea[])
+              with ordinality as x(id, f, s, st, r, n)
          order by n
          on conflict (lookup_id) do update
             set fingerprint = excluded.fingerprint, expires_at = excluded.expires_at,
-                status = null, response = null, created_at = now()
+                status = excluded.status, response = excluded.response, created_at = now()
             where idempotency_keys.expires_at <= now()
          returning lookup_id",
         &ids as &[&[u8]],
         &fingerprints as &[&[u8]],
         &ttls,
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut claimed: HashSet<Vec<u8>> = claimed.into_iter().collect();
-    Ok(requests.iter().map(|request| request.is_some_and(|k| claimed.remove(&k.lookup_id[..]))).collect())
-}
-
-/// Fills in the records this transaction claimed with their sealed responses.
-#[tracing::instrument(skip_all, fields(records = responses.len()), err)]
-pub async fn record(tx: &mut Tx<'_>, responses: &[SealedResponse<'_>]) -> Result<(), sqlx::Error> {
-    if responses.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&[u8]> = responses.iter().map(|r| &r.lookup_id[..]).collect();
-    let statuses: Vec<i16> = responses.iter().map(|r| r.status).collect();
-    let sealed: Vec<&[u8]> = responses.iter().map(|r| &r.sealed[..]).collect();
-    sqlx::query!(
-        "update idempotency_keys k set status = r.status, response = r.sealed
-         from unnest($1::bytea[], $2::int2[], $3::bytea[]) as r(id, status, sealed)
-         where k.lookup_id = r.id",
-        &ids as &[&[u8]],
         &statuses,
         &sealed as &[&[u8]],
     )
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    counter!("api_idempotent_requests_total", "outcome" => "recorded").increment(responses.len() as u64);
-    Ok(())
+    let inserted: HashSet<Vec<u8>> = inserted.into_iter().collect();
+    let held: Vec<&'a [u8; 32]> =
+        records.iter().map(|r| r.lookup_id).filter(|id| !inserted.contains(&id[..])).collect();
+    counter!("api_idempotent_requests_total", "outcome" => "recorded").increment((records.len() - held.len()) as u64);
+    Ok(held)
 }
 
 /// The record of `lookup_id`, expired or not.
