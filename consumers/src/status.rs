@@ -4,7 +4,7 @@
 //!
 //! Read-only: it takes no lock and writes nothing, so it can run beside the consumers.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use chrono::{DateTime, Utc};
 use rskafka::client::{
@@ -16,6 +16,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{group::Group, ownership};
+
+/// The client id of `status`'s Kafka connection.
+pub const CLIENT_ID: &str = "rsvp-consumers-status";
 
 /// Most bytes read to find the timestamp of the oldest unapplied record: a batch is
 /// returned whole anyway, and only its first record is looked at.
@@ -297,14 +300,6 @@ impl GroupStatus {
     }
 }
 
-/// Connects to the broker for `status`, giving up after `timeout` (exit 2, not a hang).
-pub async fn connect_kafka(brokers: &[String], timeout: Duration) -> anyhow::Result<Client> {
-    let build = rskafka::client::ClientBuilder::new(brokers.to_vec()).client_id("rsvp-consumers-status").build();
-    match tokio::time::timeout(timeout, build).await {
-        Ok(client) => Ok(client?),
-        Err(_) => anyhow::bail!("the broker did not answer within {timeout:?}"),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -86,7 +86,7 @@ struct Expected {
 }
 
 /// Audits rows created at or after `since` (all rows when `None`).
-#[tracing::instrument(skip_all, fields(topic = %settings.topic), err)]
+#[tracing::instrument(skip_all, fields(topic = %settings.kafka.topic), err)]
 pub async fn audit(
     pool: &PgPool,
     settings: &Settings,
@@ -110,7 +110,7 @@ pub async fn audit(
               and ($2::timestamptz is null or o.created_at >= $2)
             order by o.id"#,
     )
-    .bind(&settings.topic)
+    .bind(&settings.kafka.topic)
     .bind(since)
     .fetch_all(pool)
     .await?;
@@ -215,8 +215,8 @@ async fn scan(
 pub async fn command(settings: Settings, args: AuditArgs) -> anyhow::Result<bool> {
     settings.validate()?;
     let pool = crate::startup::connect_pool(&settings).await?;
-    crate::startup::MIGRATOR.run(&pool).await?;
+    rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let report = audit(&pool, &settings, args.since, args.pending_grace).await?;
-    print!("{}", report.summary(&settings.topic));
+    print!("{}", report.summary(&settings.kafka.topic));
     Ok(report.is_clean())
 }

@@ -68,6 +68,6 @@ impl RelayError {
 
     /// Counts the error in `relay_errors_total{kind}`.
     pub fn record(&self) {
-        metrics::counter!(crate::metrics::ERRORS, "kind" => self.kind()).increment(1);
+        metrics::counter!(crate::metric_names::ERRORS, "kind" => self.kind()).increment(1);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::{generation, metrics, store::{self, Generation}};
+use crate::{generation, metric_names, store::{self, Generation}};
 
 /// The backend whose open transaction is the oldest one still running.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,8 +65,8 @@ impl Observer {
     pub async fn tick(&mut self) -> Result<Observation, sqlx::Error> {
         // Rows after the cursor: all of them are committed (we can see them); those
         // at or above xmin wait for an older transaction. Every part is an index
-        // lookup or a bounded scan: counting the whole backlog took 0.46 s of
-        // parallel scanning per tick with 1M rows behind the cursor.
+        // lookup or a bounded scan, never a count of the whole backlog, whose cost
+        // grows with it (docs/NOTES.md, "The relay's observer").
         //
         // One transaction for all of it: each statement on its own would be a
         // transaction, and the observer runs on every relay, leader or not, every
@@ -137,11 +137,11 @@ impl Observer {
         let oldest_unpublished_age = seconds(row.try_get("oldest")?);
         let watermark_stall = seconds(row.try_get("stall")?);
         let earlier_cluster_rows: i64 = row.try_get("earlier")?;
-        ::metrics::gauge!(metrics::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
-        ::metrics::gauge!(metrics::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
-        ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);
-        ::metrics::gauge!(metrics::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
-        ::metrics::gauge!(metrics::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
+        metrics::gauge!(metric_names::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
+        metrics::gauge!(metric_names::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!(metric_names::BACKLOG_ROWS).set(backlog_rows as f64);
+        metrics::gauge!(metric_names::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
+        metrics::gauge!(metric_names::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
         // Replays run as their own short-lived processes and log what they did; the
         // running relay is what Prometheus scrapes, so it reports their total.
         let replayed: i64 =
@@ -149,7 +149,7 @@ impl Observer {
                 .bind(&self.topic)
                 .fetch_one(&mut *tx)
                 .await?;
-        ::metrics::counter!(metrics::REPLAYED).absolute(replayed.max(0) as u64);
+        metrics::counter!(metric_names::REPLAYED).absolute(replayed.max(0) as u64);
 
         let mut blocker = None;
         if !watermark_stall.is_zero() && watermark_stall >= self.stall_warning {

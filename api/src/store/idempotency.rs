@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use super::Tx;
 use crate::idempotency::{Idempotency, StoredResponse};
+use crate::metric_names;
 
 /// A record as a retry reads it.
 #[derive(sqlx::FromRow)]
@@ -96,7 +97,7 @@ pub async fn record(
     .bind(sealed)
     .execute(&mut **tx)
     .await?;
-    counter!("api_idempotent_requests_total", "outcome" => "recorded")
+    counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded")
         .increment(responses.len() as u64);
     Ok(())
 }
