@@ -88,17 +88,17 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Parser)]
 #[command(mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR)))]
 pub struct Settings {
-    #[command(flatten)]
-    pub common: CommonSettings,
-
-    #[command(flatten)]
-    pub kafka: KafkaSettings,
-
     /// Run one group only: `cache` (invalidates the api's Redis cache), `analytics`
     /// (per-event statistics in Postgres) or `notifications` (a row per change the
     /// event's organiser should hear of). Every group runs when absent.
     #[arg(long, env = "CONSUMER_GROUP", global = true, value_parser = group_flag)]
     pub group: Option<String>,
+
+    #[command(flatten)]
+    pub common: CommonSettings,
+
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// Database of the statistics and of the analytics group's offsets and dead letters;
     /// defaults to DATABASE_URL (which holds the cache and notifications groups'

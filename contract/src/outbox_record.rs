@@ -20,6 +20,13 @@ use crate::{
 /// payload that also travel as headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxMessage {
+    pub columns: OutboxColumns,
+    pub attributes: HeaderAttributes,
+}
+
+/// The outbox columns of one row, as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxColumns {
     pub kafka_key: String,
     pub message_id: Uuid,
     pub event_type: String,
@@ -28,22 +35,16 @@ pub struct OutboxMessage {
     pub payload: String,
     pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The payload's CloudEvent attributes that travel as headers too; absent ones get
+/// the defaults (`specversion` 1.0, `content-type` application/json) or no header.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderAttributes {
     pub specversion: Option<String>,
     pub source: Option<String>,
     pub time: Option<String>,
     pub content_type: Option<String>,
-}
-
-/// The outbox columns of one row, as read.
-#[derive(Debug, Clone)]
-pub struct OutboxColumns {
-    pub kafka_key: String,
-    pub message_id: Uuid,
-    pub event_type: String,
-    pub rsvp_version: i64,
-    pub payload: String,
-    pub traceparent: Option<String>,
-    pub created_at: DateTime<Utc>,
 }
 
 /// The CloudEvent attributes that also travel as headers; every other field is skipped.
@@ -72,43 +73,32 @@ impl OutboxMessage {
     /// (docs/NOTES.md, "The relay's read").
     pub fn from_columns(columns: OutboxColumns) -> Self {
         let fields = HeaderFields::of(&columns.payload);
-        let (specversion, source, time, content_type) = (
-            fields.specversion.map(Cow::into_owned),
-            fields.source.map(Cow::into_owned),
-            fields.time.map(Cow::into_owned),
-            fields.datacontenttype.map(Cow::into_owned),
-        );
-        let OutboxColumns { kafka_key, message_id, event_type, rsvp_version, payload, traceparent, created_at } = columns;
-        Self {
-            kafka_key,
-            message_id,
-            event_type,
-            rsvp_version,
-            payload,
-            traceparent,
-            created_at,
-            specversion,
-            source,
-            time,
-            content_type,
-        }
+        let attributes = HeaderAttributes {
+            specversion: fields.specversion.map(Cow::into_owned),
+            source: fields.source.map(Cow::into_owned),
+            time: fields.time.map(Cow::into_owned),
+            content_type: fields.datacontenttype.map(Cow::into_owned),
+        };
+        Self { columns, attributes }
     }
 
     /// The Kafka record; identical on every publish and replay.
     pub fn to_record(&self) -> Record {
-        self.record_with(self.kafka_key.as_bytes().to_vec(), self.payload.as_bytes().to_vec())
+        let columns = &self.columns;
+        self.record_with(columns.kafka_key.as_bytes().to_vec(), columns.payload.as_bytes().to_vec())
     }
 
     /// [`Self::to_record`] without copying the key and payload: they move into the
     /// record and the message keeps only its other fields.
     pub fn take_record(&mut self) -> Record {
-        let (key, value) = (std::mem::take(&mut self.kafka_key), std::mem::take(&mut self.payload));
+        let columns = &mut self.columns;
+        let (key, value) = (std::mem::take(&mut columns.kafka_key), std::mem::take(&mut columns.payload));
         self.record_with(key.into_bytes(), value.into_bytes())
     }
 
     /// The partition of this message's record on a topic with `partitions` partitions.
     pub fn partition(&self, partitions: i32) -> i32 {
-        crate::partitioner::partition_for_key(self.kafka_key.as_bytes(), partitions)
+        crate::partitioner::partition_for_key(self.columns.kafka_key.as_bytes(), partitions)
     }
 
     fn record_with(&self, key: Vec<u8>, value: Vec<u8>) -> Record {
@@ -116,21 +106,22 @@ impl OutboxMessage {
         let mut put = |name: &str, value: &str| {
             record_headers.insert(name.to_owned(), value.as_bytes().to_vec());
         };
-        put(headers::CE_SPECVERSION, self.specversion.as_deref().unwrap_or(SPEC_VERSION));
-        put(headers::CE_ID, &self.message_id.to_string());
-        put(headers::CE_TYPE, &self.event_type);
-        if let Some(source) = &self.source {
+        let (columns, attributes) = (&self.columns, &self.attributes);
+        put(headers::CE_SPECVERSION, attributes.specversion.as_deref().unwrap_or(SPEC_VERSION));
+        put(headers::CE_ID, &columns.message_id.to_string());
+        put(headers::CE_TYPE, &columns.event_type);
+        if let Some(source) = &attributes.source {
             put(headers::CE_SOURCE, source);
         }
-        if let Some(time) = &self.time {
+        if let Some(time) = &attributes.time {
             put(headers::CE_TIME, time);
         }
-        put(headers::CONTENT_TYPE, self.content_type.as_deref().unwrap_or(DATA_CONTENT_TYPE));
-        if let Some(traceparent) = &self.traceparent {
+        put(headers::CONTENT_TYPE, attributes.content_type.as_deref().unwrap_or(DATA_CONTENT_TYPE));
+        if let Some(traceparent) = &columns.traceparent {
             put(headers::TRACEPARENT, traceparent);
         }
-        put(headers::RSVP_VERSION, &self.rsvp_version.to_string());
-        Record { key: Some(key), value: Some(value), headers: record_headers, timestamp: self.created_at }
+        put(headers::RSVP_VERSION, &columns.rsvp_version.to_string());
+        Record { key: Some(key), value: Some(value), headers: record_headers, timestamp: columns.created_at }
     }
 }
 
@@ -181,7 +172,7 @@ mod tests {
         let mut message = message(Some("00-abc-def-01"));
         let copied = message.to_record();
         assert_eq!(message.take_record(), copied);
-        assert!(message.payload.is_empty() && message.kafka_key.is_empty());
+        assert!(message.columns.payload.is_empty() && message.columns.kafka_key.is_empty());
     }
 
     #[test]

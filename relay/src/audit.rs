@@ -65,14 +65,14 @@ impl AuditReport {
             out.push_str(&format!("  no receipt: outbox id {id}\n"));
         }
         for (label, findings) in [("missing record", &self.missing_records), ("wrong record", &self.wrong_records)] {
-            for f in findings.iter().take(10) {
+            for finding in findings.iter().take(10) {
                 out.push_str(&format!(
                     "  {label}: outbox id {} ce_id {} at {}/{}: found {}\n",
-                    f.outbox_id,
-                    f.message_id,
-                    f.partition,
-                    f.offset,
-                    f.found.as_deref().unwrap_or("nothing")
+                    finding.outbox_id,
+                    finding.message_id,
+                    finding.partition,
+                    finding.offset,
+                    finding.found.as_deref().unwrap_or("nothing")
                 ));
             }
         }
@@ -196,11 +196,11 @@ async fn scan(
             Err(error) => return Err(error),
         };
         let Some(last) = records.last().map(|r| r.offset) else { return Ok(()) };
-        for r in records {
-            if wanted.contains_key(&r.offset) {
-                let ce_id = r.record.headers.get(rsvp_contract::headers::CE_ID)
+        for fetched in records {
+            if wanted.contains_key(&fetched.offset) {
+                let ce_id = fetched.record.headers.get(rsvp_contract::headers::CE_ID)
                     .map_or_else(|| "<no ce_id header>".to_owned(), |v| String::from_utf8_lossy(v).into_owned());
-                found.insert(r.offset, Some(ce_id));
+                found.insert(fetched.offset, Some(ce_id));
             }
         }
         offset = last + 1;

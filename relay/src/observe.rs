@@ -157,13 +157,13 @@ impl Observer {
             if self.last_warned.is_none_or(|at| at.elapsed() >= STALL_LOG_EVERY) {
                 self.last_warned = Some(Instant::now());
                 match &blocker {
-                    Some(b) => tracing::warn!(
+                    Some(holder) => tracing::warn!(
                         stall_seconds = watermark_stall.as_secs_f64(),
-                        pid = b.pid,
-                        application_name = b.application_name.as_deref().unwrap_or(""),
-                        state = b.state.as_deref().unwrap_or(""),
-                        xact_start = ?b.xact_start,
-                        query = b.query.as_deref().unwrap_or(""),
+                        pid = holder.pid,
+                        application_name = holder.application_name.as_deref().unwrap_or(""),
+                        state = holder.state.as_deref().unwrap_or(""),
+                        xact_start = ?holder.xact_start,
+                        query = holder.query.as_deref().unwrap_or(""),
                         "committed outbox rows wait behind an open transaction"
                     ),
                     None => tracing::warn!(

@@ -209,7 +209,7 @@ impl Worker {
                 let acked_at = Utc::now();
                 metric_names::published(&partition.to_string(), indexes.len());
                 for &index in &indexes {
-                    let age = acked_at - rows[index].message.created_at;
+                    let age = acked_at - rows[index].message.columns.created_at;
                     metric_names::commit_to_ack(age.to_std().unwrap_or_default());
                 }
                 let receipted = indexes.iter().zip(offsets).map(|(&index, offset)| (rows[index].position, offset));
