@@ -4,6 +4,7 @@
 //! listed in [`registry`].
 
 pub mod analytics;
+mod batch;
 pub mod cache;
 pub mod config;
 pub mod context;
