@@ -28,7 +28,7 @@ pub const CHANNEL: &str = "outbox_inserted";
 
 /// Runs until `shutdown` is cancelled: elects, publishes, observes and prunes.
 pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let options = leader::connect_options(&settings.common.database_url.expose())?;
+    let options = leader::connect_options(settings.common.database_url.expose())?;
     let observer = tokio::spawn(observe_loop(
         Observer::new(pool.clone(), &settings.kafka.topic, settings.stall_warning),
         settings.observe_interval,

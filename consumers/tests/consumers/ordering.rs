@@ -47,7 +47,7 @@ async fn publish_everything(env: &TestEnv) {
     let mut settings = rsvp_relay::config::Settings::defaults(&env.db_url, &brokers);
     settings.kafka.topic = TOPIC.to_owned();
     settings.common.admin_addr = "127.0.0.1:0".parse().unwrap();
-    let options = leader::connect_options(&settings.common.database_url.expose()).unwrap();
+    let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
     let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();

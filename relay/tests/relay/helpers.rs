@@ -110,7 +110,7 @@ pub(crate) async fn write_rows(pool: &PgPool, keys: usize, per_key: usize) -> Ve
 
 /// A worker holding the leader lock, for step-by-step tests.
 pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
-    let options = leader::connect_options(&settings.common.database_url.expose()).unwrap();
+    let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
     let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
@@ -181,7 +181,7 @@ impl RelayProcess {
         let mut command = tokio::process::Command::new(binary);
         command
             .arg("run")
-            .env("DATABASE_URL", &settings.common.database_url.expose())
+            .env("DATABASE_URL", settings.common.database_url.expose())
             .env("KAFKA_BROKERS", settings.kafka.brokers.join(","))
             .env("KAFKA_TOPIC", &settings.kafka.topic)
             .env("RELAY_POLL_INTERVAL", humantime::format_duration(settings.poll_interval).to_string())
@@ -274,7 +274,7 @@ pub(crate) fn assert_nothing_lost(records: &[TopicRecord], written: &[Written], 
 pub(crate) async fn run_command(settings: &Settings, args: &[&str]) -> (bool, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rsvp-relay"))
         .args(args)
-        .env("DATABASE_URL", &settings.common.database_url.expose())
+        .env("DATABASE_URL", settings.common.database_url.expose())
         .env("KAFKA_BROKERS", settings.kafka.brokers.join(","))
         .env("KAFKA_TOPIC", &settings.kafka.topic)
         .env("RUST_LOG", "warn")
