@@ -13,7 +13,7 @@ use crate::{
     metric_names,
     offsets::{Anchor, OffsetKey},
     record::RawRecord,
-    worker::{db, WorkerError},
+    error::{db, WorkerError},
 };
 
 /// A fetched record and its event, or why it is dead (with the attempts it took).

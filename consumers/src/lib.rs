@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod context;
 pub mod dlq;
+pub mod error;
 pub mod fault;
 pub mod group;
 pub mod metric_names;

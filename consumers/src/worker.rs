@@ -17,16 +17,17 @@ use rskafka::client::{
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
 use rskafka::record::RecordAndOffset;
-use rsvp_contract::role_lock::{RoleLost, RoleSession};
+use rsvp_contract::role_lock::RoleSession;
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
     batch::{apply_until_done, commit_batch, Decoded},
+    error::{db, WorkerError},
     context::GroupContext,
     dlq,
     group::{Delivery, Outcome},
     metric_names,
-    offsets::{Anchor, OffsetError, OffsetKey},
+    offsets::{Anchor, OffsetKey},
     ownership, raw_fetch,
     record::RawRecord,
 };
@@ -58,57 +59,6 @@ pub enum StepOutcome {
     Processed { records: usize },
     /// Nothing new to read.
     CaughtUp,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The connection holding the partition's lock failed: ownership is lost with it.
-    #[error("the partition's database connection failed")]
-    Connection(#[source] sqlx::Error),
-    /// The partition's session ended or did not answer in time (a pause longer than
-    /// the role-loss timeout, a cut network): another instance may own it now.
-    #[error(transparent)]
-    Lost(#[from] RoleLost),
-    /// Another instance advanced the offset: this one no longer owns the partition.
-    #[error(transparent)]
-    Fenced(OffsetError),
-    /// The broker failed; retried in place.
-    #[error("kafka")]
-    Kafka(#[from] KafkaError),
-    /// Postgres rejected applying the record at `offset`; counts towards its dead-lettering.
-    #[error("applying the record at offset {offset} failed")]
-    Record { offset: i64, source: sqlx::Error },
-    /// Postgres failed for a reason that is not the record's (a lock or statement
-    /// timeout, a deadlock, a serialization failure): retried without limit.
-    #[error("applying the batch failed for now")]
-    Transient(#[source] sqlx::Error),
-    /// A dependency of an exactly-once group's effect besides Postgres failed:
-    /// retried without limit.
-    #[error("{0} failed")]
-    Dependency(&'static str),
-}
-
-impl WorkerError {
-    /// Whether the worker may retry while keeping the partition.
-    pub fn keeps_ownership(&self) -> bool {
-        matches!(
-            self,
-            WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_) | WorkerError::Dependency(_)
-        )
-    }
-}
-
-pub(crate) fn db(error: sqlx::Error) -> WorkerError {
-    WorkerError::Connection(error)
-}
-
-impl From<OffsetError> for WorkerError {
-    fn from(error: OffsetError) -> Self {
-        match error {
-            OffsetError::Database(e) => WorkerError::Connection(e),
-            fenced => WorkerError::Fenced(fenced),
-        }
-    }
 }
 
 /// The record that keeps failing, so that it is dead-lettered after `max_attempts`.

@@ -214,7 +214,7 @@ async fn scan(
 /// `rsvp-relay audit`: prints the summary; `Ok(false)` when anything is missing or wrong.
 pub async fn command(settings: Settings, args: AuditArgs) -> anyhow::Result<bool> {
     settings.validate()?;
-    let pool = crate::startup::connect_pool(&settings).await?;
+    let pool = crate::pool::connect(&settings).await?;
     rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let report = audit(&pool, &settings, args.since, args.pending_grace).await?;
     print!("{}", report.summary(&settings.kafka.topic));

@@ -6,9 +6,6 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::{error::RelayError, metric_names, store::Generation};
 
-/// The runbook section that says what to do when the relay refuses its cursor.
-pub const RUNBOOK: &str = "docs/RUNBOOK.md#moving-the-database";
-
 /// The `system_identifier` of the cluster this session runs on (cached per session).
 pub async fn current_cluster(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select outbox_cluster()").fetch_one(db).await

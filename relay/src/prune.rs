@@ -61,7 +61,7 @@ pub async fn prune_all(pool: &PgPool, topic: &str, retention: Duration, batch: u
 /// `rsvp-relay prune`: migrates, prunes everything past retention, prints the count.
 pub async fn command(settings: crate::config::Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let pool = crate::startup::connect_pool(&settings).await?;
+    let pool = crate::pool::connect(&settings).await?;
     rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let deleted = prune_all(&pool, &settings.kafka.topic, settings.retention, settings.prune_batch).await?;
     println!("pruned {deleted} outbox rows published more than {} ago", humantime::format_duration(settings.retention));

@@ -222,7 +222,7 @@ async fn publish_with_retries(
 pub async fn command(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
     settings.validate()?;
     let selection = Selection::from_args(&args).ok_or_else(|| anyhow::anyhow!("choose one of --from-id, --since, --event"))?;
-    let pool = crate::startup::connect_pool(&settings).await?;
+    let pool = crate::pool::connect(&settings).await?;
     rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut progress = |done: u64, total: u64| {

@@ -10,14 +10,7 @@ use rsvp_contract::runtime::{
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::{config::Settings, leader, metric_names, runner};
-
-/// Pool for everything but the leader session and LISTEN: the outbox reads (one
-/// ahead while a batch is in flight), metrics, pruning, replay and audit.
-pub async fn connect_pool(settings: &Settings) -> anyhow::Result<PgPool> {
-    let options = leader::connect_options(settings.common.database_url.expose()).context("parsing DATABASE_URL")?;
-    database::connect_pool(options, 5, "DATABASE_URL").await
-}
+use crate::{config::Settings, leader, metric_names, pool, runner};
 
 pub struct Application {
     settings: Settings,
@@ -31,7 +24,7 @@ impl Application {
         settings.validate()?;
         let admin_listener = admin::bind(settings.common.admin_addr).await?;
         metric_names::describe();
-        let pool = connect_pool(&settings).await?;
+        let pool = pool::connect(&settings).await?;
         database::migrate(&pool, "DATABASE_URL").await?;
         Ok(Self { settings, pool, admin_listener })
     }

@@ -14,7 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::{
     batches::{self, Batch, Plan},
     config::Settings,
-    error::RelayError,
+    error::{RelayError, RUNBOOK},
     kafka::{Kafka, TopicMode},
     leader::Leader,
     metric_names,
@@ -106,7 +106,7 @@ impl Worker {
             .await??;
         let (Some(generation), None) = (stored, &problem) else {
             let problem = problem.unwrap_or_else(|| "has no cluster".into());
-            tracing::error!(%problem, runbook = generation::RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
+            tracing::error!(%problem, runbook = RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
             leader.resign().await;
             return Err(RelayError::CursorImpossible { problem });
         };

@@ -50,7 +50,7 @@ async fn publish_everything(env: &TestEnv) {
     let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
     let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
-    let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();
+    let pool = rsvp_relay::pool::connect(&settings).await.unwrap();
     let mut worker = Worker::start(leader, settings, pool).await.unwrap();
     let rows: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&env.db).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -113,7 +113,7 @@ pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
     let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
     let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
-    let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
+    let pool = rsvp_relay::pool::connect(settings).await.unwrap();
     Worker::start(leader, settings.clone(), pool).await.unwrap()
 }
 

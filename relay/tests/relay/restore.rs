@@ -230,7 +230,7 @@ async fn a_cursor_ahead_of_every_transaction_of_its_cluster_makes_the_relay_refu
     // Act
     let relay = RunningRelay::start(settings.clone()).await;
     let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
-    let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();
+    let pool = rsvp_relay::pool::connect(&settings).await.unwrap();
 
     // Assert: not ready, the gauge and the error counter say why, nothing published.
     let readiness: serde_json::Value = eventually(Duration::from_secs(10), "/readyz to report the cursor", || async {
