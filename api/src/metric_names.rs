@@ -23,13 +23,25 @@ pub fn describe() {
     describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Time to answer a request, by method and matched route.");
     describe_gauge!(HTTP_CONNECTIONS_OPEN, "Client connections open now.");
     describe_counter!(HTTP_CONNECTIONS_REJECTED, "Connections closed on accept because MAX_CONNECTIONS were open.");
-    describe_counter!(HTTP_HEADER_READ_TIMEOUTS, "Connections closed because a request's headers took longer than HEADER_READ_TIMEOUT.");
+    describe_counter!(
+        HTTP_HEADER_READ_TIMEOUTS,
+        "Connections closed because a request's headers took longer than HEADER_READ_TIMEOUT."
+    );
     describe_counter!(WRITE_BATCHES, "Write transactions run by the coalescing lanes.");
     describe_counter!(WRITE_BATCHED_REQUESTS, "Writes carried by those transactions.");
-    describe_counter!(WRITE_BATCH_RETRIES, "Shared write transactions run again without a write, by reason (timeout, failure).");
-    describe_counter!(WRITE_DEADLINES_MISSED, "Writes answered 503 at REQUEST_TIMEOUT, by outcome (not_applied, unknown).");
+    describe_counter!(
+        WRITE_BATCH_RETRIES,
+        "Shared write transactions run again without a write, by reason (timeout, failure)."
+    );
+    describe_counter!(
+        WRITE_DEADLINES_MISSED,
+        "Writes answered 503 at REQUEST_TIMEOUT, by outcome (not_applied, unknown)."
+    );
     describe_counter!(OUTBOX_ROWS_WRITTEN, "Outbox rows committed, by event type.");
     describe_counter!(CACHE_REQUESTS, "Read-through cache lookups, by result (hit, miss, error).");
-    describe_counter!(IDEMPOTENT_REQUESTS, "Writes with an Idempotency-Key, by outcome (recorded, replayed, in_use, mismatch).");
+    describe_counter!(
+        IDEMPOTENT_REQUESTS,
+        "Writes with an Idempotency-Key, by outcome (recorded, replayed, in_use, mismatch)."
+    );
     describe_counter!(IDEMPOTENCY_KEYS_PRUNED, "Expired idempotency keys deleted.");
 }

@@ -8,12 +8,12 @@ use sqlx::{Connection, PgConnection};
 use crate::{
     context::GroupContext,
     dlq,
+    error::{db, WorkerError},
     fault::{self, Fault},
     group::{ApplyError, Consumer, Outcome},
     metric_names,
     offsets::{Anchor, OffsetKey},
     record::RawRecord,
-    error::{db, WorkerError},
 };
 
 /// A fetched record and its event, or why it is dead (with the attempts it took).
@@ -41,7 +41,11 @@ pub(crate) async fn apply_until_done(consumer: &dyn Consumer, batch: &[Decoded],
         };
         metrics::counter!(metric_names::RETRIES, "group" => ctx.group.name(), "dependency" => dependency).increment(1);
         let delay = backoff.next_delay();
-        tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), ?delay, "applying the batch failed; retrying");
+        tracing::warn!(
+            error = format!("{:#}", anyhow::Error::new(error)),
+            ?delay,
+            "applying the batch failed; retrying"
+        );
         tokio::time::sleep(delay).await;
     }
 }

@@ -19,11 +19,26 @@ pub const OWNED_PARTITIONS: &str = "consumer_owned_partitions";
 pub fn describe() {
     describe_counter!(PROCESSED, "Records handled, by group and result (applied, duplicate, dead_letter).");
     describe_counter!(DEAD_LETTERS, "Records written to consumer_dead_letters, by group.");
-    describe_counter!(RETRIES, "Batches applied again because a dependency failed, by group and dependency (redis, postgres).");
-    describe_counter!(TRANSIENT_ERRORS, "Batch commits that failed on contention, a lost connection or a dependency and were retried, by group.");
-    describe_counter!(OFFSET_RESETS, "Times a partition restarted from the broker's earliest offset because its stored offset was gone, by group.");
-    describe_counter!(VERSION_GAPS, "Rsvp changes applied with earlier versions missing or a previous status that did not match, by group.");
-    describe_counter!(APPLIED_EVENTS_PRUNED, "analytics.applied_events rows deleted because their rsvp's applied_through covers them.");
+    describe_counter!(
+        RETRIES,
+        "Batches applied again because a dependency failed, by group and dependency (redis, postgres)."
+    );
+    describe_counter!(
+        TRANSIENT_ERRORS,
+        "Batch commits that failed on contention, a lost connection or a dependency and were retried, by group."
+    );
+    describe_counter!(
+        OFFSET_RESETS,
+        "Times a partition restarted from the broker's earliest offset because its stored offset was gone, by group."
+    );
+    describe_counter!(
+        VERSION_GAPS,
+        "Rsvp changes applied with earlier versions missing or a previous status that did not match, by group."
+    );
+    describe_counter!(
+        APPLIED_EVENTS_PRUNED,
+        "analytics.applied_events rows deleted because their rsvp's applied_through covers them."
+    );
     describe_histogram!(EVENT_AGE, Unit::Seconds, "From an event's time to its being applied, by group.");
     describe_histogram!(BATCH_DURATION, Unit::Seconds, "Duration of one fetched batch's processing, by group.");
     describe_gauge!(LAG, "Records on the broker after a partition's next offset, by group and partition.");

@@ -135,7 +135,8 @@ mod tests {
             message_id: Uuid::nil(),
             event_type: "RSVP_CREATED".into(),
             rsvp_version: 4,
-            payload: r#"{"id": "x", "specversion": "1.0", "source": "/rsvp-api", "time": "2026-11-28T10:00:00Z"}"#.into(),
+            payload: r#"{"id": "x", "specversion": "1.0", "source": "/rsvp-api", "time": "2026-11-28T10:00:00Z"}"#
+                .into(),
             traceparent: traceparent.map(str::to_owned),
             created_at: Utc::now(),
         })
@@ -158,7 +159,8 @@ mod tests {
 
     #[test]
     fn header_fields_come_from_the_payload_and_default_when_it_is_not_an_object() {
-        let fields = HeaderFields::of(r#"{"specversion":"1.0","data":{"source":"no"},"source":"/rsvp-api","time":"t"}"#);
+        let fields =
+            HeaderFields::of(r#"{"specversion":"1.0","data":{"source":"no"},"source":"/rsvp-api","time":"t"}"#);
         assert_eq!(fields.specversion.as_deref(), Some("1.0"));
         assert_eq!(fields.source.as_deref(), Some("/rsvp-api"));
         assert_eq!(fields.time.as_deref(), Some("t"));

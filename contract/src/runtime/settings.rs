@@ -18,7 +18,14 @@ pub const DEFAULT_TOPIC: &str = "rsvp-events";
 pub struct CommonSettings {
     /// PostgreSQL connection string of the api's database: the outbox, and the relay's
     /// and the consumers' state unless configured apart.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true, hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/rsvp",
+        hide_default_value = true,
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Secret<String>,
 
     /// Address of the admin port: /metrics, /healthz, /readyz.
@@ -30,7 +37,13 @@ pub struct CommonSettings {
 #[derive(Debug, Clone, Args)]
 pub struct KafkaSettings {
     /// Kafka bootstrap brokers, comma-separated `host:port`.
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ',',
+        global = true
+    )]
     pub brokers: Vec<String>,
 
     /// The topic of the events: the relay publishes to it (and names its cursor and
@@ -59,7 +72,10 @@ impl KafkaSettings {
 
     /// Rejects an empty broker list or topic.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.brokers.iter().any(|b| !b.trim().is_empty()), "KAFKA_BROKERS must name at least one broker");
+        anyhow::ensure!(
+            self.brokers.iter().any(|b| !b.trim().is_empty()),
+            "KAFKA_BROKERS must name at least one broker"
+        );
         anyhow::ensure!(!self.topic.is_empty(), "KAFKA_TOPIC must not be empty");
         Ok(())
     }
