@@ -3,20 +3,17 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
-use rsvp_contract::runtime::{secret::Secret, settings::CommonSettings};
+use rsvp_contract::runtime::{
+    secret::Secret,
+    settings::{self, CommonSettings},
+};
 
 use crate::{
     coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits, store::transactions::TxTimeouts,
 };
 
-#[derive(Debug, Parser)]
-#[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The api's command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -30,7 +27,12 @@ pub enum Command {
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
 
 #[derive(Debug, Clone, Parser)]
-#[command(mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR)))]
+#[command(
+    display_name = "rsvp-api",
+    version,
+    about = "REST api for events and rsvps with a transactional outbox",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
     #[command(flatten)]
     pub common: CommonSettings,

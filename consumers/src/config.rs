@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use rsvp_contract::runtime::{
     backoff::Backoff,
     secret::Secret,
-    settings::{CommonSettings, KafkaSettings},
+    settings::{self, CommonSettings, KafkaSettings},
 };
 
 use crate::registry::{self, Registration};
@@ -22,18 +22,8 @@ fn group_flag(value: &str) -> Result<String, String> {
     }
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rsvp-consumers",
-    version,
-    about = "Consumes rsvp-events: invalidates the api's cache, keeps exact per-event statistics and records what organisers should hear of"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The consumers' command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -86,7 +76,12 @@ const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9466";
 pub const FIRST_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Parser)]
-#[command(mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR)))]
+#[command(
+    display_name = "rsvp-consumers",
+    version,
+    about = "Consumes rsvp-events: invalidates the api's cache, keeps exact per-event statistics and records what organisers should hear of",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
     /// Run one group only: `cache` (invalidates the api's Redis cache), `analytics`
     /// (per-event statistics in Postgres) or `notifications` (a row per change the

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rsvp_contract::runtime::{
     backoff::Backoff,
-    settings::{CommonSettings, KafkaSettings},
+    settings::{self, CommonSettings, KafkaSettings},
 };
 use uuid::Uuid;
 
@@ -18,18 +18,8 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
 /// largest row the api can write (a test checks that), so a row never exceeds it.
 pub const MIN_MAX_BATCH_BYTES: usize = 32 * 1024;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rsvp-relay",
-    version,
-    about = "Publishes every committed outbox row to Kafka, gap-safe and ordered per key"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The relay's command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -47,7 +37,12 @@ pub enum Command {
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9465";
 
 #[derive(Debug, Clone, Parser)]
-#[command(mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR)))]
+#[command(
+    display_name = "rsvp-relay",
+    version,
+    about = "Publishes every committed outbox row to Kafka, gap-safe and ordered per key",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
     #[command(flatten)]
     pub common: CommonSettings,

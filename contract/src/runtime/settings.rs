@@ -6,9 +6,22 @@
 
 use std::net::SocketAddr;
 
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 
 use super::secret::Secret;
+
+// A binary's command line: a subcommand (none runs the process) and its settings.
+// The binary's display name, version and description are `#[command]` attributes of its
+// settings, which apply to the command they are flattened into; a doc comment here
+// would replace the description.
+#[derive(Debug, Parser)]
+pub struct Cli<C: Subcommand, S: Args> {
+    #[command(subcommand)]
+    pub command: Option<C>,
+
+    #[command(flatten)]
+    pub settings: S,
+}
 
 /// The topic the relay publishes to and the consumers read.
 pub const DEFAULT_TOPIC: &str = "rsvp-events";
