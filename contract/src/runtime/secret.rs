@@ -16,10 +16,6 @@ impl<T> Secret<T> {
     pub fn expose(&self) -> &T {
         &self.0
     }
-
-    pub fn expose_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
 }
 
 impl<T> fmt::Debug for Secret<T> {
