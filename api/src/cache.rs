@@ -18,6 +18,8 @@ use metrics::counter;
 use rsvp_contract::cache_keys::{new_generation, GENERATION_TTL_SECONDS, VALUE_TTL_SECONDS};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::metric_names;
+
 #[derive(Clone)]
 pub struct Cache {
     client: Client,
@@ -135,10 +137,10 @@ impl Cache {
         };
         match self.get(&key).await {
             Ok(Some(value)) => {
-                counter!("cache_requests_total", "result" => "hit").increment(1);
+                counter!(metric_names::CACHE_REQUESTS, "result" => "hit").increment(1);
                 return Ok(Some(value));
             }
-            Ok(None) => counter!("cache_requests_total", "result" => "miss").increment(1),
+            Ok(None) => counter!(metric_names::CACHE_REQUESTS, "result" => "miss").increment(1),
             Err(error) => {
                 self.record_error(&error);
                 return load().await;
@@ -154,7 +156,7 @@ impl Cache {
     }
 
     fn record_error(&self, error: &anyhow::Error) {
-        counter!("cache_requests_total", "result" => "error").increment(1);
+        counter!(metric_names::CACHE_REQUESTS, "result" => "error").increment(1);
         tracing::warn!(error = %error, "cache unavailable, reading from postgres");
     }
 }

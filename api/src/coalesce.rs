@@ -55,6 +55,7 @@ mod ticket;
 
 use attempt::{attempt, attempt_alone, Locking};
 use ticket::{GaveUp, Ticket};
+use crate::metric_names;
 
 /// How writes are committed.
 #[derive(Debug, Clone, Copy)]
@@ -143,10 +144,10 @@ impl Writer {
         };
         match &answer {
             Err(ApiError::Unavailable(Unavailable::RequestTimeout)) => {
-                counter!("api_write_deadlines_missed_total", "outcome" => "not_applied").increment(1);
+                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "not_applied").increment(1);
             }
             Err(ApiError::Unavailable(Unavailable::OutcomeUnknown)) => {
-                counter!("api_write_deadlines_missed_total", "outcome" => "unknown").increment(1);
+                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "unknown").increment(1);
             }
             _ => {}
         }
@@ -203,12 +204,12 @@ async fn next_batch(queue: &mut mpsc::Receiver<Pending>, settings: CoalescingSet
 
 #[tracing::instrument(skip_all, fields(size = batch.len()))]
 async fn run_batch(db: PgPool, timeouts: TxTimeouts, batch: Vec<Pending>) {
-    counter!("api_write_batches_total").increment(1);
-    counter!("api_write_batched_requests_total").increment(batch.len() as u64);
+    counter!(metric_names::WRITE_BATCHES).increment(1);
+    counter!(metric_names::WRITE_BATCHED_REQUESTS).increment(batch.len() as u64);
     let answers = match attempt(&db, timeouts, &batch, Locking::Wait).await {
         Ok(answers) => answers,
         Err(ApiError::Unavailable(Unavailable::LockTimeout | Unavailable::StatementTimeout)) if batch.len() > 1 => {
-            counter!("api_write_batch_retries_total", "reason" => "timeout").increment(1);
+            counter!(metric_names::WRITE_BATCH_RETRIES, "reason" => "timeout").increment(1);
             match attempt(&db, timeouts, &batch, Locking::SkipHeld).await {
                 Ok(answers) => answers,
                 Err(error) => retry_alone(&db, timeouts, &batch, error).await,
@@ -217,7 +218,7 @@ async fn run_batch(db: PgPool, timeouts: TxTimeouts, batch: Vec<Pending>) {
         // Postgres out of reach, or one write's own timeout: nothing to gain by retrying.
         Err(ApiError::Unavailable(reason)) => batch.iter().map(|_| Err(reason.into())).collect(),
         Err(error) => {
-            counter!("api_write_batch_retries_total", "reason" => "failure").increment(1);
+            counter!(metric_names::WRITE_BATCH_RETRIES, "reason" => "failure").increment(1);
             retry_alone(&db, timeouts, &batch, error).await
         }
     };
@@ -246,7 +247,7 @@ async fn retry_alone(db: &PgPool, timeouts: TxTimeouts, batch: &[Pending], error
 
 fn count_outbox_row(outcome: &WriteOutcome) {
     if let Some(event_type) = outcome.written.event_type {
-        counter!("outbox_rows_written_total", "type" => event_type.as_str()).increment(1);
+        counter!(metric_names::OUTBOX_ROWS_WRITTEN, "type" => event_type.as_str()).increment(1);
     }
 }
 

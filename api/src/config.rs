@@ -3,19 +3,17 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
+use rsvp_contract::runtime::{
+    secret::Secret,
+    settings::{self, CommonSettings},
+};
 
 use crate::{
     coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits, store::transactions::TxTimeouts,
 };
 
-#[derive(Debug, Parser)]
-#[command(name = "rsvp-api", version, about = "REST api for events and rsvps with a transactional outbox")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The api's command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -25,37 +23,36 @@ pub enum Command {
     Migrate,
 }
 
-#[derive(Clone, Parser)]
+/// `ADMIN_ADDR` of the api, beside the relay's and the consumers'.
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    display_name = "rsvp-api",
+    version,
+    about = "REST api for events and rsvps with a transactional outbox",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub common: CommonSettings,
 
     /// PostgreSQL holding the consumers' `analytics` schema, read by
     /// `GET /events/{id}/stats`; the main database when unset.
     #[arg(long, env = "ANALYTICS_DATABASE_URL", hide_env_values = true)]
-    pub analytics_database_url: Option<String>,
+    pub analytics_database_url: Option<Secret<String>>,
 
     /// Redis connection string of the read-through cache.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Kafka bootstrap brokers, comma-separated. Not used by the api itself; accepted so
-    /// that one environment serves all three processes.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: Secret<String>,
 
     /// Address of the REST api.
     #[arg(long, env = "API_ADDR", default_value = "127.0.0.1:8080")]
     pub api_addr: SocketAddr,
 
-    /// Address of the admin port: /metrics, /healthz, /readyz.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9464")]
-    pub admin_addr: SocketAddr,
-
     /// Bearer token for admin endpoints (creating events, deleting rsvps); at least 16 characters.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
+    pub admin_token: Secret<String>,
 
     /// Largest number of pooled Postgres connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
@@ -120,7 +117,7 @@ impl Settings {
     /// Rejects settings the process cannot run with, before anything is started.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.admin_token.len() >= 16,
+            self.admin_token.expose().len() >= 16,
             "ADMIN_TOKEN must be at least 16 characters"
         );
         anyhow::ensure!(
@@ -168,22 +165,5 @@ impl Settings {
             timeouts: TxTimeouts { lock: self.database_lock_timeout, statement: self.database_statement_timeout },
             request_timeout: self.request_timeout,
         }
-    }
-}
-
-// Connection strings and the admin token carry secrets: never print them.
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("api_addr", &self.api_addr)
-            .field("admin_addr", &self.admin_addr)
-            .field("database_max_connections", &self.database_max_connections)
-            .field("redis_timeout", &self.redis_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("connections", &self.connection_limits())
-            .field("coalescing", &self.coalescing())
-            .field("idempotency", &self.idempotency())
-            .field("idempotency_prune_interval", &self.idempotency_prune_interval)
-            .finish_non_exhaustive()
     }
 }

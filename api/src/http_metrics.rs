@@ -10,6 +10,8 @@ use axum::{
 };
 use metrics::{counter, histogram};
 
+use crate::metric_names;
+
 /// Route-layer middleware: `route` is the matched template, so labels stay bounded.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -30,9 +32,9 @@ pub fn record_unmatched(method: &Method, response: &Response, started: Instant) 
 
 fn record(method: &'static str, route: String, response: &Response, started: Instant) {
     let status = response.status().as_u16().to_string();
-    counter!("http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+    counter!(metric_names::HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
-    histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+    histogram!(metric_names::HTTP_REQUEST_DURATION, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
 }
 

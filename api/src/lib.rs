@@ -9,6 +9,7 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod http_metrics;
+pub mod metric_names;
 pub mod idempotency;
 pub mod openapi;
 pub mod routes;

@@ -19,6 +19,8 @@ use hyper_util::{
 use metrics::{counter, gauge};
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use crate::metric_names;
+
 /// How long and how many client connections the api keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -56,21 +58,21 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            counter!("http_connections_rejected_total").increment(1);
+            counter!(metric_names::HTTP_CONNECTIONS_REJECTED).increment(1);
             drop(stream);
             continue;
         };
         let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
-        gauge!("http_connections_open").increment(1.0);
+        gauge!(metric_names::HTTP_CONNECTIONS_OPEN).increment(1.0);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 if error.is_timeout() {
-                    counter!("http_header_read_timeouts_total").increment(1);
+                    counter!(metric_names::HTTP_HEADER_READ_TIMEOUTS).increment(1);
                 }
                 tracing::debug!(%error, "connection closed with an error");
             }
-            gauge!("http_connections_open").decrement(1.0);
+            gauge!(metric_names::HTTP_CONNECTIONS_OPEN).decrement(1.0);
             drop(permit);
         });
     }

@@ -10,8 +10,10 @@ use axum::{
     routing::get,
     Router,
 };
-use rsvp_contract::admin::{self, Readiness, ReadinessCheck};
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use rsvp_contract::runtime::{
+    admin::{self, Readiness, ReadinessCheck},
+    database, shutdown,
+};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -24,20 +26,15 @@ use crate::{
     error::{ApiError, MAX_BODY_BYTES},
     http_metrics,
     idempotency::{self, IdempotencySettings},
-    openapi, routes,
+    metric_names, openapi, routes,
     serve::{self, ConnectionLimits},
     state::AppState,
 };
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 impl AppState {
     pub async fn readiness(&self) -> Readiness {
-        let postgres = async {
-            let ping = sqlx::query("select 1").execute(&self.db);
-            matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
-        };
-        let (postgres, redis) = tokio::join!(postgres, self.cache.ping());
+        let (postgres, redis) = tokio::join!(database::answers(&self.db), self.cache.ping());
         Readiness::default().with("postgres", postgres).with("redis", redis)
     }
 }
@@ -56,28 +53,25 @@ impl Application {
     /// Connects, migrates and binds; `Settings` with port 0 bind free ports (tests).
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        let db = connect_database(&settings.database_url, settings.database_max_connections).await?;
-        MIGRATOR.run(&db).await.context("running migrations")?;
+        let max_connections = settings.database_max_connections;
+        let db = database::connect_and_migrate(settings.common.database_url.expose(), max_connections, "DATABASE_URL").await?;
         let analytics = match &settings.analytics_database_url {
-            Some(url) if *url != settings.database_url => {
-                let pool = connect_database(url, settings.database_max_connections).await?;
-                MIGRATOR.run(&pool).await.context("running migrations on ANALYTICS_DATABASE_URL")?;
-                pool
+            Some(url) if *url != settings.common.database_url => {
+                database::connect_and_migrate(url.expose(), max_connections, "ANALYTICS_DATABASE_URL").await?
             }
             _ => db.clone(),
         };
-        let cache = Cache::connect(&settings.redis_url, settings.redis_timeout).context("configuring redis")?;
+        let cache = Cache::connect(settings.redis_url.expose(), settings.redis_timeout).context("configuring redis")?;
         if !cache.wait_connected(Duration::from_secs(2)).await {
             tracing::warn!("redis is unreachable: serving reads from postgres until it answers");
         }
         let api_listener = TcpListener::bind(settings.api_addr)
             .await
             .with_context(|| format!("binding API_ADDR {}", settings.api_addr))?;
-        let admin_listener = TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?;
+        let admin_listener = admin::bind(settings.common.admin_addr).await?;
+        metric_names::describe();
         let writer = Writer::start(db.clone(), settings.coalescing());
-        let state = AppState { db, analytics, cache, admin: AdminToken::new(&settings.admin_token), writer };
+        let state = AppState { db, analytics, cache, admin: AdminToken::new(settings.admin_token.expose()), writer };
         Ok(Self {
             api_listener,
             admin_listener,
@@ -103,37 +97,21 @@ impl Application {
 
     /// Serves both ports until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-        tokio::spawn(async move {
-            shutdown.await;
-            drop(stop_tx);
-        });
-        let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-            while rx.changed().await.is_ok() {}
-        };
+        let stop = shutdown::token_cancelled_by(shutdown);
         let readiness_state = self.state.clone();
         let readiness: ReadinessCheck = Arc::new(move || {
             let state = readiness_state.clone();
             Box::pin(async move { state.readiness().await })
         });
-        let admin = admin::serve(self.admin_listener, readiness, stopped(stop_rx.clone()));
-        let prune = idempotency::prune::run(self.state.db.clone(), self.prune_interval, stopped(stop_rx.clone()));
+        let admin = admin::serve(self.admin_listener, readiness, stop.clone().cancelled_owned());
+        let prune = idempotency::prune::run(self.state.db.clone(), self.prune_interval, stop.clone().cancelled_owned());
         let app = router(self.state, self.request_timeout, self.idempotency);
-        let api = serve::serve(self.api_listener, app, self.connection_limits, stopped(stop_rx));
+        let api = serve::serve(self.api_listener, app, self.connection_limits, stop.cancelled_owned());
         tracing::info!("rsvp-api serving");
         let ((), admin, ()) = tokio::join!(api, admin, prune);
         admin.context("serving the admin port")?;
         Ok(())
     }
-}
-
-async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .context("connecting to postgres")
 }
 
 pub fn router(state: AppState, request_timeout: Duration, idempotency: IdempotencySettings) -> Router {

@@ -62,7 +62,7 @@ impl KeepUpBench {
         let _relay = system::spawn_service("rsvp-relay", &[
             ("DATABASE_URL", url.clone()),
             ("KAFKA_BROKERS", broker.address()),
-            ("RELAY_TOPIC", TOPIC.into()),
+            ("KAFKA_TOPIC", TOPIC.into()),
             ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
         ])?;
         let pool = PgPool::connect(&url).await?;

@@ -19,10 +19,7 @@ use rskafka::{
     record::Record,
 };
 use rsvp_contract::testing::Broker;
-use rsvp_relay::{
-    outbox::{select_rows, OutboxRow},
-    partitioner::partition_for_key,
-};
+use rsvp_relay::outbox::{select_rows, OutboxRow};
 use sqlx::PgPool;
 
 use crate::{load::Progress, report::Report, system};
@@ -94,7 +91,7 @@ async fn drain_with_relay(url: &str, pool: &PgPool, broker: &str, topic: &str, r
     let mut relay = tokio::process::Command::new(system::sibling_binary("rsvp-relay")?)
         .env("DATABASE_URL", url)
         .env("KAFKA_BROKERS", broker)
-        .env("RELAY_TOPIC", topic)
+        .env("KAFKA_TOPIC", topic)
         .env("RELAY_PARTITIONS", PARTITIONS.to_string())
         .env("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?))
         .env("RUST_LOG", "warn")
@@ -134,8 +131,8 @@ async fn raw_produce(pool: &PgPool, broker: &str, topic: &str, rows: i64) -> any
         after = sqlx::Row::try_get(last, "id")?;
         for row in &page {
             let row = OutboxRow::from_row(row)?;
-            let partition = partition_for_key(row.kafka_key.as_bytes(), PARTITIONS);
-            by_partition.entry(partition).or_default().push(row.to_record());
+            let partition = row.message.partition(PARTITIONS);
+            by_partition.entry(partition).or_default().push(row.message.to_record());
         }
     }
     let client = ClientBuilder::new(vec![broker.to_owned()]).build().await?;

@@ -31,7 +31,7 @@ pub struct CacheInvalidation {
 }
 
 pub fn build(settings: &Settings) -> anyhow::Result<Arc<dyn Consumer>> {
-    let invalidator = Invalidator::connect(&settings.redis_url, settings.redis_timeout)?;
+    let invalidator = Invalidator::connect(settings.redis_url.expose(), settings.redis_timeout)?;
     let (poll_interval, commit_interval) = (settings.cache_poll_interval, settings.cache_commit_interval);
     Ok(Arc::new(CacheInvalidation { invalidator, poll_interval, commit_interval }))
 }

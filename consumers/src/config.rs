@@ -1,8 +1,13 @@
 //! Settings from flags and environment, validated at start-up.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use rsvp_contract::runtime::{
+    backoff::Backoff,
+    secret::Secret,
+    settings::{self, CommonSettings, KafkaSettings},
+};
 
 use crate::registry::{self, Registration};
 
@@ -17,18 +22,8 @@ fn group_flag(value: &str) -> Result<String, String> {
     }
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rsvp-consumers",
-    version,
-    about = "Consumes rsvp-events: invalidates the api's cache, keeps exact per-event statistics and records what organisers should hear of"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The consumers' command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -74,7 +69,19 @@ pub enum DlqCommand {
     },
 }
 
-#[derive(Clone, Parser)]
+/// `ADMIN_ADDR` of the consumers, beside the api's and the relay's.
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9466";
+
+/// The first wait after a failure; they double up to `RETRY_MAX_BACKOFF`.
+pub const FIRST_RETRY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    display_name = "rsvp-consumers",
+    version,
+    about = "Consumes rsvp-events: invalidates the api's cache, keeps exact per-event statistics and records what organisers should hear of",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
     /// Run one group only: `cache` (invalidates the api's Redis cache), `analytics`
     /// (per-event statistics in Postgres) or `notifications` (a row per change the
@@ -82,31 +89,21 @@ pub struct Settings {
     #[arg(long, env = "CONSUMER_GROUP", global = true, value_parser = group_flag)]
     pub group: Option<String>,
 
-    /// PostgreSQL connection string (the api's database: the cache and notifications
-    /// groups' offsets and dead letters, and the notifications).
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true, global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub common: CommonSettings,
+
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// Database of the statistics and of the analytics group's offsets and dead letters;
-    /// defaults to DATABASE_URL.
+    /// defaults to DATABASE_URL (which holds the cache and notifications groups'
+    /// offsets and dead letters, and the notifications).
     #[arg(long, env = "ANALYTICS_DATABASE_URL", hide_env_values = true, global = true)]
-    pub analytics_database_url: Option<String>,
+    pub analytics_database_url: Option<Secret<String>>,
 
     /// Redis connection string of the api's cache.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
-    pub redis_url: String,
-
-    /// Kafka bootstrap brokers, comma-separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", global = true)]
-    pub kafka_brokers: String,
-
-    /// Topic the relay publishes to.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "rsvp-events", global = true)]
-    pub topic: String,
-
-    /// Address of the admin port: /metrics, /healthz, /readyz.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9466", global = true)]
-    pub admin_addr: SocketAddr,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true, global = true)]
+    pub redis_url: Secret<String>,
 
     /// Most bytes one fetch returns per partition (a larger batch is still returned
     /// whole). A fetch is applied in one transaction, and every open transaction holds
@@ -196,7 +193,7 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.fetch_max_bytes >= 1024, "FETCH_MAX_BYTES must be at least 1024");
         anyhow::ensure!(self.max_attempts >= 1, "MAX_ATTEMPTS must be at least 1");
-        anyhow::ensure!(!self.topic.is_empty(), "KAFKA_TOPIC must not be empty");
+        self.kafka.validate()?;
         anyhow::ensure!(
             self.rebalance_interval >= Duration::from_millis(50),
             "REBALANCE_INTERVAL must be at least 50ms"
@@ -224,38 +221,17 @@ impl Settings {
     }
 
     pub fn analytics_url(&self) -> &str {
-        self.analytics_database_url.as_deref().unwrap_or(&self.database_url)
+        self.analytics_database_url.as_ref().unwrap_or(&self.common.database_url).expose()
     }
 
     /// Whether the statistics live in a database of their own.
     pub fn separate_analytics_database(&self) -> bool {
-        self.analytics_url() != self.database_url
+        self.analytics_url() != self.common.database_url.expose()
     }
 
-    pub fn brokers(&self) -> Vec<String> {
-        self.kafka_brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect()
-    }
-}
-
-// Connection strings carry secrets: never print them.
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("group", &self.group)
-            .field("separate_analytics_database", &self.separate_analytics_database())
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("topic", &self.topic)
-            .field("admin_addr", &self.admin_addr)
-            .field("fetch_max_bytes", &self.fetch_max_bytes)
-            .field("fetch_max_wait", &self.fetch_max_wait)
-            .field("cache_poll_interval", &self.cache_poll_interval)
-            .field("analytics_poll_interval", &self.analytics_poll_interval)
-            .field("idle_poll_max", &self.idle_poll_max)
-            .field("cache_commit_interval", &self.cache_commit_interval)
-            .field("max_attempts", &self.max_attempts)
-            .field("rebalance_interval", &self.rebalance_interval)
-            .field("applied_events_prune_interval", &self.applied_events_prune_interval)
-            .finish_non_exhaustive()
+    /// The backoff between retries: from [`FIRST_RETRY`] up to `RETRY_MAX_BACKOFF`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(FIRST_RETRY, self.retry_max_backoff)
     }
 }
 

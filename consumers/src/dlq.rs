@@ -8,6 +8,7 @@ use crate::{
     group::{Consumer, Delivery, Group},
     offsets::OffsetKey,
     record::{printable, RawRecord},
+    metric_names,
 };
 
 /// Stores `record` as dead, inside the caller's transaction that also moves the
@@ -39,7 +40,7 @@ pub async fn insert(
     )
     .execute(conn)
     .await?;
-    metrics::counter!("consumer_dead_letters_total", "group" => key.group.name()).increment(1);
+    metrics::counter!(metric_names::DEAD_LETTERS, "group" => key.group.name()).increment(1);
     tracing::warn!(error, attempts, "record dead-lettered");
     Ok(())
 }

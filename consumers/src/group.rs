@@ -4,7 +4,9 @@
 //! offsets ([`Delivery`]), and one function applying a batch of decoded events.
 //! Everything else is the same for every group and comes with the runner:
 //! partition ownership and failover, offsets, retries, dead letters, metrics,
-//! `status` and `dlq`. `crate::registry` lists the groups this binary runs.
+//! `status` and `dlq` (what a group's workers share for that is
+//! [`crate::context::GroupContext`]). `crate::registry` lists the groups this binary
+//! runs.
 
 use std::{error::Error as StdError, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -125,79 +127,5 @@ pub trait Consumer: Send + Sync + 'static {
     /// group's store.
     fn maintenance(self: Arc<Self>, _store: PgPool, _shutdown: CancellationToken) -> Option<BoxFuture<'static, ()>> {
         None
-    }
-}
-
-/// Fetching and retrying, as configured.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub fetch_max_bytes: i32,
-    pub fetch_max_wait: Duration,
-    /// How soon a caught-up partition fetches again; the first pause after an empty fetch.
-    pub poll_interval: Duration,
-    /// The longest pause between the fetches of a partition that keeps finding nothing.
-    pub idle_poll_max: Duration,
-    /// How long a batch's offset may wait to be stored with a later one; zero when
-    /// the offset must commit with the batch's effects.
-    pub commit_interval: Duration,
-    pub max_attempts: u32,
-    pub retry_max_backoff: Duration,
-    pub rebalance_interval: Duration,
-    /// How long a role session (partition owner, member) may go unused before
-    /// Postgres ends it.
-    pub role_loss_timeout: Duration,
-}
-
-/// Everything the workers of one group share.
-pub struct GroupContext {
-    pub group: Group,
-    pub topic: String,
-    /// The database of this group's offsets, members and dead letters (and, for an
-    /// exactly-once group, its effects). Each owned partition opens its own connection.
-    pub store_url: String,
-    pub store: PgPool,
-    pub kafka: Arc<rskafka::client::Client>,
-    /// `KAFKA_BROKERS`, for the fetches rskafka cannot decode (`crate::raw_fetch`).
-    pub brokers: Vec<String>,
-    pub consumer: Arc<dyn Consumer>,
-    pub settings: WorkerSettings,
-}
-
-/// Exponential backoff between retries of a failing dependency.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(20);
-
-    pub fn new(max: Duration) -> Self {
-        Self { next: Self::FIRST, max }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(70));
-        let delays: Vec<_> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![20, 40, 70, 70]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(20));
     }
 }

@@ -4,18 +4,23 @@
 //! listed in [`registry`].
 
 pub mod analytics;
-pub mod app;
+mod batch;
 pub mod cache;
 pub mod config;
+pub mod context;
 pub mod dlq;
+pub mod error;
 pub mod fault;
 pub mod group;
+pub mod metric_names;
 pub mod notifications;
 pub mod offsets;
 pub mod ownership;
+pub mod pacing;
 pub mod raw_fetch;
-pub mod partition;
 pub mod record;
 pub mod registry;
 pub mod runner;
+pub mod startup;
 pub mod status;
+pub mod worker;

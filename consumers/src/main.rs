@@ -1,25 +1,24 @@
 use clap::Parser;
 use rsvp_consumers::{
-    app::Application,
     config::{Cli, Command, DlqCommand, StatusArgs},
     dlq::Redriven,
+    metric_names,
+    startup::Application,
     status::Thresholds,
 };
+use rsvp_contract::runtime::{logging, shutdown};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    rsvp_contract::telemetry::init_logging();
-    let cli = Cli::parse();
+    logging::init_logging();
+    let mut cli = Cli::parse();
+    cli.settings.kafka.apply_deprecated_names();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            let _ = rsvp_contract::admin::metrics_handle();
-            rsvp_contract::role_lock::describe_metrics();
-            for role in [rsvp_consumers::ownership::PARTITION_ROLE, rsvp_consumers::ownership::MEMBER_ROLE] {
-                metrics::counter!(rsvp_contract::role_lock::LOST, "role" => role).absolute(0);
-            }
             let app = Application::build(&cli.settings, true).await?;
+            metric_names::start_role_counters_at_zero();
             tracing::info!(admin_port = app.admin_port(), "started");
-            app.run_until(rsvp_contract::telemetry::shutdown_signal()).await?;
+            app.run_until(shutdown::signal()).await?;
         }
         Command::Status(args) => std::process::exit(status(&cli.settings, &args).await),
         Command::Dlq(DlqCommand::List { all }) => {

@@ -46,9 +46,7 @@ pub fn fair_share(partitions: usize, members: usize) -> usize {
 /// Takes the partition's lock on `conn` for as long as the session lives.
 #[tracing::instrument(skip_all, fields(group = group.name(), partition), err)]
 pub async fn try_lock(conn: &mut PgConnection, group: Group, topic: &str, partition: i32) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-        .bind(lock_class(group, topic))
-        .bind(partition)
+    sqlx::query_scalar!(r#"select pg_try_advisory_lock($1, $2) as "locked!""#, lock_class(group, topic), partition)
         .fetch_one(conn)
         .await
 }
@@ -67,14 +65,14 @@ impl Membership {
         let mut session = RoleSession::connect(&options, MEMBER_ROLE, role_loss_timeout).await?;
         session
             .run(async |conn| {
-                sqlx::query(
+                sqlx::query!(
                     "insert into consumer_members (group_name, instance_id, backend_pid, backend_start)
                      select $1, $2, pid, backend_start from pg_stat_activity where pid = pg_backend_pid()
                      on conflict (group_name, instance_id)
                      do update set backend_pid = excluded.backend_pid, backend_start = excluded.backend_start",
+                    group.name(),
+                    instance_id,
                 )
-                .bind(group.name())
-                .bind(instance_id)
                 .execute(conn)
                 .await
             })
@@ -101,16 +99,17 @@ impl Membership {
         let counted = self
             .session
             .run(async |conn| {
-                sqlx::query_scalar::<_, i64>(
-                    "with gone as (
+                sqlx::query_scalar!(
+                    r#"with gone as (
                         delete from consumer_members m
                          where group_name = $1
                            and not exists (select 1 from pg_stat_activity a
                                             where a.pid = m.backend_pid and a.backend_start = m.backend_start)
                         returning 1)
-                     select (select count(*) from consumer_members where group_name = $1) - (select count(*) from gone)",
+                     select (select count(*) from consumer_members where group_name = $1) - (select count(*) from gone)
+                       as "live!""#,
+                    group,
                 )
-                .bind(group)
                 .fetch_one(&mut *conn)
                 .await
             })
@@ -125,9 +124,7 @@ impl Membership {
         let left = self
             .session
             .run(async |conn| {
-                sqlx::query("delete from consumer_members where group_name = $1 and instance_id = $2")
-                    .bind(group)
-                    .bind(instance_id)
+                sqlx::query!("delete from consumer_members where group_name = $1 and instance_id = $2", group, instance_id)
                     .execute(conn)
                     .await
             })

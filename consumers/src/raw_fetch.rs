@@ -52,9 +52,9 @@ pub async fn fetch_batch(
     parse_batch(records, offset).map(Some)
 }
 
-fn string(buf: &mut Vec<u8>, s: &str) {
-    buf.extend(i16::try_from(s.len()).unwrap_or(i16::MAX).to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
+fn string(buf: &mut Vec<u8>, text: &str) {
+    buf.extend(i16::try_from(text.len()).unwrap_or(i16::MAX).to_be_bytes());
+    buf.extend_from_slice(text.as_bytes());
 }
 
 fn fetch_request(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
@@ -141,9 +141,9 @@ impl<'a> Reader<'a> {
     fn var_bytes(&mut self) -> Result<Option<Vec<u8>>, RawFetchError> {
         match self.varint()? {
             -1 => Ok(None),
-            n => {
-                let n = self.len(n)?;
-                Ok(Some(self.take(n)?.to_vec()))
+            size => {
+                let size = self.len(size)?;
+                Ok(Some(self.take(size)?.to_vec()))
             }
         }
     }
@@ -151,35 +151,35 @@ impl<'a> Reader<'a> {
 
 /// The `records` bytes of the one partition a v4 Fetch answer holds.
 fn partition_records(answer: &[u8]) -> Result<&[u8], RawFetchError> {
-    let mut r = Reader(answer);
-    r.i32()?; // correlation id
-    r.i32()?; // throttle time
-    if r.i32()? != 1 {
+    let mut reader = Reader(answer);
+    reader.i32()?; // correlation id
+    reader.i32()?; // throttle time
+    if reader.i32()? != 1 {
         return Err(RawFetchError::Unreadable("not one topic"));
     }
-    let name = r.i16()?;
-    let name = r.len(name)?;
-    r.take(name)?;
-    if r.i32()? != 1 {
+    let name = reader.i16()?;
+    let name = reader.len(name)?;
+    reader.take(name)?;
+    if reader.i32()? != 1 {
         return Err(RawFetchError::Unreadable("not one partition"));
     }
-    r.i32()?; // partition
-    match r.i16()? {
+    reader.i32()?; // partition
+    match reader.i16()? {
         0 => {}
         code => return Err(RawFetchError::Broker(code)),
     }
-    r.i64()?; // high watermark
-    r.i64()?; // last stable offset
-    let aborted = r.i32()?;
+    reader.i64()?; // high watermark
+    reader.i64()?; // last stable offset
+    let aborted = reader.i32()?;
     if aborted > 0 {
-        let aborted = r.len(aborted)?;
-        r.take(aborted * 16)?;
+        let aborted = reader.len(aborted)?;
+        reader.take(aborted * 16)?;
     }
-    match r.i32()? {
+    match reader.i32()? {
         -1 => Ok(&[]),
-        n => {
-            let n = r.len(n)?;
-            r.take(n)
+        size => {
+            let size = reader.len(size)?;
+            reader.take(size)
         }
     }
 }
@@ -187,28 +187,28 @@ fn partition_records(answer: &[u8]) -> Result<&[u8], RawFetchError> {
 /// The records at and after `from` of the first batch in `records`, and the offset
 /// after that batch.
 fn parse_batch(records: &[u8], from: i64) -> Result<(Vec<RawRecord>, i64), RawFetchError> {
-    let mut r = Reader(records);
-    let base_offset = r.i64()?;
-    let length = r.i32()?;
-    let length = r.len(length)?;
-    let mut r = Reader(r.take(length)?);
-    r.i32()?; // partition leader epoch
-    if r.take(1)?[0] != 2 {
+    let mut reader = Reader(records);
+    let base_offset = reader.i64()?;
+    let length = reader.i32()?;
+    let length = reader.len(length)?;
+    let mut reader = Reader(reader.take(length)?);
+    reader.i32()?; // partition leader epoch
+    if reader.take(1)?[0] != 2 {
         return Err(RawFetchError::Unreadable("not a v2 record batch"));
     }
-    r.take(4)?; // crc: the broker checked it when the batch was produced
-    let attributes = r.i16()?;
+    reader.take(4)?; // crc: the broker checked it when the batch was produced
+    let attributes = reader.i16()?;
     if attributes & 0x07 != 0 {
         return Err(RawFetchError::Unreadable("a compressed batch"));
     }
-    let last_offset_delta = r.i32()?;
-    r.take(8 + 8 + 8 + 2 + 4)?; // timestamps, producer id and epoch, base sequence
-    let count = r.i32()?;
+    let last_offset_delta = reader.i32()?;
+    reader.take(8 + 8 + 8 + 2 + 4)?; // timestamps, producer id and epoch, base sequence
+    let count = reader.i32()?;
     let mut out = Vec::new();
-    for _ in 0..r.len(count)? {
-        let size = r.varint()?;
-        let size = r.len(size)?;
-        let mut record = Reader(r.take(size)?);
+    for _ in 0..reader.len(count)? {
+        let size = reader.varint()?;
+        let size = reader.len(size)?;
+        let mut record = Reader(reader.take(size)?);
         record.take(1)?; // attributes
         record.varint()?; // timestamp delta
         let offset = base_offset + record.varint()?;

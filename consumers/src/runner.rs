@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    group::{Backoff, GroupContext},
+    context::GroupContext,
     ownership::{fair_share, Membership},
-    partition::{IdlePacing, PartitionWorker, StepOutcome},
+    pacing::IdlePacing,
+    worker::{PartitionWorker, StepOutcome},
+    metric_names,
 };
 
 struct Owned {
@@ -73,7 +75,7 @@ impl GroupRunner {
         if let Some(membership) = self.membership.take() {
             membership.leave().await;
         }
-        metrics::gauge!("consumer_owned_partitions", "group" => self.ctx.group.name()).set(0.0);
+        metrics::gauge!(metric_names::OWNED_PARTITIONS, "group" => self.ctx.group.name()).set(0.0);
     }
 
     /// Counts the live instances, gives up partitions above this instance's fair share
@@ -108,7 +110,7 @@ impl GroupRunner {
                 self.owned.insert(partition, Owned { stop, task });
             }
         }
-        metrics::gauge!("consumer_owned_partitions", "group" => self.ctx.group.name()).set(self.owned.len() as f64);
+        metrics::gauge!(metric_names::OWNED_PARTITIONS, "group" => self.ctx.group.name()).set(self.owned.len() as f64);
         Ok(())
     }
 
@@ -146,7 +148,7 @@ impl GroupRunner {
 
 /// Steps one partition until told to stop or until it loses ownership.
 async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: CancellationToken) {
-    let mut backoff = Backoff::new(ctx.settings.retry_max_backoff);
+    let mut backoff = ctx.settings.backoff.clone();
     let mut pacing = IdlePacing::new(ctx.settings.poll_interval, ctx.settings.idle_poll_max);
     loop {
         // A heartbeat when due; after a pause, the partition may be another's by now.

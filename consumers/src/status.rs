@@ -4,7 +4,7 @@
 //!
 //! Read-only: it takes no lock and writes nothing, so it can run beside the consumers.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use chrono::{DateTime, Utc};
 use rskafka::client::{
@@ -16,6 +16,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::{group::Group, ownership};
+
+/// The client id of `status`'s Kafka connection.
+pub const CLIENT_ID: &str = "rsvp-consumers-status";
 
 /// Most bytes read to find the timestamp of the oldest unapplied record: a batch is
 /// returned whole anyway, and only its first record is looked at.
@@ -238,16 +241,16 @@ impl GroupStatus {
         if self.partitions.is_empty() {
             problems.push(format!("{}: topic {} has no partitions on the broker", self.group, self.topic));
         }
-        for p in &self.partitions {
-            if p.owner.is_none() {
-                problems.push(format!("{} partition {}: no owner", self.group, p.partition));
+        for partition in &self.partitions {
+            if partition.owner.is_none() {
+                problems.push(format!("{} partition {}: no owner", self.group, partition.partition));
             }
-            if let Some(max) = thresholds.max_lag.filter(|max| p.lag > *max) {
-                problems.push(format!("{} partition {}: lag {} > {max} records", self.group, p.partition, p.lag));
+            if let Some(max) = thresholds.max_lag.filter(|max| partition.lag > *max) {
+                problems.push(format!("{} partition {}: lag {} > {max} records", self.group, partition.partition, partition.lag));
             }
-            if let (Some(max), Some(seconds)) = (thresholds.max_lag_seconds, p.lag_seconds) {
+            if let (Some(max), Some(seconds)) = (thresholds.max_lag_seconds, partition.lag_seconds) {
                 if seconds > max {
-                    problems.push(format!("{} partition {}: lag {seconds:.1}s > {max}s", self.group, p.partition));
+                    problems.push(format!("{} partition {}: lag {seconds:.1}s > {max}s", self.group, partition.partition));
                 }
             }
         }
@@ -263,7 +266,7 @@ impl GroupStatus {
         )
         .chain(self.partitions.iter().map(|p| {
             let (owner, host, since) = match &p.owner {
-                Some(o) => (o.instance.clone(), o.host.clone(), o.since.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                Some(owner) => (owner.instance.clone(), owner.host.clone(), owner.since.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
                 None => ("-".into(), "-".into(), "-".into()),
             };
             [
@@ -284,28 +287,19 @@ impl GroupStatus {
             let line: Vec<String> = row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
         }
-        let s = &self.summary;
+        let summary = &self.summary;
         let _ = writeln!(
             out,
             "{}: {} partition(s), {} unowned, {} member(s), lag {} record(s), oldest unapplied {}, {} dead letter(s) pending",
             self.group,
-            s.partitions,
-            s.unowned,
-            s.members,
-            s.lag,
-            s.max_lag_seconds.map_or("unknown".into(), |x| format!("{x:.1}s")),
-            s.dead_letters
+            summary.partitions,
+            summary.unowned,
+            summary.members,
+            summary.lag,
+            summary.max_lag_seconds.map_or("unknown".into(), |x| format!("{x:.1}s")),
+            summary.dead_letters
         );
         out
-    }
-}
-
-/// Connects to the broker for `status`, giving up after `timeout` (exit 2, not a hang).
-pub async fn connect_kafka(brokers: &[String], timeout: Duration) -> anyhow::Result<Client> {
-    let build = rskafka::client::ClientBuilder::new(brokers.to_vec()).client_id("rsvp-consumers-status").build();
-    match tokio::time::timeout(timeout, build).await {
-        Ok(client) => Ok(client?),
-        Err(_) => anyhow::bail!("the broker did not answer within {timeout:?}"),
     }
 }
 

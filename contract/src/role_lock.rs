@@ -15,7 +15,7 @@
 //! waits ([`RoleSession::keep_alive_while`]). A ping is a bare protocol `Sync`, not
 //! a statement: Postgres answers it and restarts the idle timer without starting a
 //! transaction, so the heartbeats of an idle system's dozen role sessions cost no
-//! transactions (as `select 1` they were about 3.6 a second). Before anything that matters
+//! transactions (docs/NOTES.md, "Role heartbeats"). Before anything that matters
 //! (producing, applying effects, moving a cursor or an offset) it calls
 //! `ensure_held`, which pings unless the lease is certain: a process that resumes
 //! after a pause longer than the timeout thus finds its session ended before it

@@ -205,3 +205,15 @@ pub async fn fresh_database(migrator: &sqlx::migrate::Migrator) -> (sqlx::PgPool
     migrator.run(&pool).await.expect("migrate the test database");
     (pool, url)
 }
+
+/// The metrics of a Prometheus scrape that have no `# HELP` line: every metric a
+/// process records must be described (`metric_names.rs`).
+pub fn undescribed_metrics(scrape: &str) -> Vec<String> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|name| !scrape.lines().any(|line| line.starts_with(&format!("# HELP {name} "))))
+        .map(str::to_owned)
+        .collect()
+}

@@ -65,14 +65,14 @@ impl AuditReport {
             out.push_str(&format!("  no receipt: outbox id {id}\n"));
         }
         for (label, findings) in [("missing record", &self.missing_records), ("wrong record", &self.wrong_records)] {
-            for f in findings.iter().take(10) {
+            for finding in findings.iter().take(10) {
                 out.push_str(&format!(
                     "  {label}: outbox id {} ce_id {} at {}/{}: found {}\n",
-                    f.outbox_id,
-                    f.message_id,
-                    f.partition,
-                    f.offset,
-                    f.found.as_deref().unwrap_or("nothing")
+                    finding.outbox_id,
+                    finding.message_id,
+                    finding.partition,
+                    finding.offset,
+                    finding.found.as_deref().unwrap_or("nothing")
                 ));
             }
         }
@@ -86,7 +86,7 @@ struct Expected {
 }
 
 /// Audits rows created at or after `since` (all rows when `None`).
-#[tracing::instrument(skip_all, fields(topic = %settings.topic), err)]
+#[tracing::instrument(skip_all, fields(topic = %settings.kafka.topic), err)]
 pub async fn audit(
     pool: &PgPool,
     settings: &Settings,
@@ -110,7 +110,7 @@ pub async fn audit(
             where (o.written_on <> (select outbox_cluster()) or o.xid < pg_snapshot_xmin(pg_current_snapshot()))
               and ($2::timestamptz is null or o.created_at >= $2)
             order by o.id"#,
-        settings.topic,
+        settings.kafka.topic,
         since,
     )
     .fetch_all(pool)
@@ -197,11 +197,11 @@ async fn scan(
             Err(error) => return Err(error),
         };
         let Some(last) = records.last().map(|r| r.offset) else { return Ok(()) };
-        for r in records {
-            if wanted.contains_key(&r.offset) {
-                let ce_id = r.record.headers.get(rsvp_contract::headers::CE_ID)
+        for fetched in records {
+            if wanted.contains_key(&fetched.offset) {
+                let ce_id = fetched.record.headers.get(rsvp_contract::headers::CE_ID)
                     .map_or_else(|| "<no ce_id header>".to_owned(), |v| String::from_utf8_lossy(v).into_owned());
-                found.insert(r.offset, Some(ce_id));
+                found.insert(fetched.offset, Some(ce_id));
             }
         }
         offset = last + 1;
@@ -215,9 +215,9 @@ async fn scan(
 /// `rsvp-relay audit`: prints the summary; `Ok(false)` when anything is missing or wrong.
 pub async fn command(settings: Settings, args: AuditArgs) -> anyhow::Result<bool> {
     settings.validate()?;
-    let pool = crate::startup::connect_pool(&settings).await?;
-    crate::startup::MIGRATOR.run(&pool).await?;
+    let pool = crate::pool::connect(&settings).await?;
+    rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let report = audit(&pool, &settings, args.since, args.pending_grace).await?;
-    print!("{}", report.summary(&settings.topic));
+    print!("{}", report.summary(&settings.kafka.topic));
     Ok(report.is_clean())
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rskafka::record::Record;
 
-use crate::{batch_size::BatchSize, outbox::OutboxRow, partitioner::partition_for_key};
+use crate::{batch_size::BatchSize, outbox::OutboxRow};
 
 /// The records one partition gets in a step, in commit order.
 #[derive(Debug, Default)]
@@ -36,10 +36,10 @@ pub fn plan(rows: &mut Vec<OutboxRow>, partitions: i32, max_batch_bytes: usize, 
     let mut step_bytes = 0;
     let mut keep = rows.len();
     for (index, row) in rows.iter_mut().enumerate() {
-        let partition = partition_for_key(row.kafka_key.as_bytes(), partitions);
+        let partition = row.message.partition(partitions);
         if !row.published {
             // Moves key and payload out: a row cut here is read again in a later step.
-            let record = row.take_record();
+            let record = row.message.take_record();
             let batch = batches.entry(partition).or_default();
             let batch_bytes = batch.size.with(&record);
             let grown_step = step_bytes - batch.size.bytes() + batch_bytes;
@@ -82,12 +82,16 @@ pub fn chunks(records: Vec<Record>, max_batch_bytes: usize) -> Vec<Vec<Record>> 
 mod tests {
     use chrono::Utc;
 
+    use rsvp_contract::{
+        outbox_record::{OutboxColumns, OutboxMessage},
+        partitioner::partition_for_key,
+    };
+
     use super::*;
     use crate::{batch_size, outbox::Position};
 
     fn row(id: i64, key: &str, payload_len: usize) -> OutboxRow {
-        OutboxRow {
-            position: Position { xid: 1, id },
+        let message = OutboxMessage::from_columns(OutboxColumns {
             kafka_key: key.into(),
             message_id: uuid::Uuid::nil(),
             event_type: "RSVP_CREATED".into(),
@@ -95,12 +99,8 @@ mod tests {
             payload: "x".repeat(payload_len),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             created_at: Utc::now(),
-            specversion: None,
-            source: None,
-            time: None,
-            content_type: None,
-            published: false,
-        }
+        });
+        OutboxRow { position: Position { xid: 1, id }, message, published: false }
     }
 
     /// Keys that land on partitions 0 and 1 of 2.
@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(batch.size.bytes(), batch_size::encoded_len(&batch.records));
         // The next row would not have fitted.
         let mut next = row(0, "k", 1000);
-        assert!(batch.size.with(&next.take_record()) > 10_000);
+        assert!(batch.size.with(&next.message.take_record()) > 10_000);
         assert_eq!(rows.len(), batch.records.len());
         assert_eq!(plan.partition_of.len(), rows.len());
     }
@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn replayed_records_are_cut_into_consecutive_batches_within_the_limit() {
         let mut rows: Vec<OutboxRow> = (1..=50).map(|id| row(id, "k", 1000 + id as usize)).collect();
-        let records: Vec<Record> = rows.iter_mut().map(OutboxRow::take_record).collect();
+        let records: Vec<Record> = rows.iter_mut().map(|row| row.message.take_record()).collect();
         let lengths = |records: &[Record]| records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).collect::<Vec<_>>();
         let values = lengths(&records);
         let cut = chunks(records, 10_000);
@@ -179,7 +179,7 @@ mod tests {
         let again = lengths(&cut.concat());
         assert_eq!(again, values, "same records, same order");
         let mut big = row(1, "k", 50_000);
-        assert_eq!(chunks(vec![big.take_record()], 10_000).len(), 1);
+        assert_eq!(chunks(vec![big.message.take_record()], 10_000).len(), 1);
         assert!(chunks(Vec::new(), 10_000).is_empty());
     }
 }

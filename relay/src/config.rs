@@ -1,9 +1,13 @@
 //! Settings from flags and environment, validated at start-up.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rsvp_contract::runtime::{
+    backoff::Backoff,
+    settings::{self, CommonSettings, KafkaSettings},
+};
 use uuid::Uuid;
 
 /// Default of `RELAY_MAX_BATCH_BYTES`: 48 KB under Kafka's default `message.max.bytes`
@@ -14,18 +18,8 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
 /// largest row the api can write (a test checks that), so a row never exceeds it.
 pub const MIN_MAX_BATCH_BYTES: usize = 32 * 1024;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "rsvp-relay",
-    version,
-    about = "Publishes every committed outbox row to Kafka, gap-safe and ordered per key"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
-}
+/// The relay's command line.
+pub type Cli = settings::Cli<Command, Settings>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -39,19 +33,22 @@ pub enum Command {
     Prune,
 }
 
-#[derive(Clone, Parser)]
+/// `ADMIN_ADDR` of the relay, beside the api's and the consumers'.
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9465";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    display_name = "rsvp-relay",
+    version,
+    about = "Publishes every committed outbox row to Kafka, gap-safe and ordered per key",
+    mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+)]
 pub struct Settings {
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/rsvp", hide_default_value = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub common: CommonSettings,
 
-    /// Kafka bootstrap brokers, comma-separated `host:port`.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',')]
-    pub kafka_brokers: Vec<String>,
-
-    /// Topic to publish to; also names the relay's cursor and leader lock.
-    #[arg(long, env = "RELAY_TOPIC", default_value = "rsvp-events")]
-    pub topic: String,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// Partitions of the topic when the relay creates it. An existing topic keeps its
     /// own count, and records are partitioned by that count.
@@ -137,10 +134,6 @@ pub struct Settings {
     /// Log the transaction holding the watermark once committed rows wait this long behind it.
     #[arg(long, env = "RELAY_STALL_WARNING", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stall_warning: Duration,
-
-    /// Address of the admin port: /metrics, /healthz, /readyz.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9465")]
-    pub admin_addr: SocketAddr,
 }
 
 /// Compression codecs the relay can publish with.
@@ -166,22 +159,26 @@ impl CompressionSetting {
     }
 }
 
+/// The first wait after a failure; they double up to `RELAY_MAX_BACKOFF`.
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+
 impl Settings {
+    /// The backoff between retries: from [`FIRST_RETRY`] up to `RELAY_MAX_BACKOFF`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(FIRST_RETRY, self.max_backoff)
+    }
+
     /// Settings with every default, for tests and tools that override a few fields.
     pub fn defaults(database_url: &str, kafka_brokers: &str) -> Self {
         let mut settings = Settings::parse_from(["rsvp-relay"]);
-        settings.database_url = database_url.to_owned();
-        settings.kafka_brokers = kafka_brokers.split(',').map(str::to_owned).collect();
+        settings.common.database_url = database_url.into();
+        settings.kafka.brokers = kafka_brokers.split(',').map(str::to_owned).collect();
         settings
     }
 
     /// Rejects settings the process cannot run with, before anything is started.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.kafka_brokers.iter().any(|b| !b.trim().is_empty()),
-            "KAFKA_BROKERS must name at least one broker"
-        );
-        anyhow::ensure!(!self.topic.is_empty(), "RELAY_TOPIC must not be empty");
+        self.kafka.validate()?;
         anyhow::ensure!(self.partitions >= 1, "RELAY_PARTITIONS must be at least 1");
         anyhow::ensure!(self.batch_rows >= 1, "RELAY_BATCH_ROWS must be at least 1");
         anyhow::ensure!(self.batch_bytes >= 1024, "RELAY_BATCH_BYTES must be at least 1024");
@@ -206,27 +203,6 @@ impl Settings {
             rsvp_contract::role_lock::MIN_TIMEOUT
         );
         Ok(())
-    }
-}
-
-// The database URL may carry a password: never print it.
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("topic", &self.topic)
-            .field("partitions", &self.partitions)
-            .field("batch_rows", &self.batch_rows)
-            .field("batch_bytes", &self.batch_bytes)
-            .field("max_batch_bytes", &self.max_batch_bytes)
-            .field("poll_interval", &self.poll_interval)
-            .field("idle_poll_max", &self.idle_poll_max)
-            .field("observe_interval", &self.observe_interval)
-            .field("role_loss_timeout", &self.role_loss_timeout)
-            .field("compression", &self.compression)
-            .field("retention", &self.retention)
-            .field("admin_addr", &self.admin_addr)
-            .finish_non_exhaustive()
     }
 }
 
@@ -290,15 +266,15 @@ mod tests {
     fn defaults_are_valid_and_match_the_documented_values() {
         let settings = Settings::defaults("postgres://x/y", "a:1,b:2");
         settings.validate().unwrap();
-        assert_eq!(settings.kafka_brokers, ["a:1", "b:2"]);
-        assert_eq!(settings.topic, "rsvp-events");
+        assert_eq!(settings.kafka.brokers, ["a:1", "b:2"]);
+        assert_eq!(settings.kafka.topic, "rsvp-events");
         assert_eq!(settings.partitions, 6);
         assert_eq!(settings.poll_interval, Duration::from_secs(1));
         assert_eq!(settings.idle_poll_max, Duration::from_secs(10));
         assert_eq!(settings.observe_interval, Duration::from_secs(5));
         assert_eq!(settings.role_loss_timeout, Duration::from_secs(10));
         assert_eq!(settings.retention, Duration::from_secs(7 * 86_400));
-        assert_eq!(settings.admin_addr.to_string(), "127.0.0.1:9465");
+        assert_eq!(settings.common.admin_addr.to_string(), "127.0.0.1:9465");
         assert_eq!(settings.max_batch_bytes, 1_000_000);
         assert!(settings.max_batch_bytes + 48 * 1000 <= 1_048_588, "room for the produce request around the batch");
     }

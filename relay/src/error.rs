@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The runbook section that says what to do when the relay refuses its cursor.
+pub const RUNBOOK: &str = "docs/RUNBOOK.md#moving-the-database";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// Postgres refused or lost a query (including the leader's own session).
@@ -31,7 +34,7 @@ pub enum RelayError {
     /// The stored cursor cannot belong to this database (its rows came from another
     /// cluster without saying so): publishing from it could skip rows, so the relay
     /// does not publish until an operator fixes it.
-    #[error("the relay cursor {problem}: refusing to publish, see {}", crate::generation::RUNBOOK)]
+    #[error("the relay cursor {problem}: refusing to publish, see {}", RUNBOOK)]
     CursorImpossible { problem: String },
     /// The cursor changed under the leader (by hand): it leads again from what is stored.
     #[error("the relay cursor was changed by someone else; leading again from what is stored")]
@@ -68,6 +71,6 @@ impl RelayError {
 
     /// Counts the error in `relay_errors_total{kind}`.
     pub fn record(&self) {
-        metrics::counter!(crate::metrics::ERRORS, "kind" => self.kind()).increment(1);
+        metrics::counter!(crate::metric_names::ERRORS, "kind" => self.kind()).increment(1);
     }
 }

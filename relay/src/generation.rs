@@ -4,10 +4,7 @@
 
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
-use crate::{error::RelayError, metrics, store::Generation};
-
-/// The runbook section that says what to do when the relay refuses its cursor.
-pub const RUNBOOK: &str = "docs/RUNBOOK.md#moving-the-database";
+use crate::{error::RelayError, metric_names, store::Generation};
 
 /// The `system_identifier` of the cluster this session runs on (cached per session).
 pub async fn current_cluster(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
@@ -85,6 +82,6 @@ pub async fn enter(conn: &mut PgConnection, topic: &str, from: Generation, to: G
     if moved == 0 {
         return Err(RelayError::CursorChanged);
     }
-    ::metrics::counter!(metrics::CLUSTER_MOVES).increment(1);
+    metrics::counter!(metric_names::CLUSTER_MOVES).increment(1);
     Ok(())
 }

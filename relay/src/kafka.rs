@@ -6,13 +6,15 @@ use std::{future::Future, sync::Arc, time::Duration, time::Instant};
 use rskafka::{
     client::{
         partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
-        Client, ClientBuilder,
+        Client,
     },
     record::{Record, RecordAndOffset},
     BackoffConfig,
 };
 
-use crate::{config::Settings, error::RelayError, metrics};
+use rsvp_contract::runtime::kafka;
+
+use crate::{config::Settings, error::RelayError, leader, metric_names};
 
 /// What to do when the topic does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,17 +54,17 @@ async fn call<T>(
     };
     let outcome = if result.is_ok() { "success" } else { "error" };
     let elapsed = started.elapsed().as_secs_f64();
-    ::metrics::counter!(metrics::KAFKA_REQUESTS, "op" => op, "result" => outcome).increment(1);
-    ::metrics::histogram!(metrics::KAFKA_REQUEST_DURATION, "op" => op, "result" => outcome).record(elapsed);
+    metrics::counter!(metric_names::KAFKA_REQUESTS, "op" => op, "result" => outcome).increment(1);
+    metrics::histogram!(metric_names::KAFKA_REQUEST_DURATION, "op" => op, "result" => outcome).record(elapsed);
     if op == "produce" {
-        ::metrics::histogram!(metrics::PUBLISH_DURATION, "result" => outcome).record(elapsed);
+        metrics::histogram!(metric_names::PUBLISH_DURATION, "result" => outcome).record(elapsed);
     }
     result
 }
 
 impl Kafka {
     /// Connects, makes sure the topic exists and opens a client per partition.
-    #[tracing::instrument(skip_all, fields(topic = %settings.topic), err)]
+    #[tracing::instrument(skip_all, fields(topic = %settings.kafka.topic), err)]
     pub async fn connect(settings: &Settings, mode: TopicMode) -> Result<Self, RelayError> {
         let timeout = settings.kafka_timeout;
         // rskafka retries internally forever by default; bound it so our own backoff,
@@ -73,14 +75,9 @@ impl Kafka {
             base: 2.0,
             deadline: Some(timeout),
         };
-        let brokers: Vec<String> = settings.kafka_brokers.iter().map(|b| b.trim().to_owned()).collect();
-        let client = call(
-            "connect",
-            timeout,
-            ClientBuilder::new(brokers).client_id("rsvp-relay").backoff_config(backoff).build(),
-        )
-        .await?;
-        let topic = settings.topic.clone();
+        let builder = kafka::client_builder(&settings.kafka.brokers, leader::APPLICATION_NAME);
+        let client = call("connect", timeout, builder.backoff_config(backoff).build()).await?;
+        let topic = settings.kafka.topic.clone();
         let mut count = Self::partition_count(&client, &topic, timeout).await?;
         if count.is_none() {
             let TopicMode::CreateIfMissing(partitions) = mode else {

@@ -52,10 +52,12 @@ impl Candidate {
         let attempt = self
             .session
             .run(async |conn| {
-                sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(lock_name)
-                    .fetch_one(conn)
-                    .await
+                sqlx::query_scalar!(
+                    r#"select pg_try_advisory_lock(hashtextextended($1, 0)) as "locked!""#,
+                    lock_name.as_str()
+                )
+                .fetch_one(conn)
+                .await
             })
             .await;
         // A candidate's session that failed is simply opened again.

@@ -3,7 +3,6 @@
 //! retention. See `docs/relay.md` for the design.
 
 pub mod audit;
-pub mod backoff;
 pub mod batch_size;
 pub mod batches;
 pub mod config;
@@ -11,13 +10,13 @@ pub mod error;
 pub mod generation;
 pub mod kafka;
 pub mod leader;
-pub mod metrics;
+pub mod metric_names;
 pub mod observe;
 pub mod outbox;
-pub mod partitioner;
+pub mod pool;
 pub mod prune;
-pub mod relay;
 pub mod replay;
+pub mod runner;
 pub mod startup;
 pub mod store;
 pub mod worker;

@@ -1,16 +1,18 @@
 use clap::Parser;
+use rsvp_contract::runtime::{logging, shutdown};
 use rsvp_relay::config::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    rsvp_contract::telemetry::init_logging();
+    logging::init_logging();
     let cli = Cli::parse();
-    let settings = cli.settings;
+    let mut settings = cli.settings;
+    settings.kafka.apply_deprecated_names();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let app = rsvp_relay::startup::Application::build(settings).await?;
             tracing::info!(admin_port = app.admin_port(), "started");
-            app.run_until(rsvp_contract::telemetry::shutdown_signal()).await
+            app.run_until(shutdown::signal()).await
         }
         Command::Replay(args) => rsvp_relay::replay::command(settings, args).await,
         Command::Audit(args) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::{generation, metrics, store::{self, Generation}};
+use crate::{generation, metric_names, store::{self, Generation}};
 
 /// The backend whose open transaction is the oldest one still running.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,8 +79,8 @@ impl Observer {
     pub async fn tick(&mut self) -> Result<Observation, sqlx::Error> {
         // Rows after the cursor: all of them are committed (we can see them); those
         // at or above xmin wait for an older transaction. Every part is an index
-        // lookup or a bounded scan: counting the whole backlog took 0.46 s of
-        // parallel scanning per tick with 1M rows behind the cursor.
+        // lookup or a bounded scan, never a count of the whole backlog, whose cost
+        // grows with it (docs/NOTES.md, "The relay's observer").
         //
         // One transaction for all of it: each statement on its own would be a
         // transaction, and the observer runs on every relay, leader or not, every
@@ -160,11 +160,11 @@ impl Observer {
         let oldest_unpublished_age = seconds(row.oldest);
         let watermark_stall = seconds(row.stall);
         let earlier_cluster_rows = row.earlier;
-        ::metrics::gauge!(metrics::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
-        ::metrics::gauge!(metrics::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
-        ::metrics::gauge!(metrics::BACKLOG_ROWS).set(backlog_rows as f64);
-        ::metrics::gauge!(metrics::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
-        ::metrics::gauge!(metrics::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
+        metrics::gauge!(metric_names::EARLIER_CLUSTER_ROWS).set(earlier_cluster_rows as f64);
+        metrics::gauge!(metric_names::CURSOR_IMPOSSIBLE).set(if cursor_problem.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!(metric_names::BACKLOG_ROWS).set(backlog_rows as f64);
+        metrics::gauge!(metric_names::OLDEST_UNPUBLISHED_AGE).set(oldest_unpublished_age.as_secs_f64());
+        metrics::gauge!(metric_names::WATERMARK_STALL).set(watermark_stall.as_secs_f64());
         // Replays run as their own short-lived processes and log what they did; the
         // running relay is what Prometheus scrapes, so it reports their total.
         let replayed = sqlx::query_scalar!(
@@ -173,7 +173,7 @@ impl Observer {
         )
         .fetch_one(&mut *tx)
         .await?;
-        ::metrics::counter!(metrics::REPLAYED).absolute(replayed.max(0) as u64);
+        metrics::counter!(metric_names::REPLAYED).absolute(replayed.max(0) as u64);
 
         let mut blocker = None;
         if !watermark_stall.is_zero() && watermark_stall >= self.stall_warning {
@@ -181,13 +181,13 @@ impl Observer {
             if self.last_warned.is_none_or(|at| at.elapsed() >= STALL_LOG_EVERY) {
                 self.last_warned = Some(Instant::now());
                 match &blocker {
-                    Some(b) => tracing::warn!(
+                    Some(holder) => tracing::warn!(
                         stall_seconds = watermark_stall.as_secs_f64(),
-                        pid = b.pid,
-                        application_name = b.application_name.as_deref().unwrap_or(""),
-                        state = b.state.as_deref().unwrap_or(""),
-                        xact_start = ?b.xact_start,
-                        query = b.query.as_deref().unwrap_or(""),
+                        pid = holder.pid,
+                        application_name = holder.application_name.as_deref().unwrap_or(""),
+                        state = holder.state.as_deref().unwrap_or(""),
+                        xact_start = ?holder.xact_start,
+                        query = holder.query.as_deref().unwrap_or(""),
                         "committed outbox rows wait behind an open transaction"
                     ),
                     None => tracing::warn!(

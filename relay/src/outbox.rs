@@ -1,12 +1,9 @@
-//! Reading outbox rows in commit order and turning them into Kafka records.
-
-use std::{borrow::Cow, collections::BTreeMap};
+//! Reading outbox rows in commit order (`rsvp_contract::outbox_record` turns them
+//! into Kafka records).
 
 use chrono::{DateTime, Utc};
-use rskafka::record::Record;
-use rsvp_contract::{event::DATA_CONTENT_TYPE, event::SPEC_VERSION, headers};
+use rsvp_contract::outbox_record::{OutboxColumns, OutboxMessage};
 use sqlx::{postgres::PgRow, PgPool, Row};
-use serde::Deserialize;
 use uuid::Uuid;
 
 /// A position in commit order: the writing transaction, then the row id.
@@ -23,21 +20,11 @@ impl Position {
     }
 }
 
-/// One outbox row with what its Kafka record needs.
+/// One outbox row: where it is in commit order, its message, and whether it went out.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub position: Position,
-    pub kafka_key: String,
-    pub message_id: Uuid,
-    pub event_type: String,
-    pub rsvp_version: i64,
-    pub payload: String,
-    pub traceparent: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub specversion: Option<String>,
-    pub source: Option<String>,
-    pub time: Option<String>,
-    pub content_type: Option<String>,
+    pub message: OutboxMessage,
     /// A receipt already exists for the relay's topic: acknowledged in an earlier step.
     pub published: bool,
 }
@@ -58,35 +45,14 @@ pub struct SelectedRow {
 
 /// `select <row columns> from outbox o <rest>`, for the reads whose condition is
 /// composed at run time (replays); [`read_eligible`] spells the same columns out in
-/// its checked statements. The header fields inside the payload are picked out in
-/// Rust rather than with `->>` in SQL: four jsonb lookups per row cost Postgres more
-/// than the whole rest of the read (measured on 1000-row pages).
+/// its checked statements. The header fields inside the payload are picked out by
+/// [`OutboxMessage::from_columns`] rather than with `->>` here.
 pub fn select_rows(rest: &str) -> String {
     format!(
         "select o.id, o.xid::text as xid, o.kafka_key, o.message_id, o.event_type, o.rsvp_version,
                 o.payload::text as payload, o.traceparent, o.created_at
            from outbox o {rest}"
     )
-}
-
-/// The CloudEvent attributes that also travel as headers; every other field is skipped.
-#[derive(Debug, Default, Deserialize)]
-struct HeaderFields<'a> {
-    #[serde(borrow)]
-    specversion: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    datacontenttype: Option<Cow<'a, str>>,
-}
-
-impl<'a> HeaderFields<'a> {
-    /// A payload that is not an object with string attributes gets the defaults.
-    fn of(payload: &'a str) -> Self {
-        serde_json::from_str(payload).unwrap_or_default()
-    }
 }
 
 impl OutboxRow {
@@ -107,65 +73,16 @@ impl OutboxRow {
 
     pub fn from_selected(row: SelectedRow) -> Result<Self, sqlx::Error> {
         let xid = row.xid.parse::<u64>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        let fields = HeaderFields::of(&row.payload);
-        let (specversion, source, time, content_type) = (
-            fields.specversion.map(Cow::into_owned),
-            fields.source.map(Cow::into_owned),
-            fields.time.map(Cow::into_owned),
-            fields.datacontenttype.map(Cow::into_owned),
-        );
-        Ok(Self {
-            position: Position { xid, id: row.id },
+        let message = OutboxMessage::from_columns(OutboxColumns {
             kafka_key: row.kafka_key,
             message_id: row.message_id,
             event_type: row.event_type,
             rsvp_version: row.rsvp_version,
+            payload: row.payload,
             traceparent: row.traceparent,
             created_at: row.created_at,
-            specversion,
-            source,
-            time,
-            content_type,
-            payload: row.payload,
-            published: false,
-        })
-    }
-
-    /// The Kafka record: key = event id, value = the CloudEvent JSON, CloudEvents
-    /// binary-mode headers plus `rsvp_version`. Identical on every publish and replay.
-    pub fn to_record(&self) -> Record {
-        self.record_with(self.kafka_key.as_bytes().to_vec(), self.payload.as_bytes().to_vec())
-    }
-
-    /// [`Self::to_record`] without copying the key and payload: they move into the
-    /// record and the row keeps only what the publishing step still needs.
-    pub fn take_record(&mut self) -> Record {
-        let (key, value) = (std::mem::take(&mut self.kafka_key), std::mem::take(&mut self.payload));
-        self.record_with(key.into_bytes(), value.into_bytes())
-    }
-
-    fn record_with(&self, key: Vec<u8>, value: Vec<u8>) -> Record {
-        let mut h: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let mut put = |name: &str, value: &str| {
-            h.insert(name.to_owned(), value.as_bytes().to_vec());
-        };
-        put(headers::CE_SPECVERSION, self.specversion.as_deref().unwrap_or(SPEC_VERSION));
-        put(headers::CE_ID, &self.message_id.to_string());
-        put(headers::CE_TYPE, &self.event_type);
-        if let Some(source) = &self.source {
-            put(headers::CE_SOURCE, source);
-        }
-        if let Some(time) = &self.time {
-            put(headers::CE_TIME, time);
-        }
-        put(headers::CONTENT_TYPE, self.content_type.as_deref().unwrap_or(DATA_CONTENT_TYPE));
-        if let Some(traceparent) = &self.traceparent {
-            put(headers::TRACEPARENT, traceparent);
-        }
-        put(headers::RSVP_VERSION, &self.rsvp_version.to_string());
-        Record { key: Some(key), value: Some(value), headers: h,
-            timestamp: self.created_at,
-        }
+        });
+        Ok(Self { position: Position { xid, id: row.id }, message, published: false })
     }
 }
 
@@ -198,10 +115,9 @@ pub async fn read_eligible(
     // Two texts rather than one with a flag: a generic plan of `$flag or xid < xmin`
     // could no longer bound the index scan by the snapshot. The generation test is
     // wrapped in a `case`, which the planner cannot estimate and so takes as
-    // unselective: as `written_on = $4 and id >= $5` it was estimated to keep 0.5% of
-    // the rows of a table without statistics yet (a fresh restore, a bulk load), and
-    // the planner then sorted the whole backlog on every read (200k rows: 1 s a read,
-    // the drain 6x slower) instead of walking the (xid, id) index.
+    // unselective: it then walks the (xid, id) index rather than sorting the whole
+    // backlog, even on a table without statistics yet (a fresh restore, a bulk load;
+    // docs/NOTES.md, "The relay's read").
     let rows = if scope.earlier_cluster {
         sqlx::query_as!(
             SelectedRow,
@@ -259,66 +175,4 @@ pub async fn read_eligible(
         }
     }
     Ok(rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(traceparent: Option<&str>) -> OutboxRow {
-        OutboxRow {
-            position: Position { xid: 7, id: 3 },
-            kafka_key: "e1".into(),
-            message_id: Uuid::nil(),
-            event_type: "RSVP_CREATED".into(),
-            rsvp_version: 4,
-            payload: r#"{"id": "x"}"#.into(),
-            traceparent: traceparent.map(str::to_owned),
-            created_at: Utc::now(),
-            specversion: Some("1.0".into()),
-            source: Some("/rsvp-api".into()),
-            time: Some("2026-11-28T10:00:00Z".into()),
-            content_type: None,
-            published: false,
-        }
-    }
-
-    #[test]
-    fn records_carry_the_cloudevents_headers_and_the_rsvp_version() {
-        let record = row(Some("00-abc-def-01")).to_record();
-        let header = |name: &str| String::from_utf8(record.headers[name].clone()).unwrap();
-        assert_eq!(record.key.as_deref(), Some(&b"e1"[..]));
-        assert_eq!(header("ce_id"), Uuid::nil().to_string());
-        assert_eq!(header("ce_type"), "RSVP_CREATED");
-        assert_eq!(header("ce_specversion"), "1.0");
-        assert_eq!(header("ce_source"), "/rsvp-api");
-        assert_eq!(header("ce_time"), "2026-11-28T10:00:00Z");
-        assert_eq!(header("content-type"), "application/json");
-        assert_eq!(header("traceparent"), "00-abc-def-01");
-        assert_eq!(header("rsvp_version"), "4");
-    }
-
-    #[test]
-    fn header_fields_come_from_the_payload_and_default_when_it_is_not_an_object() {
-        let fields = HeaderFields::of(r#"{"specversion":"1.0","data":{"source":"no"},"source":"/rsvp-api","time":"t"}"#);
-        assert_eq!(fields.specversion.as_deref(), Some("1.0"));
-        assert_eq!(fields.source.as_deref(), Some("/rsvp-api"));
-        assert_eq!(fields.time.as_deref(), Some("t"));
-        assert_eq!(fields.datacontenttype, None);
-        assert_eq!(HeaderFields::of("[1, 2]").source, None);
-        assert_eq!(HeaderFields::of(r#"{"source": 7}"#).source, None);
-    }
-
-    #[test]
-    fn a_taken_record_equals_the_copied_one() {
-        let mut row = row(Some("00-abc-def-01"));
-        let copied = row.to_record();
-        assert_eq!(row.take_record(), copied);
-        assert!(row.payload.is_empty() && row.kafka_key.is_empty());
-    }
-
-    #[test]
-    fn records_without_a_traceparent_have_no_traceparent_header() {
-        assert!(!row(None).to_record().headers.contains_key("traceparent"));
-    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::PgPool;
 
-use crate::metrics;
+use crate::metric_names;
 
 /// Deletes the receipts published more than `retention` ago whose rows are all
 /// behind the cursor, oldest first, about `batch` rows' worth (at least one
@@ -43,7 +43,7 @@ pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: 
     .fetch_one(pool)
     .await?;
     let rows = u64::try_from(pruned.rows).unwrap_or_default();
-    ::metrics::counter!(metrics::PRUNED).increment(rows);
+    metrics::counter!(metric_names::PRUNED).increment(rows);
     Ok((pruned.receipts > 0).then_some(rows))
 }
 
@@ -61,9 +61,9 @@ pub async fn prune_all(pool: &PgPool, topic: &str, retention: Duration, batch: u
 /// `rsvp-relay prune`: migrates, prunes everything past retention, prints the count.
 pub async fn command(settings: crate::config::Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let pool = crate::startup::connect_pool(&settings).await?;
-    crate::startup::MIGRATOR.run(&pool).await?;
-    let deleted = prune_all(&pool, &settings.topic, settings.retention, settings.prune_batch).await?;
+    let pool = crate::pool::connect(&settings).await?;
+    rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
+    let deleted = prune_all(&pool, &settings.kafka.topic, settings.retention, settings.prune_batch).await?;
     println!("pruned {deleted} outbox rows published more than {} ago", humantime::format_duration(settings.retention));
     Ok(())
 }

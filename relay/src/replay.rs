@@ -9,19 +9,18 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use rsvp_contract::runtime::backoff::Backoff;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::{
-    backoff::Backoff,
     batches,
-    config::{ReplayArgs, Settings},
+    config::{ReplayArgs, Settings, FIRST_RETRY},
     error::RelayError,
     kafka::{Kafka, TopicMode},
-    metrics,
+    metric_names,
     outbox::{select_rows, OutboxRow, Position},
-    partitioner::partition_for_key,
 };
 
 /// Which rows to replay.
@@ -113,7 +112,7 @@ pub async fn replay(
     ));
     let log_id = sqlx::query_scalar!(
         "insert into relay_replays (topic, selection) values ($1, $2) returning id",
-        settings.topic,
+        settings.kafka.topic,
         format!("{selection:?}"),
     )
     .fetch_one(pool)
@@ -122,14 +121,14 @@ pub async fn replay(
     let mut after = Position::default();
     loop {
         // Dynamic: the selection's condition and its parameters vary (see `Selection`).
-        let query = sqlx::query(&sql).bind(&settings.topic).bind(after.xid_text()).bind(after.id).bind(i64::from(page_size));
+        let query = sqlx::query(&sql).bind(&settings.kafka.topic).bind(after.xid_text()).bind(after.id).bind(i64::from(page_size));
         let rows: Vec<OutboxRow> =
             selection.bind(query).fetch_all(pool).await?.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
         let Some(last) = rows.last() else { break };
         after = last.position;
         publish_with_retries(&kafka, &rows, settings.max_batch_bytes, settings.max_backoff).await?;
         report.replayed += rows.len() as u64;
-        ::metrics::counter!(metrics::REPLAYED).increment(rows.len() as u64);
+        metrics::counter!(metric_names::REPLAYED).increment(rows.len() as u64);
         sqlx::query!("update relay_replays set replayed = replayed + $2 where id = $1", log_id, rows.len() as i64)
             .execute(pool)
             .await?;
@@ -158,7 +157,7 @@ async fn count(pool: &PgPool, settings: &Settings, selection: &Selection) -> Res
     );
     // Dynamic: the selection's condition and its parameters vary (see `Selection`).
     let query = sqlx::query_as::<_, (i64, i64, Option<i64>, Option<i64>)>(&sql)
-        .bind(&settings.topic)
+        .bind(&settings.kafka.topic)
         .bind(None::<String>)
         .bind(None::<i64>)
         .bind(None::<i64>);
@@ -180,13 +179,13 @@ async fn publish_with_retries(
     max_backoff: Duration,
 ) -> Result<(), RelayError> {
     const ATTEMPTS: u32 = 10;
-    let mut backoff = Backoff::new(max_backoff);
+    let mut backoff = Backoff::new(FIRST_RETRY, max_backoff);
     let mut attempt = 1;
     loop {
         let mut batches: BTreeMap<i32, Vec<_>> = BTreeMap::new();
         for row in rows {
-            let partition = partition_for_key(row.kafka_key.as_bytes(), kafka.partitions());
-            batches.entry(partition).or_default().push(row.to_record());
+            let partition = row.message.partition(kafka.partitions());
+            batches.entry(partition).or_default().push(row.message.to_record());
         }
         let mut in_flight = JoinSet::new();
         for (partition, records) in batches {
@@ -225,8 +224,8 @@ async fn publish_with_retries(
 pub async fn command(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
     settings.validate()?;
     let selection = Selection::from_args(&args).ok_or_else(|| anyhow::anyhow!("choose one of --from-id, --since, --event"))?;
-    let pool = crate::startup::connect_pool(&settings).await?;
-    crate::startup::MIGRATOR.run(&pool).await?;
+    let pool = crate::pool::connect(&settings).await?;
+    rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut progress = |done: u64, total: u64| {
         if last_draw.elapsed() >= Duration::from_millis(200) || done == total {
@@ -246,9 +245,9 @@ pub async fn command(settings: Settings, args: ReplayArgs) -> anyhow::Result<()>
         _ => String::new(),
     };
     if args.dry_run {
-        println!("dry run: would replay {} rows{range} to {}", report.selected, settings.topic);
+        println!("dry run: would replay {} rows{range} to {}", report.selected, settings.kafka.topic);
     } else {
-        println!("replayed {} of {} selected rows{range} to {}", report.replayed, report.selected, settings.topic);
+        println!("replayed {} of {} selected rows{range} to {}", report.replayed, report.selected, settings.kafka.topic);
     }
     if report.not_yet_published > 0 {
         println!("{} selected rows are not published yet; the relay will publish them", report.not_yet_published);

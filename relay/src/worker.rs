@@ -4,7 +4,7 @@
 //! next one is read ahead on a pool connection; it is used only when the step that
 //! started it moved the cursor over its whole batch, and read again otherwise.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use rsvp_contract::role_lock::RoleSession;
@@ -12,12 +12,12 @@ use sqlx::PgPool;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::{
-    batches::{self, Plan},
+    batches::{self, Batch, Plan},
     config::Settings,
-    error::RelayError,
+    error::{RelayError, RUNBOOK},
     kafka::{Kafka, TopicMode},
     leader::Leader,
-    metrics,
+    metric_names,
     generation,
     outbox::{self, OutboxRow, Position, Scope},
     store::{self, Cursor, Generation, Receipt},
@@ -48,6 +48,26 @@ pub struct Worker {
     batch_limit: usize,
 }
 
+/// One partition's batch as the broker answered it.
+struct Produced {
+    partition: i32,
+    /// Indexes of the batch's rows in the step's rows.
+    indexes: Vec<usize>,
+    bytes: usize,
+    result: Result<Vec<i64>, RelayError>,
+}
+
+/// What the broker acknowledged of a step's batches, and what it did not.
+#[derive(Default)]
+struct Acknowledged {
+    receipts: Vec<Receipt>,
+    /// Partitions whose batch was not acknowledged.
+    failed: HashSet<i32>,
+    first_error: Option<RelayError>,
+    /// Rows of batches the broker refused as too large: sent again, split, next step.
+    refused_rows: usize,
+}
+
 /// Rows after `after`, being read while the batch that ends at `after` is in flight.
 struct ReadAhead {
     after: Position,
@@ -56,7 +76,7 @@ struct ReadAhead {
 
 impl ReadAhead {
     fn start(pool: &PgPool, settings: &Settings, scope: Scope, after: Position, receipts_until: Option<Position>) -> Self {
-        let (pool, topic, limit) = (pool.clone(), settings.topic.clone(), settings.batch_rows);
+        let (pool, topic, limit) = (pool.clone(), settings.kafka.topic.clone(), settings.batch_rows);
         let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, scope, after, limit, receipts_until).await });
         Self { after, rows }
     }
@@ -73,7 +93,7 @@ impl Worker {
     /// Reads go through `pool`; receipts and the cursor through the leader session.
     /// Refuses a cursor that cannot belong to this database ([`RelayError::CursorImpossible`]).
     pub async fn start(mut leader: Leader, settings: Settings, pool: PgPool) -> Result<Self, RelayError> {
-        let topic = &settings.topic;
+        let topic = &settings.kafka.topic;
         let (cursor, problem, stored, cluster) = leader
             .session
             .run(async |conn| -> Result<_, sqlx::Error> {
@@ -86,7 +106,7 @@ impl Worker {
             .await??;
         let (Some(generation), None) = (stored, &problem) else {
             let problem = problem.unwrap_or_else(|| "has no cluster".into());
-            tracing::error!(%problem, runbook = generation::RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
+            tracing::error!(%problem, runbook = RUNBOOK, "the relay cursor cannot belong to this database; not publishing");
             leader.resign().await;
             return Err(RelayError::CursorImpossible { problem });
         };
@@ -123,93 +143,126 @@ impl Worker {
     /// Publishes at most one batch (bounded by rows and bytes) and records the result.
     #[tracing::instrument(skip_all, fields(cursor_id = self.cursor.position.id), err)]
     pub async fn step(&mut self) -> Result<StepOutcome, RelayError> {
-        let topic = self.settings.topic.clone();
         let mut rows = self.next_rows().await?;
         if rows.is_empty() {
             return self.after_last_row().await;
         }
         let read = rows.len();
-        if self.kafka.is_none() {
-            self.kafka = Some(Kafka::connect(&self.settings, TopicMode::CreateIfMissing(self.settings.partitions)).await?);
-        }
-        let kafka = self.kafka.as_ref().expect("connected above");
+        let partitions = self.connect_kafka().await?;
         // Rows of one partition keep their commit order inside its single batch.
         let Plan { partition_of, batches } =
-            batches::plan(&mut rows, kafka.partitions(), self.batch_limit, self.settings.batch_bytes);
-        // A short read means the relay has caught up: reading ahead would only cost
-        // a query that finds nothing.
+            batches::plan(&mut rows, partitions, self.batch_limit, self.settings.batch_bytes);
+        self.read_ahead_unless_caught_up(read, &rows);
+        // After a pause longer than the role-loss timeout, another relay leads: find
+        // out before producing.
+        self.leader.session.ensure_held().await?;
+        let acknowledged = self.produce(&rows, batches).await?;
+        self.commit(&rows, &partition_of, acknowledged).await
+    }
+
+    /// Connects to the broker unless connected; returns the topic's partition count.
+    async fn connect_kafka(&mut self) -> Result<i32, RelayError> {
+        if self.kafka.is_none() {
+            let mode = TopicMode::CreateIfMissing(self.settings.partitions);
+            self.kafka = Some(Kafka::connect(&self.settings, mode).await?);
+        }
+        Ok(self.kafka.as_ref().expect("connected above").partitions())
+    }
+
+    /// Starts reading the rows after this step's while it is in flight, unless the
+    /// read came back short (`read` rows, fewer than a batch, all kept): then the relay
+    /// has caught up and reading ahead would only cost a query that finds nothing.
+    fn read_ahead_unless_caught_up(&mut self, read: usize, rows: &[OutboxRow]) {
         if read >= self.settings.batch_rows as usize || rows.len() < read {
             let last = rows.last().expect("not empty").position;
             let scope = self.generation.scope(self.cluster);
             self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
         }
-        // After a pause longer than the role-loss timeout, another relay leads: find
-        // out before producing.
-        self.leader.session.ensure_held().await?;
+    }
+
+    /// Produces every partition's batch at once and waits for all of them, keeping
+    /// the leader session busy while the broker takes its time.
+    async fn produce(&mut self, rows: &[OutboxRow], batches: BTreeMap<i32, Batch>) -> Result<Acknowledged, RelayError> {
+        let kafka = self.kafka.as_ref().expect("connected before producing");
         let mut in_flight = JoinSet::new();
         for (partition, batch) in batches {
             let producer = kafka.producer(partition);
             let (indexes, bytes) = (batch.indexes, batch.size.bytes());
-            in_flight.spawn(async move { (partition, indexes, bytes, producer.produce(batch.records).await) });
+            in_flight.spawn(async move {
+                let result = producer.produce(batch.records).await;
+                Produced { partition, indexes, bytes, result }
+            });
         }
-
-        let mut receipts = Vec::new();
-        let mut failed = HashSet::new();
-        let mut first_error = None;
-        let mut refused_rows = 0;
-        // The leader session stays busy while the broker takes its time.
+        let mut acknowledged = Acknowledged::default();
         while let Some(joined) = self.leader.session.keep_alive_while(in_flight.join_next()).await? {
-            let (partition, indexes, bytes, result) = joined.expect("a produce task never panics");
-            match result {
-                Ok(offsets) => {
-                    let acked_at = Utc::now();
-                    let label = partition.to_string();
-                    metrics::published(&label, indexes.len());
-                    for &index in &indexes {
-                        metrics::commit_to_ack((acked_at - rows[index].created_at).to_std().unwrap_or_default());
-                    }
-                    let acknowledged = indexes.iter().zip(offsets).map(|(&index, offset)| (rows[index].position, offset));
-                    receipts.extend(Receipt::of_batch(partition, acknowledged));
+            let produced = joined.expect("a produce task never panics");
+            self.record_produced(rows, produced, &mut acknowledged);
+        }
+        Ok(acknowledged)
+    }
+
+    /// Notes one partition's answer: its receipts, or why it failed.
+    fn record_produced(&mut self, rows: &[OutboxRow], produced: Produced, acknowledged: &mut Acknowledged) {
+        let Produced { partition, indexes, bytes, result } = produced;
+        match result {
+            Ok(offsets) => {
+                let acked_at = Utc::now();
+                metric_names::published(&partition.to_string(), indexes.len());
+                for &index in &indexes {
+                    let age = acked_at - rows[index].message.columns.created_at;
+                    metric_names::commit_to_ack(age.to_std().unwrap_or_default());
                 }
-                Err(error) if error.is_too_large() && indexes.len() > 1 => {
-                    // Split: from now on batches are at most half as large, so the next
-                    // step sends about the first half of this one, and the second half
-                    // only after the first was acknowledged; per-key order holds.
-                    self.batch_limit = self.batch_limit.min(bytes / 2);
-                    metrics::batch_split();
-                    tracing::warn!(
-                        %error, partition, rows = indexes.len(), bytes, batch_limit = self.batch_limit,
-                        "the broker refused a batch as too large; splitting it (set RELAY_MAX_BATCH_BYTES below the broker's message.max.bytes)"
-                    );
-                    failed.insert(partition);
-                    refused_rows += indexes.len();
-                }
-                Err(error) => {
-                    let error = if error.is_too_large() {
-                        let id = rows[indexes[0]].position.id;
-                        tracing::error!(%error, partition, outbox_id = id, bytes, "the broker refuses a single record as too large; publishing cannot pass it");
-                        RelayError::RecordTooLarge { id, bytes }
-                    } else {
-                        tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");
-                        error
-                    };
-                    failed.insert(partition);
-                    first_error.get_or_insert(error);
-                }
+                let receipted = indexes.iter().zip(offsets).map(|(&index, offset)| (rows[index].position, offset));
+                acknowledged.receipts.extend(Receipt::of_batch(partition, receipted));
+            }
+            Err(error) if error.is_too_large() && indexes.len() > 1 => {
+                // Split: from now on batches are at most half as large, so the next
+                // step sends about the first half of this one, and the second half
+                // only after the first was acknowledged; per-key order holds.
+                self.batch_limit = self.batch_limit.min(bytes / 2);
+                metric_names::batch_split();
+                tracing::warn!(
+                    %error, partition, rows = indexes.len(), bytes, batch_limit = self.batch_limit,
+                    "the broker refused a batch as too large; splitting it (set RELAY_MAX_BATCH_BYTES below the broker's message.max.bytes)"
+                );
+                acknowledged.failed.insert(partition);
+                acknowledged.refused_rows += indexes.len();
+            }
+            Err(error) => {
+                let error = if error.is_too_large() {
+                    let id = rows[indexes[0]].position.id;
+                    tracing::error!(%error, partition, outbox_id = id, bytes, "the broker refuses a single record as too large; publishing cannot pass it");
+                    RelayError::RecordTooLarge { id, bytes }
+                } else {
+                    tracing::warn!(%error, partition, rows = indexes.len(), "publishing a batch failed; it will be retried");
+                    error
+                };
+                acknowledged.failed.insert(partition);
+                acknowledged.first_error.get_or_insert(error);
             }
         }
+    }
 
-        let cursor = advance(self.cursor, &rows, &partition_of, &failed);
+    /// Stores the receipts and moves the cursor over what was acknowledged, through
+    /// the leader session; then reports the first failure, if any.
+    async fn commit(
+        &mut self,
+        rows: &[OutboxRow],
+        partition_of: &[i32],
+        acknowledged: Acknowledged,
+    ) -> Result<StepOutcome, RelayError> {
+        let cursor = advance(self.cursor, rows, partition_of, &acknowledged.failed);
         let moved = (cursor != self.cursor).then_some(cursor);
-        self.leader.session.run(async |conn| store::commit(conn, &topic, &receipts, moved).await).await??;
+        let (topic, receipts) = (&self.settings.kafka.topic, &acknowledged.receipts);
+        self.leader.session.run(async |conn| store::commit(conn, topic, receipts, moved).await).await??;
         self.cursor = cursor;
-        if let Some(error) = first_error {
+        if let Some(error) = acknowledged.first_error {
             // Start over with fresh connections: a stuck one may hold a stale request.
             self.kafka = None;
             self.read_ahead = None;
             return Err(error);
         }
-        Ok(StepOutcome::Published { rows: rows.len() - refused_rows })
+        Ok(StepOutcome::Published { rows: rows.len() - acknowledged.refused_rows })
     }
 
     /// The rows read ahead when they start right after the cursor and are not empty
@@ -221,7 +274,7 @@ impl Worker {
                 return Ok(rows);
             }
         }
-        let (topic, limit, scope) = (&self.settings.topic, self.settings.batch_rows, self.generation.scope(self.cluster));
+        let (topic, limit, scope) = (&self.settings.kafka.topic, self.settings.batch_rows, self.generation.scope(self.cluster));
         Ok(outbox::read_eligible(&self.pool, topic, scope, self.cursor.position, limit, self.cursor.receipts_ahead).await?)
     }
 
@@ -233,7 +286,7 @@ impl Worker {
             return Ok(StepOutcome::Idle);
         }
         let next = generation::next(&self.pool, self.generation, self.cluster).await?;
-        let (topic, from) = (&self.settings.topic, self.generation);
+        let (topic, from) = (&self.settings.kafka.topic, self.generation);
         self.leader.session.run(async |conn| generation::enter(conn, topic, from, next).await).await??;
         tracing::warn!(
             from_cluster = self.generation.cluster, to_cluster = next.cluster, since_id = next.since_id,
@@ -259,11 +312,12 @@ fn advance(old: Cursor, rows: &[OutboxRow], partition_of: &[i32], failed: &HashS
 
 #[cfg(test)]
 mod tests {
+    use rsvp_contract::outbox_record::{OutboxColumns, OutboxMessage};
+
     use super::*;
 
     fn row(id: i64, payload_len: usize) -> OutboxRow {
-        OutboxRow {
-            position: Position { xid: 1, id },
+        let message = OutboxMessage::from_columns(OutboxColumns {
             kafka_key: String::new(),
             message_id: uuid::Uuid::nil(),
             event_type: "RSVP_CREATED".into(),
@@ -271,12 +325,8 @@ mod tests {
             payload: "x".repeat(payload_len),
             traceparent: None,
             created_at: Utc::now(),
-            specversion: None,
-            source: None,
-            time: None,
-            content_type: None,
-            published: false,
-        }
+        });
+        OutboxRow { position: Position { xid: 1, id }, message, published: false }
     }
 
     fn at(id: i64) -> Position {

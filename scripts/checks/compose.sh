@@ -57,8 +57,10 @@ for service, job in jobs.items():
     hosts = {n for c in scrape.get("dns_sd_configs", []) for n in c["names"]}
     if not admin.startswith("0.0.0.0:") or admin.split(":")[1] not in ports or hosts != {service}:
         problems.append(f"{service}: ADMIN_ADDR {admin!r} is not 0.0.0.0 at the port job {job} scrapes ({hosts} {ports})")
-    if "KAFKA_BROKERS" not in env:
-        problems.append(f"{service}: KAFKA_BROKERS is not set")
+    # The api does not talk to Kafka; the relay and the consumers must agree on it.
+    for name in ([] if service == "api" else ["KAFKA_BROKERS", "KAFKA_TOPIC"]):
+        if name not in env:
+            problems.append(f"{service}: {name} is not set")
     if len(problems) == before:
         print(f"{service}: {binary} {' '.join(sub)} sets {sorted(env)}, each documented by its --help")
 

@@ -20,6 +20,7 @@ use crate::{
     store::idempotency::{self as store, Record},
     writes::WriteOutcome,
 };
+use crate::metric_names;
 
 /// What the middleware needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -94,17 +95,17 @@ pub async fn replay(db: &PgPool, idempotency: &Idempotency) -> Result<Response, 
         response: Some(sealed),
     }) = record
     else {
-        counter!("api_idempotent_requests_total", "outcome" => "in_use").increment(1);
+        counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "in_use").increment(1);
         return Err(ApiError::IdempotencyKeyInUse);
     };
     if fingerprint != idempotency.fingerprint {
-        counter!("api_idempotent_requests_total", "outcome" => "mismatch").increment(1);
+        counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "mismatch").increment(1);
         return Err(ApiError::IdempotencyKeyReused);
     }
     let status =
         u16::try_from(status).map_err(|_| anyhow::anyhow!("a stored status is out of range"))?;
     let stored = idempotency.open(status, &sealed)?;
-    counter!("api_idempotent_requests_total", "outcome" => "replayed").increment(1);
+    counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "replayed").increment(1);
     let mut response = stored.into_response();
     response
         .headers_mut()

@@ -8,6 +8,7 @@ use metrics::counter;
 use sqlx::PgPool;
 
 use crate::store::idempotency::prune_expired;
+use crate::metric_names;
 
 /// Most records one step deletes: one short transaction each.
 pub const BATCH: i64 = 10_000;
@@ -24,7 +25,7 @@ pub enum ExecutionOutcome {
 /// Deletes one batch of expired records and counts them.
 pub async fn step(db: &PgPool) -> Result<ExecutionOutcome, sqlx::Error> {
     let deleted = prune_expired(db, BATCH).await?;
-    counter!("api_idempotency_keys_pruned_total").increment(deleted);
+    counter!(metric_names::IDEMPOTENCY_KEYS_PRUNED).increment(deleted);
     Ok(if deleted == 0 {
         ExecutionOutcome::Empty
     } else {

@@ -1,7 +1,7 @@
 //! Liveness and readiness on the api port (the admin port serves the same).
 
 use axum::{extract::State, routing::get, Router};
-use rsvp_contract::admin::{self, Readiness};
+use rsvp_contract::runtime::admin::{self, Readiness};
 
 use crate::state::AppState;
 

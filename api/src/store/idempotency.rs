@@ -17,6 +17,7 @@ use metrics::counter;
 use sqlx::PgPool;
 
 use super::Tx;
+use crate::metric_names;
 
 /// A record as a retry reads it.
 pub struct Record {
@@ -73,7 +74,7 @@ pub async fn insert<'a>(tx: &mut Tx<'_>, records: &[NewRecord<'a>]) -> Result<Ve
     let inserted: HashSet<Vec<u8>> = inserted.into_iter().collect();
     let held: Vec<&'a [u8; 32]> =
         records.iter().map(|r| r.lookup_id).filter(|id| !inserted.contains(&id[..])).collect();
-    counter!("api_idempotent_requests_total", "outcome" => "recorded").increment((records.len() - held.len()) as u64);
+    counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment((records.len() - held.len()) as u64);
     Ok(held)
 }
 

@@ -83,7 +83,7 @@ async fn spawn_app_behind(proxy: &TcpProxy, configure: impl FnOnce(&mut Settings
     spawn_app_with(move |settings| {
         let options = PgConnectOptions::from_str(&test_server_url()).unwrap();
         let direct = format!("{}:{}", options.get_host(), options.get_port());
-        settings.database_url = settings.database_url.replacen(&direct, &proxied, 1);
+        settings.common.database_url = settings.common.database_url.expose().replacen(&direct, &proxied, 1).into();
         configure(settings);
     })
     .await

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
-use rsvp_api::{cache::Cache, config::Settings, startup::{Application, MIGRATOR}};
+use rsvp_api::{cache::Cache, config::Settings, startup::Application};
+use rsvp_contract::runtime::{database::MIGRATOR, settings::CommonSettings};
 use rsvp_contract::testing::fresh_database;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -26,20 +27,18 @@ pub async fn spawn_app() -> TestApp {
 
 /// The api with its cache at `redis_url`: a closed port or a cut proxy is "Redis down".
 pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
-    spawn_app_with(|settings| settings.redis_url = redis_url.to_owned()).await
+    spawn_app_with(|settings| settings.redis_url = redis_url.into()).await
 }
 
 /// The api with settings changed by `configure`; writes are coalesced as in production.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    rsvp_contract::telemetry::init_logging();
+    rsvp_contract::runtime::logging::init_logging();
     let (db, database_url) = fresh_database(&MIGRATOR).await;
     let mut settings = Settings {
-        database_url,
+        common: CommonSettings { database_url: database_url.into(), admin_addr: "127.0.0.1:0".parse().unwrap() },
         analytics_database_url: None,
-        redis_url: REDIS_URL.to_owned(),
-        kafka_brokers: "127.0.0.1:9092".into(),
+        redis_url: REDIS_URL.into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
         admin_token: ADMIN_TOKEN.into(),
         database_max_connections: 8,
         redis_timeout: Duration::from_millis(250),

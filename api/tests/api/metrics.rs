@@ -1,5 +1,7 @@
 use reqwest::StatusCode;
 
+use rsvp_contract::testing::undescribed_metrics;
+
 use crate::helpers::spawn_app;
 
 #[tokio::test]
@@ -24,4 +26,18 @@ async fn the_admin_port_exposes_request_and_outbox_metrics_by_route_and_type() {
         assert!(text.contains(expected), "{expected} not in\n{text}");
     }
     assert!(!text.contains(&event_id.to_string()), "an id leaked into a label");
+}
+
+#[tokio::test]
+async fn every_metric_on_the_admin_port_has_help_text() {
+    let app = spawn_app().await;
+    let event_id = app.create_event(None).await;
+    app.create_rsvp(event_id, "help@example.com", 0).await;
+    app.get(&format!("/events/{event_id}")).await;
+
+    let response = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
+
+    let text = response.text().await.unwrap();
+    assert!(text.contains("# HELP http_requests_total "), "{text}");
+    assert_eq!(undescribed_metrics(&text), Vec::<String>::new(), "in\n{text}");
 }

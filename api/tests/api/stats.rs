@@ -1,5 +1,5 @@
 use reqwest::StatusCode;
-use rsvp_api::startup::MIGRATOR;
+use rsvp_contract::runtime::database::MIGRATOR;
 use rsvp_contract::testing::fresh_database;
 use serde_json::Value;
 
@@ -21,7 +21,7 @@ async fn stats_are_zero_before_the_consumer_applied_anything_and_404_for_an_unkn
 #[tokio::test]
 async fn stats_are_read_from_the_analytics_database_when_it_is_separate() {
     let (analytics, analytics_url) = fresh_database(&MIGRATOR).await;
-    let app = spawn_app_with(|settings| settings.analytics_database_url = Some(analytics_url)).await;
+    let app = spawn_app_with(|settings| settings.analytics_database_url = Some(analytics_url.into())).await;
     let event_id = app.create_event(None).await;
     sqlx::query("insert into analytics.event_stats (event_id, going, guests_going, created_total) values ($1, 3, 2, 4)")
         .bind(event_id)

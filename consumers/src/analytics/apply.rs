@@ -1,7 +1,7 @@
 //! Claiming a batch's changes, reading the state it starts from and writing what it
-//! ends with: a lock, a claim, a read and three writes per batch. Applying event by event took
-//! five statements per event, which at 1000 events a second was the largest share of
-//! Postgres's CPU.
+//! ends with: a lock, a claim, a read and three writes per batch, however many events
+//! it holds, because statements per event are what costs Postgres most under load
+//! (docs/NOTES.md, "Analytics statements per batch").
 
 use std::collections::{HashMap, HashSet};
 
@@ -52,10 +52,10 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
     // against a dead letter being redriven, which applies outside the partition's
     // ownership and its offset fence, and against the pruner moving
     // `applied_through`. Both statements are planned for their own arguments (not
-    // prepared): a connection that started on a new, nearly empty table kept a
-    // generic plan that scanned it whole, which at 1000 events a second took 9 ms a
-    // batch once the table had grown. The query macros cannot turn preparing off for
-    // a statement that returns rows, so these stay runtime queries.
+    // prepared): a connection that started on a new, nearly empty table would keep a
+    // generic plan that scans it whole once it has grown (docs/NOTES.md, "Analytics
+    // statements per batch"). The query macros cannot turn preparing off for a
+    // statement that returns rows, so these stay runtime queries.
     let states: Vec<(Uuid, StateRow)> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool, i64)>(
         "select rsvp_id, event_id, status, guests, last_version, deleted, applied_through
            from analytics.rsvp_state where rsvp_id = any($1) for update",

@@ -46,6 +46,7 @@ use uuid::Uuid;
 use crate::{
     config::Settings,
     group::{ApplyError, BoxFuture, Consumer, Database, Delivery, Group, Outcome},
+    metric_names,
 };
 
 pub use apply::{apply, apply_batch};
@@ -304,7 +305,7 @@ fn report_gaps(event: &CloudEvent, state: Option<&StateRow>, before: Option<Cont
     };
     let mismatch = event.data.previous_status.is_some() && event.data.previous_status != expected_previous;
     if gap || mismatch {
-        metrics::counter!("consumer_version_gaps_total", "group" => GROUP.name()).increment(1);
+        metrics::counter!(metric_names::VERSION_GAPS, "group" => GROUP.name()).increment(1);
         tracing::warn!(rsvp_id = %event.data.id, version = event.data.version, ?expected_previous,
             previous_status = ?event.data.previous_status, "rsvp changes missing before this one");
     }

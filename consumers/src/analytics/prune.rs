@@ -22,9 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::GROUP;
-
-/// The pruned-rows counter.
-pub const PRUNED: &str = "consumer_applied_events_pruned_total";
+use crate::metric_names::APPLIED_EVENTS_PRUNED;
 
 /// Rsvps looked at per transaction: a short transaction, since every open one holds
 /// back the relay's xmin watermark.
@@ -97,18 +95,14 @@ impl Pruner {
         .await?
         .rows_affected();
         self.after = Some(last);
-        metrics::counter!(PRUNED, "group" => GROUP.name()).increment(pruned);
+        metrics::counter!(APPLIED_EVENTS_PRUNED, "group" => GROUP.name()).increment(pruned);
         Ok(PruneOutcome::Pruned { rsvps: rsvps.len(), rows: pruned })
     }
 
     /// One pass every `interval` until `shutdown`. A failed step is logged and the
     /// pass starts again at the next interval: pruning is never urgent.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        metrics::describe_counter!(
-            PRUNED,
-            "analytics.applied_events rows deleted because their rsvp's applied_through covers them."
-        );
-        metrics::counter!(PRUNED, "group" => GROUP.name()).increment(0);
+        metrics::counter!(APPLIED_EVENTS_PRUNED, "group" => GROUP.name()).increment(0);
         loop {
             loop {
                 let step = tokio::select! {

@@ -118,7 +118,7 @@ async fn with_a_separate_analytics_database_the_stats_and_their_offsets_live_the
     // Arrange
     let env = TestEnv::start(2).await;
     let api = Api::spawn(&env).await;
-    let (analytics_db, analytics_url) = rsvp_contract::testing::fresh_database(&rsvp_consumers::app::MIGRATOR).await;
+    let (analytics_db, analytics_url) = rsvp_contract::testing::fresh_database(&rsvp_contract::runtime::database::MIGRATOR).await;
     let consumers = Stepper::build(&env, &["--group", "analytics", "--analytics-database-url", &analytics_url]).await;
     let event = api.create_event(None).await;
     api.mixed_workload(event, 12).await;
@@ -152,7 +152,7 @@ async fn a_broker_that_lost_its_records_restarts_the_group_from_the_earliest_off
     let mut env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
-    let metrics = rsvp_contract::admin::metrics_handle();
+    let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let before = api.create_event(None).await;
     api.rsvp(before, "a@example.com", "going", 1).await;
     api.rsvp(before, "b@example.com", "going", 1).await;

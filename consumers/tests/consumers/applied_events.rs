@@ -10,9 +10,8 @@ use rsvp_consumers::{
         self, Applied,
         prune::{PruneOutcome, Pruner},
     },
-    app::MIGRATOR,
 };
-use rsvp_contract::{CloudEvent, EventType, RsvpData, RsvpStatus, testing::fresh_database};
+use rsvp_contract::{runtime::database::MIGRATOR, testing::fresh_database, CloudEvent, EventType, RsvpData, RsvpStatus};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -145,7 +144,7 @@ async fn two_transactions_applying_different_first_changes_of_an_rsvp_count_it_o
 async fn pruning_removes_exactly_the_rows_that_applied_versions_cover_and_a_pruned_change_redelivered_counts_once() {
     // Arrange: rsvp a applied through v3; rsvp b has v1 and v3, v2 not yet seen; a
     // row from before versions were recorded.
-    let metrics = rsvp_contract::admin::metrics_handle();
+    let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let (db, _) = fresh_database(&MIGRATOR).await;
     let (event, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going);

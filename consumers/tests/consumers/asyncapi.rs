@@ -51,7 +51,7 @@ async fn every_record_the_relay_publishes_validates_against_the_asyncapi_documen
 
     // Act: the real relay publishes the outbox; read every record back.
     let mut settings = Settings::defaults(&env.db_url, &env.broker.address());
-    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    settings.common.admin_addr = "127.0.0.1:0".parse().unwrap();
     settings.poll_interval = Duration::from_millis(100);
     let relay = Application::build(settings).await.expect("build the relay");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

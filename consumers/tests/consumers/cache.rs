@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::{Duration, Instant}};
 
 use rsvp_consumers::{
-    app::Application,
-    partition::{PartitionWorker, StepOutcome},
+    startup::Application,
+    worker::{PartitionWorker, StepOutcome},
 };
 use rsvp_contract::testing::TcpProxy;
 use serde_json::{json, Value};

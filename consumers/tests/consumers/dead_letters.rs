@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::Utc;
 use rskafka::record::Record;
 use rsvp_consumers::{
-    app::Application,
-    partition::{PartitionWorker, StepOutcome},
+    startup::Application,
+    worker::{PartitionWorker, StepOutcome},
 };
 use serde_json::Value;
 
@@ -197,7 +197,7 @@ async fn step_past_an_undecodable_batch(raw_brokers: Option<&str>) -> TestEnv {
     let api = Api::spawn(&env).await;
     let mut settings = env.settings(&["--group", "analytics"]);
     if let Some(brokers) = raw_brokers {
-        settings.kafka_brokers = brokers.to_owned();
+        settings.kafka.brokers = brokers.split(',').map(str::to_owned).collect();
     }
     let app = Application::build(&settings, false).await.unwrap();
     let event = api.create_event(None).await;

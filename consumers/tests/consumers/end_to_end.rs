@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rsvp_consumers::app::Application;
+use rsvp_consumers::startup::Application;
+use rsvp_contract::testing::undescribed_metrics;
 use uuid::Uuid;
 
 use crate::helpers::{totals, truth_and_stats, wait_until, Api, TestEnv, TOPIC};
@@ -34,6 +35,7 @@ async fn an_api_write_is_read_fresh_within_a_second_and_stats_match_the_rsvps_ta
     let relay = rsvp_relay::startup::Application::build(relay_settings).await.unwrap();
     tokio::spawn(relay.run_until(std::future::pending()));
     let consumers = Application::build(&env.settings(&[]), true).await.unwrap();
+    let admin_port = consumers.admin_port();
     tokio::spawn(consumers.run_until(std::future::pending()));
     let event = api.create_event(None).await;
     let (warmup, _) = api.rsvp(event, "warmup@example.com", "going", 1).await;
@@ -67,4 +69,8 @@ async fn an_api_write_is_read_fresh_within_a_second_and_stats_match_the_rsvps_ta
         stats == truth && totals(&env.db, event).await.0 == totals(&env.db, event).await.1
     })
     .await;
+    // The three processes share this test's recorder: every metric has help text.
+    let scrape = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("# HELP consumer_processed_total ") && scrape.contains("# HELP relay_published_total "));
+    assert_eq!(undescribed_metrics(&scrape), Vec::<String>::new(), "in\n{scrape}");
 }

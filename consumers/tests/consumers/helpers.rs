@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Parser;
 use rskafka::{
     client::{
@@ -20,14 +20,16 @@ use rskafka::{
 };
 pub(crate) use rsvp_consumers::{analytics::GROUP as ANALYTICS, cache::GROUP as CACHE, notifications::GROUP as NOTIFICATIONS};
 use rsvp_consumers::{
-    app::{Application, MIGRATOR},
+    startup::Application,
     config::Cli,
     group::Group,
-    partition::{PartitionWorker, StepOutcome},
+    worker::{PartitionWorker, StepOutcome},
     registry,
 };
 use rsvp_contract::{
-    headers,
+    outbox_record::{OutboxColumns, OutboxMessage},
+    partitioner::partition_for_key,
+    runtime::database::MIGRATOR,
     testing::{fresh_database, free_port, Broker},
 };
 use serde_json::{json, Value};
@@ -119,10 +121,9 @@ impl TestEnv {
         ]
     }
 
-    /// A deterministic partition per key (the real relay uses murmur2; any stable choice will do here).
+    /// The partition the relay gives `key`.
     pub(crate) fn partition_for(&self, key: &str) -> i32 {
-        let hash = key.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        i32::try_from(hash % u32::try_from(self.partitions).unwrap()).unwrap()
+        partition_for_key(key.as_bytes(), self.partitions)
     }
 
     pub(crate) async fn produce(&self, partition: i32, records: Vec<Record>) -> Vec<i64> {
@@ -134,12 +135,16 @@ impl TestEnv {
         producers[&partition].produce(records, Compression::NoCompression).await.expect("produce")
     }
 
-    /// What the relay does: publishes every outbox row after the cursor, one batch per
-    /// partition, in id order. Returns how many rows it published.
+    /// What the relay does: publishes every outbox row after the cursor through the
+    /// relay's own row-to-record mapping, one batch per partition, in id order (not
+    /// in commit order: the tests' writes do not overlap). Returns how many rows it
+    /// published.
     pub(crate) async fn relay_outbox(&self) -> usize {
         let mut cursor = self.outbox_cursor.lock().await;
-        let rows: Vec<(i64, String, Value, i64, Uuid, String)> = sqlx::query_as(
-            "select id, kafka_key, payload, rsvp_version, message_id, event_type from outbox where id > $1 order by id",
+        type OutboxRow = (i64, String, String, i64, Uuid, String, Option<String>, DateTime<Utc>);
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "select id, kafka_key, payload::text, rsvp_version, message_id, event_type, traceparent, created_at
+               from outbox where id > $1 order by id",
         )
         .bind(*cursor)
         .fetch_all(&self.db)
@@ -150,9 +155,10 @@ impl TestEnv {
         drop(cursor);
         let count = rows.len();
         let mut batches: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-        for (_, key, payload, version, message_id, event_type) in rows {
-            let record = outbox_record(&key, &payload, version, message_id, &event_type);
-            batches.entry(self.partition_for(&key)).or_default().push(record);
+        for (_, kafka_key, payload, rsvp_version, message_id, event_type, traceparent, created_at) in rows {
+            let columns = OutboxColumns { kafka_key, message_id, event_type, rsvp_version, payload, traceparent, created_at };
+            let message = OutboxMessage::from_columns(columns);
+            batches.entry(message.partition(self.partitions)).or_default().push(message.to_record());
         }
         for (partition, records) in batches {
             self.produce(partition, records).await;
@@ -191,21 +197,18 @@ impl TestEnv {
     }
 }
 
+/// The record the relay makes of an outbox row with these columns, at the current time.
 pub(crate) fn outbox_record(key: &str, payload: &Value, version: i64, message_id: Uuid, event_type: &str) -> Record {
-    let headers = BTreeMap::from([
-        (headers::CE_SPECVERSION.to_owned(), b"1.0".to_vec()),
-        (headers::CE_ID.to_owned(), message_id.to_string().into_bytes()),
-        (headers::CE_TYPE.to_owned(), event_type.as_bytes().to_vec()),
-        (headers::CE_SOURCE.to_owned(), b"/rsvp-api".to_vec()),
-        (headers::CONTENT_TYPE.to_owned(), b"application/cloudevents+json".to_vec()),
-        (headers::RSVP_VERSION.to_owned(), version.to_string().into_bytes()),
-    ]);
-    Record {
-        key: Some(key.as_bytes().to_vec()),
-        value: Some(serde_json::to_vec(payload).unwrap()),
-        headers,
-        timestamp: Utc::now(),
-    }
+    let columns = OutboxColumns {
+        kafka_key: key.to_owned(),
+        message_id,
+        event_type: event_type.to_owned(),
+        rsvp_version: version,
+        payload: payload.to_string(),
+        traceparent: None,
+        created_at: Utc::now(),
+    };
+    OutboxMessage::from_columns(columns).to_record()
 }
 
 /// The consumers as a library, for stepping partitions by hand.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rsvp_consumers::{
-    partition::{PartitionWorker, StepOutcome},
+    worker::{PartitionWorker, StepOutcome},
 };
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, range: std::ops::Range<usi
 /// after the loss (a restarted consumer) instead of keeping the same worker.
 async fn the_new_log_is_applied_from_its_start(reacquire: bool) {
     // Arrange: three records applied; the offset is 3.
-    let metrics = rsvp_contract::admin::metrics_handle();
+    let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let mut env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;
@@ -88,7 +88,7 @@ async fn a_consumer_taking_the_partition_after_the_broker_lost_its_log_reads_the
 #[tokio::test]
 async fn the_same_log_is_not_read_again() {
     // Arrange: records in several batches, applied; more behind them.
-    let metrics = rsvp_contract::admin::metrics_handle();
+    let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics"]).await;

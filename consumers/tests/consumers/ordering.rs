@@ -45,12 +45,12 @@ async fn spawn_api(env: &TestEnv, extra: &[&str]) -> Api {
 async fn publish_everything(env: &TestEnv) {
     let brokers = env.broker.address();
     let mut settings = rsvp_relay::config::Settings::defaults(&env.db_url, &brokers);
-    settings.topic = TOPIC.to_owned();
-    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
-    let options = leader::connect_options(&settings.database_url).unwrap();
-    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
+    settings.kafka.topic = TOPIC.to_owned();
+    settings.common.admin_addr = "127.0.0.1:0".parse().unwrap();
+    let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
+    let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
-    let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();
+    let pool = rsvp_relay::pool::connect(&settings).await.unwrap();
     let mut worker = Worker::start(leader, settings, pool).await.unwrap();
     let rows: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&env.db).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rsvp_consumers::{
     group::Group,
-    partition::PartitionWorker,
+    worker::PartitionWorker,
     status::{self, GroupStatus, Thresholds},
 };
 use serde_json::Value;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rsvp_consumers::{
-    partition::{PartitionWorker, StepOutcome},
+    worker::{PartitionWorker, StepOutcome},
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -20,7 +20,7 @@ async fn a_lock_timeout_is_retried_beyond_max_attempts_without_dead_lettering_an
     // Arrange: an applied rsvp, then its update on the topic; the consumer's sessions
     // give up waiting for a lock after 50 ms, and another session holds the
     // statistics tables.
-    let metrics = rsvp_contract::admin::metrics_handle();
+    let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let consumers = Stepper::build(&env, &["--group", "analytics", "--max-attempts", "2"]).await;

@@ -7,7 +7,10 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use rskafka::record::Record;
 use rsvp_api::domain::{CreateRsvpRequest, NewRsvp};
-use rsvp_contract::{CloudEvent, EventType, RsvpData, RsvpStatus};
+use rsvp_contract::{
+    outbox_record::{HeaderAttributes, OutboxColumns, OutboxMessage},
+    CloudEvent, EventType, RsvpData, RsvpStatus,
+};
 use rsvp_relay::{
     batch_size,
     config::MIN_MAX_BATCH_BYTES,
@@ -84,8 +87,7 @@ async fn the_computed_batch_size_is_the_size_of_the_record_batch_rskafka_sends()
     let producer = kafka.producer(0);
     let at = |millis: i64| Utc.timestamp_millis_opt(1_764_000_000_000 + millis).unwrap();
     let record = |value: String, millis: i64| {
-        let row = outbox::OutboxRow {
-            position: Position::default(),
+        let columns = OutboxColumns {
             kafka_key: Uuid::now_v7().to_string(),
             message_id: Uuid::now_v7(),
             event_type: "RSVP_CANCELLED".into(),
@@ -93,13 +95,15 @@ async fn the_computed_batch_size_is_the_size_of_the_record_batch_rskafka_sends()
             payload: value,
             traceparent: Some(TRACEPARENT.into()),
             created_at: at(millis),
+        };
+        let attributes = HeaderAttributes {
             specversion: Some("1.0".into()),
             source: Some("/rsvp-api".into()),
             time: Some(at(millis).to_rfc3339()),
             content_type: None,
-            published: false,
         };
-        row.to_record()
+        let message = OutboxMessage { columns, attributes };
+        message.to_record()
     };
     let largest = serde_json::to_string(&largest_event(Uuid::now_v7())).unwrap();
     let cases: Vec<Vec<Record>> = vec![
@@ -137,10 +141,10 @@ async fn the_largest_row_the_api_can_write_is_far_below_the_smallest_batch_limit
             .filter(|rows| !rows.is_empty())
     })
     .await;
-    let bytes = batch_size::encoded_len(&[rows[0].to_record()]);
+    let bytes = batch_size::encoded_len(&[rows[0].message.to_record()]);
 
     // Assert: so any valid RELAY_MAX_BATCH_BYTES takes at least one row.
-    eprintln!("the largest row the api can write: {} payload bytes, a batch of {bytes} bytes", rows[0].payload.len());
+    eprintln!("the largest row the api can write: {} payload bytes, a batch of {bytes} bytes", rows[0].message.columns.payload.len());
     assert!(bytes <= rsvp_api::error::MAX_BODY_BYTES, "{bytes} bytes");
     assert!(bytes * 2 <= MIN_MAX_BATCH_BYTES, "{bytes} bytes");
 }

@@ -159,9 +159,9 @@ async fn a_new_leader_skips_the_rows_a_partly_failed_step_left_acknowledged_ahea
     }
     let receipted = Receipt::of_batch(0, positions[5..8].iter().copied().zip(0..));
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    store::ensure_cursor(&mut conn, &settings.topic).await.unwrap();
+    store::ensure_cursor(&mut conn, &settings.kafka.topic).await.unwrap();
     let left = Cursor { position: positions[2], receipts_ahead: Some(positions[7]) };
-    store::commit(&mut conn, &settings.topic, &receipted, Some(left)).await.unwrap();
+    store::commit(&mut conn, &settings.kafka.topic, &receipted, Some(left)).await.unwrap();
 
     // Act: a new leader takes over and publishes the rest.
     let mut worker = leader_worker(&settings).await;
@@ -169,12 +169,12 @@ async fn a_new_leader_skips_the_rows_a_partly_failed_step_left_acknowledged_ahea
 
     // Assert: only rows 4, 5, 9 and 10 reach the topic, once each, and once the cursor
     // passed row 8 no receipt is ahead of it any more.
-    let records = read_topic(&broker.address(), &settings.topic).await;
+    let records = read_topic(&broker.address(), &settings.kafka.topic).await;
     let mut published: Vec<String> = records.iter().map(|r| r.ce_id().to_owned()).collect();
     published.sort();
     let mut expected: Vec<String> = [3, 4, 8, 9].iter().map(|&i| written[i].message_id.to_string()).collect();
     expected.sort();
     assert_eq!(published, expected);
-    let stored = store::load_cursor(&mut conn, &settings.topic).await.unwrap().unwrap();
+    let stored = store::load_cursor(&mut conn, &settings.kafka.topic).await.unwrap().unwrap();
     assert_eq!(stored, Cursor { position: positions[9], receipts_ahead: None });
 }

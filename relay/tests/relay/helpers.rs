@@ -5,11 +5,11 @@ use std::{collections::BTreeMap, future::Future, process::Stdio, time::Duration}
 
 use chrono::Utc;
 use rskafka::client::{partition::UnknownTopicHandling, ClientBuilder};
-use rsvp_contract::{testing, CloudEvent, EventType, RsvpData, RsvpStatus};
+use rsvp_contract::{runtime::database::MIGRATOR, testing, CloudEvent, EventType, RsvpData, RsvpStatus};
 use rsvp_relay::{
     config::Settings,
     leader::{self, Candidate},
-    startup::{Application, MIGRATOR},
+    startup::Application,
     StepOutcome, Worker,
 };
 use sqlx::{PgPool, Postgres, Transaction};
@@ -28,7 +28,7 @@ pub(crate) async fn fresh_db() -> TestDb {
 /// Settings for tests: short intervals and timeouts, a free admin port.
 pub(crate) fn settings(db: &TestDb, broker: &str) -> Settings {
     let mut settings = Settings::defaults(&db.url, broker);
-    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    settings.common.admin_addr = "127.0.0.1:0".parse().unwrap();
     settings.poll_interval = Duration::from_millis(500);
     // As often as the observer looked before it had a setting of its own.
     settings.observe_interval = Duration::from_millis(500);
@@ -110,10 +110,10 @@ pub(crate) async fn write_rows(pool: &PgPool, keys: usize, per_key: usize) -> Ve
 
 /// A worker holding the leader lock, for step-by-step tests.
 pub(crate) async fn leader_worker(settings: &Settings) -> Worker {
-    let options = leader::connect_options(&settings.database_url).unwrap();
-    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
+    let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
+    let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
-    let pool = rsvp_relay::startup::connect_pool(settings).await.unwrap();
+    let pool = rsvp_relay::pool::connect(settings).await.unwrap();
     Worker::start(leader, settings.clone(), pool).await.unwrap()
 }
 
@@ -181,9 +181,9 @@ impl RelayProcess {
         let mut command = tokio::process::Command::new(binary);
         command
             .arg("run")
-            .env("DATABASE_URL", &settings.database_url)
-            .env("KAFKA_BROKERS", settings.kafka_brokers.join(","))
-            .env("RELAY_TOPIC", &settings.topic)
+            .env("DATABASE_URL", settings.common.database_url.expose())
+            .env("KAFKA_BROKERS", settings.kafka.brokers.join(","))
+            .env("KAFKA_TOPIC", &settings.kafka.topic)
             .env("RELAY_POLL_INTERVAL", humantime::format_duration(settings.poll_interval).to_string())
             .env("RELAY_LEADER_POLL_INTERVAL", humantime::format_duration(settings.leader_poll_interval).to_string())
             .env("RELAY_IDLE_POLL_MAX", humantime::format_duration(settings.idle_poll_max).to_string())
@@ -274,9 +274,9 @@ pub(crate) fn assert_nothing_lost(records: &[TopicRecord], written: &[Written], 
 pub(crate) async fn run_command(settings: &Settings, args: &[&str]) -> (bool, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rsvp-relay"))
         .args(args)
-        .env("DATABASE_URL", &settings.database_url)
-        .env("KAFKA_BROKERS", settings.kafka_brokers.join(","))
-        .env("RELAY_TOPIC", &settings.topic)
+        .env("DATABASE_URL", settings.common.database_url.expose())
+        .env("KAFKA_BROKERS", settings.kafka.brokers.join(","))
+        .env("KAFKA_TOPIC", &settings.kafka.topic)
         .env("RUST_LOG", "warn")
         .output()
         .await

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use rskafka::client::ClientBuilder;
 use rsvp_contract::testing::Broker;
-use rsvp_relay::{observe::Observer, partitioner::partition_for_key, StepOutcome};
+use rsvp_contract::partitioner::partition_for_key;
+use rsvp_relay::{observe::Observer, StepOutcome};
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
@@ -135,7 +136,7 @@ async fn rows_waiting_behind_an_open_transaction_report_the_stall_and_the_backen
 
     // Act / Assert: the committed row is not eligible yet, and the stall names the session.
     assert_eq!(worker.step().await.unwrap(), StepOutcome::Idle);
-    let mut observer = Observer::new(db.pool.clone(), &settings.topic, Duration::ZERO);
+    let mut observer = Observer::new(db.pool.clone(), &settings.kafka.topic, Duration::ZERO);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let seen = loop {
         // Another test's open transaction may be older for a moment: wait for ours.

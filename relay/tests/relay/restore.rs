@@ -229,8 +229,8 @@ async fn a_cursor_ahead_of_every_transaction_of_its_cluster_makes_the_relay_refu
 
     // Act
     let relay = RunningRelay::start(settings.clone()).await;
-    let options = leader::connect_options(&settings.database_url).unwrap();
-    let pool = rsvp_relay::startup::connect_pool(&settings).await.unwrap();
+    let options = leader::connect_options(settings.common.database_url.expose()).unwrap();
+    let pool = rsvp_relay::pool::connect(&settings).await.unwrap();
 
     // Assert: not ready, the gauge and the error counter say why, nothing published.
     let readiness: serde_json::Value = eventually(Duration::from_secs(10), "/readyz to report the cursor", || async {
@@ -251,7 +251,7 @@ async fn a_cursor_ahead_of_every_transaction_of_its_cluster_makes_the_relay_refu
     })
     .await;
     relay.stop().await;
-    let candidate = Candidate::connect(&options, &settings.topic, settings.role_loss_timeout).await.unwrap();
+    let candidate = Candidate::connect(&options, &settings.kafka.topic, settings.role_loss_timeout).await.unwrap();
     let leader = candidate.try_lead().await.unwrap().ok().expect("no other relay leads");
     let error = match rsvp_relay::Worker::start(leader, settings.clone(), pool).await {
         Ok(_) => panic!("the relay leads from a cursor ahead of its cluster"),
@@ -276,7 +276,7 @@ async fn database_before_generations() -> TestDb {
     // The migrator's fields are what sqlx::migrate! fills in; a prefix of its list is
     // the schema of an older release.
     let older = sqlx::migrate::Migrator {
-        migrations: rsvp_relay::startup::MIGRATOR.migrations.iter().filter(|m| m.version < 20261201000002).cloned().collect(),
+        migrations: rsvp_contract::runtime::database::MIGRATOR.migrations.iter().filter(|m| m.version < 20261201000002).cloned().collect(),
         ..sqlx::migrate::Migrator::DEFAULT
     };
     older.run(&pool).await.unwrap();

@@ -10,14 +10,14 @@ use sqlx::{
     postgres::{PgConnectOptions, PgListener},
     PgPool,
 };
+use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backoff::Backoff,
     config::Settings,
     error::RelayError,
     leader::{self, Candidate, Leader},
-    metrics,
+    metric_names,
     observe::Observer,
     prune,
     worker::{StepOutcome, Worker},
@@ -28,17 +28,17 @@ pub const CHANNEL: &str = "outbox_inserted";
 
 /// Runs until `shutdown` is cancelled: elects, publishes, observes and prunes.
 pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let options = leader::connect_options(&settings.database_url)?;
+    let options = leader::connect_options(settings.common.database_url.expose())?;
     let observer = tokio::spawn(observe_loop(
-        Observer::new(pool.clone(), &settings.topic, settings.stall_warning),
+        Observer::new(pool.clone(), &settings.kafka.topic, settings.stall_warning),
         settings.observe_interval,
         shutdown.clone(),
     ));
-    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut backoff = settings.backoff();
     while let Some(leader) = wait_for_leadership(&options, &settings, &shutdown).await {
-        ::metrics::gauge!(metrics::LEADER).set(1.0);
+        metrics::gauge!(metric_names::LEADER).set(1.0);
         let result = lead(leader, &settings, &pool, &shutdown).await;
-        ::metrics::gauge!(metrics::LEADER).set(0.0);
+        metrics::gauge!(metric_names::LEADER).set(0.0);
         match result {
             Ok(()) => break,
             Err(error) => {
@@ -54,17 +54,9 @@ pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) 
     Ok(())
 }
 
-/// Sleeps for `delay`; true when shutdown came first.
-async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(delay) => false,
-    }
-}
-
 /// Tries the lock every `leader_poll_interval`; `None` on shutdown.
 async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, shutdown: &CancellationToken) -> Option<Leader> {
-    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut backoff = settings.backoff();
     let mut candidate: Option<Candidate> = None;
     let mut announced = false;
     loop {
@@ -72,9 +64,9 @@ async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, sh
             return None;
         }
         let attempt = match candidate.take() {
-            Some(c) => c.try_lead().await,
-            None => match Candidate::connect(options, &settings.topic, settings.role_loss_timeout).await {
-                Ok(c) => c.try_lead().await,
+            Some(waiting) => waiting.try_lead().await,
+            None => match Candidate::connect(options, &settings.kafka.topic, settings.role_loss_timeout).await {
+                Ok(connected) => connected.try_lead().await,
                 Err(error) => Err(error),
             },
         };
@@ -110,7 +102,7 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
     let _stop_pruning = term.clone().drop_guard();
     tokio::spawn(prune_loop(pool.clone(), settings.clone(), term));
     let mut listener = listen(pool).await;
-    let mut backoff = Backoff::new(settings.max_backoff);
+    let mut backoff = settings.backoff();
     let mut recheck = Recheck::default();
     let mut idle = IdleWait::new(settings.poll_interval, settings.idle_poll_max);
     // A step in progress finishes (it is bounded by the Kafka timeout) so that what
@@ -283,7 +275,7 @@ async fn prune_loop(pool: PgPool, settings: Settings, term: CancellationToken) {
         if sleep_or_shutdown(settings.prune_interval, &term).await {
             return;
         }
-        match prune::prune_all(&pool, &settings.topic, settings.retention, settings.prune_batch).await {
+        match prune::prune_all(&pool, &settings.kafka.topic, settings.retention, settings.prune_batch).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "pruned published outbox rows past retention"),
             Err(error) => {

@@ -7,32 +7,32 @@ pub fn murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
 
-    let mut h = SEED ^ data.len() as u32;
+    let mut hash = SEED ^ data.len() as u32;
     let mut chunks = data.chunks_exact(4);
     for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
+        let mut word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        word = word.wrapping_mul(M);
+        word ^= word >> R;
+        word = word.wrapping_mul(M);
+        hash = hash.wrapping_mul(M);
+        hash ^= word;
     }
     // The Java switch falls through from 3 to 1.
     let tail = chunks.remainder();
     if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
+        hash ^= u32::from(tail[2]) << 16;
     }
     if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
+        hash ^= u32::from(tail[1]) << 8;
     }
     if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(M);
+        hash ^= u32::from(tail[0]);
+        hash = hash.wrapping_mul(M);
     }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(M);
+    hash ^= hash >> 15;
+    hash
 }
 
 /// The partition of a keyed record: `toPositive(murmur2(key)) % partitions`, where

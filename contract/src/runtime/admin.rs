@@ -1,11 +1,13 @@
 //! The admin endpoint every process serves on its own port: `/metrics`, `/healthz`
 //! and `/readyz`.
 
-use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc, sync::OnceLock};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, pin::Pin, sync::Arc, sync::OnceLock};
 
+use anyhow::Context;
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
+use tokio::net::TcpListener;
 
 /// Histogram buckets for every `*_seconds` metric: 0.5 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -67,14 +69,10 @@ impl IntoResponse for Readiness {
     }
 }
 
-/// Whether a Kafka broker answers a metadata request within 2 s. A fresh client each
-/// time, so that a frozen broker (accepting connections, answering nothing) shows as down.
-pub async fn kafka_answers(brokers: Vec<String>) -> bool {
-    let check = async {
-        let client = rskafka::client::ClientBuilder::new(brokers).build().await?;
-        client.list_topics().await
-    };
-    matches!(tokio::time::timeout(std::time::Duration::from_secs(2), check).await, Ok(Ok(_)))
+/// Installs the recorder and binds the admin port (port 0 binds a free one, for tests).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    metrics_handle();
+    TcpListener::bind(addr).await.with_context(|| format!("binding ADMIN_ADDR {addr}"))
 }
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -98,7 +96,7 @@ pub fn router(readiness: ReadinessCheck) -> Router {
 
 /// Serves the admin router on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     readiness: ReadinessCheck,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -17,27 +17,36 @@ use rskafka::client::{
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
 use rskafka::record::RecordAndOffset;
-use rsvp_contract::{
-    role_lock::{RoleLost, RoleSession},
-    CloudEvent,
-};
+use rsvp_contract::role_lock::RoleSession;
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
+    batch::{apply_until_done, commit_batch, Decoded},
+    error::{db, WorkerError},
+    context::GroupContext,
     dlq,
-    fault::{self, Fault},
-    group::{ApplyError, Consumer, Delivery, GroupContext, Outcome},
-    offsets::{Anchor, OffsetError, OffsetKey},
+    group::{Delivery, Outcome},
+    metric_names,
+    offsets::{Anchor, OffsetKey},
     ownership, raw_fetch,
     record::RawRecord,
 };
+
+/// What a fetch brought.
+enum Fetched {
+    Records { records: Vec<RecordAndOffset>, high_watermark: i64 },
+    /// The client cannot decode the first record batch at the next offset.
+    Undecodable(String),
+    /// The next offset is not on the broker any more.
+    OutOfRange,
+}
 
 /// The end of the size range when fetching the anchor record alone: at most one byte
 /// (rskafka asks for one byte less than the range's end), so the first batch only.
 const ANCHOR_FETCH_BYTES: i32 = 2;
 
 /// How long reading an undecodable batch raw may take per broker.
-const RAW_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const RAW_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many offsets past an undecodable batch's start are tried to find its end
 /// before giving up (and trying again at the next step): a batch holds fewer records.
@@ -50,97 +59,6 @@ pub enum StepOutcome {
     Processed { records: usize },
     /// Nothing new to read.
     CaughtUp,
-}
-
-/// The pause before a partition's next fetch. Tansu answers a fetch with what it had
-/// when the fetch came in, after holding it FETCH_MAX_WAIT whether or not records
-/// arrive meanwhile, so waiting for data at the broker only adds latency: the pause
-/// is taken here. After records it is the poll interval, so that a busy partition
-/// fetches larger batches; after each fetch that found nothing it doubles up to the
-/// idle maximum, so an idle partition costs about one fetch per that maximum. The
-/// time the fetch itself took counts towards the pause (a broker that does hold an
-/// empty fetch until data comes needs no pause on top).
-#[derive(Debug, Clone)]
-pub struct IdlePacing {
-    base: Duration,
-    max: Duration,
-    next_idle: Duration,
-}
-
-impl IdlePacing {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        let max = max.max(base);
-        Self { base, max, next_idle: base }
-    }
-
-    /// The pause after a step that applied records and left nothing behind them.
-    pub fn after_records(&mut self, fetch_took: Duration) -> Duration {
-        self.next_idle = self.base;
-        self.base.saturating_sub(fetch_took)
-    }
-
-    /// The pause after a fetch that found nothing new.
-    pub fn after_empty(&mut self, fetch_took: Duration) -> Duration {
-        let pause = self.next_idle.saturating_sub(fetch_took);
-        self.next_idle = (self.next_idle * 2).min(self.max);
-        pause
-    }
-
-    /// After a failure or a step with more to read: start from the poll interval again.
-    pub fn reset(&mut self) {
-        self.next_idle = self.base;
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The connection holding the partition's lock failed: ownership is lost with it.
-    #[error("the partition's database connection failed")]
-    Connection(#[source] sqlx::Error),
-    /// The partition's session ended or did not answer in time (a pause longer than
-    /// the role-loss timeout, a cut network): another instance may own it now.
-    #[error(transparent)]
-    Lost(#[from] RoleLost),
-    /// Another instance advanced the offset: this one no longer owns the partition.
-    #[error(transparent)]
-    Fenced(OffsetError),
-    /// The broker failed; retried in place.
-    #[error("kafka")]
-    Kafka(#[from] KafkaError),
-    /// Postgres rejected applying the record at `offset`; counts towards its dead-lettering.
-    #[error("applying the record at offset {offset} failed")]
-    Record { offset: i64, source: sqlx::Error },
-    /// Postgres failed for a reason that is not the record's (a lock or statement
-    /// timeout, a deadlock, a serialization failure): retried without limit.
-    #[error("applying the batch failed for now")]
-    Transient(#[source] sqlx::Error),
-    /// A dependency of an exactly-once group's effect besides Postgres failed:
-    /// retried without limit.
-    #[error("{0} failed")]
-    Dependency(&'static str),
-}
-
-impl WorkerError {
-    /// Whether the worker may retry while keeping the partition.
-    pub fn keeps_ownership(&self) -> bool {
-        matches!(
-            self,
-            WorkerError::Kafka(_) | WorkerError::Record { .. } | WorkerError::Transient(_) | WorkerError::Dependency(_)
-        )
-    }
-}
-
-fn db(error: sqlx::Error) -> WorkerError {
-    WorkerError::Connection(error)
-}
-
-impl From<OffsetError> for WorkerError {
-    fn from(error: OffsetError) -> Self {
-        match error {
-            OffsetError::Database(e) => WorkerError::Connection(e),
-            fenced => WorkerError::Fenced(fenced),
-        }
-    }
 }
 
 /// The record that keeps failing, so that it is dead-lettered after `max_attempts`.
@@ -186,6 +104,8 @@ impl PartitionWorker {
         let (group, topic) = (ctx.group, &ctx.topic);
         let locked = conn
             .run(async |conn| {
+                // A runtime query: Postgres cannot prepare a utility statement, which
+                // the query macros need to check it.
                 sqlx::query("set synchronous_commit = off").execute(&mut *conn).await?;
                 ownership::try_lock(conn, group, topic, partition).await
             })
@@ -250,6 +170,25 @@ impl PartitionWorker {
 
     /// Fetches from the stored offset and applies what came as one batch.
     pub async fn step(&mut self) -> Result<StepOutcome, WorkerError> {
+        let (records, high_watermark) = match self.fetch().await? {
+            Fetched::Records { records, high_watermark } => (records, high_watermark),
+            Fetched::Undecodable(error) => return self.skip_undecodable(&error).await,
+            Fetched::OutOfRange => return self.restart_from_earliest("offset out of range").await,
+        };
+        if let Some(why) = self.log_mismatch(&records, high_watermark).await? {
+            return self.restart_from_earliest(why).await;
+        }
+        self.record_lag(high_watermark);
+        self.high_watermark = Some(high_watermark);
+        if records.is_empty() {
+            self.store_offset().await?;
+            return Ok(StepOutcome::CaughtUp);
+        }
+        self.process(records, high_watermark).await
+    }
+
+    /// The records after the next offset, or why there are none to apply.
+    async fn fetch(&mut self) -> Result<Fetched, WorkerError> {
         let settings = &self.ctx.settings;
         let max_wait = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let mut fetched = self.kafka.fetch_records(self.next_offset, 1..settings.fetch_max_bytes, max_wait).await;
@@ -259,86 +198,108 @@ impl PartitionWorker {
             fetched = self.kafka.fetch_records(self.next_offset, 1..ANCHOR_FETCH_BYTES, 0).await;
             if let Err(error) = &fetched {
                 if undecodable(error) {
-                    let error = format!("{error}");
-                    return self.skip_undecodable(&error).await;
+                    return Ok(Fetched::Undecodable(format!("{error}")));
                 }
             }
         }
-        let (records, high_watermark) = match fetched {
-            Ok(fetched) => fetched,
-            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
-                self.reset_to_earliest("offset out of range").await?;
-                return Ok(StepOutcome::Processed { records: 0 });
-            }
-            Err(error) => return Err(error.into()),
-        };
+        match fetched {
+            Ok((records, high_watermark)) => Ok(Fetched::Records { records, high_watermark }),
+            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => Ok(Fetched::OutOfRange),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Why the next offset no longer belongs to the broker's log, if it does not.
+    async fn log_mismatch(&self, records: &[RecordAndOffset], high_watermark: i64) -> Result<Option<&'static str>, WorkerError> {
         // Tansu answers a fetch beyond its log with nothing rather than OffsetOutOfRange.
         if records.is_empty() && (0..self.next_offset).contains(&high_watermark) {
-            self.reset_to_earliest("offset beyond the log").await?;
-            return Ok(StepOutcome::Processed { records: 0 });
+            return Ok(Some("offset beyond the log"));
         }
         // Checked after the fetch, so that a log lost before it is seen here; one lost
         // after it is seen with the next batch, whose anchor it then lacks.
-        if !records.is_empty() && !self.same_log(&records).await? {
-            self.reset_to_earliest("the broker holds another log than the offset was taken from").await?;
-            return Ok(StepOutcome::Processed { records: 0 });
+        if !records.is_empty() && !self.same_log(records).await? {
+            return Ok(Some("the broker holds another log than the offset was taken from"));
         }
-        self.record_lag(high_watermark);
-        self.high_watermark = Some(high_watermark);
-        let Some(last) = records.last() else {
-            self.store_offset().await?;
-            return Ok(StepOutcome::CaughtUp);
-        };
+        Ok(None)
+    }
+
+    /// [`Self::reset_to_earliest`], as a step that processed nothing.
+    async fn restart_from_earliest(&mut self, why: &'static str) -> Result<StepOutcome, WorkerError> {
+        self.reset_to_earliest(why).await?;
+        Ok(StepOutcome::Processed { records: 0 })
+    }
+
+    /// Applies a fetched batch (not empty) and moves the offset to its end.
+    async fn process(&mut self, records: Vec<RecordAndOffset>, high_watermark: i64) -> Result<StepOutcome, WorkerError> {
         let started = Instant::now();
-        let (from, to) = (self.stored_offset, last.offset + 1);
+        let to = records.last().expect("a batch is not empty").offset + 1;
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
         let anchor = Anchor { offset: batch[0].raw.offset, fingerprint: batch[0].raw.fingerprint() };
-        let count = batch.len();
-        let consumer = self.ctx.consumer.clone();
-        let exactly_once = consumer.delivery() == Delivery::ExactlyOnce;
-        let mut labels: Vec<&'static str> = Vec::with_capacity(count);
-        if !exactly_once {
-            // After a pause longer than the role-loss timeout, another instance
-            // owns the partition: find out before applying for it.
-            self.conn.ensure_held().await?;
-            let applied = self.conn.keep_alive_while(apply_until_done(&*consumer, &batch, &self.ctx)).await?;
-            labels.extend(applied.into_iter().map(Outcome::label));
-        }
-        let defer = !exactly_once
-            && batch.iter().all(|d| d.event.is_ok())
-            && self.last_stored.elapsed() < settings.commit_interval;
-        if !defer {
-            let (key, batch_anchor) = (&self.key, &anchor);
-            let in_tx = exactly_once.then_some(&*consumer);
-            let committing = async |conn: &mut PgConnection| {
-                commit_batch(conn, key, &batch, (from, to), batch_anchor, in_tx).await
-            };
-            let result = self.conn.run(committing).await?;
-            match &result {
-                Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
-                Err(WorkerError::Transient(_) | WorkerError::Connection(_) | WorkerError::Dependency(_)) => {
-                    metrics::counter!("consumer_transient_errors_total", "group" => self.ctx.group.name()).increment(1);
-                }
-                _ => {}
-            }
-            labels.extend(result?);
-            (self.stored_offset, self.last_stored) = (to, Instant::now());
-        }
+        let mut labels = self.apply_at_least_once(&batch).await?;
+        labels.extend(self.commit_unless_deferred(&batch, to, &anchor).await?);
         self.next_offset = to;
         self.anchor = Some(anchor);
         self.failing = None;
+        self.record_batch(&batch, labels, started);
+        self.record_lag(high_watermark);
+        Ok(StepOutcome::Processed { records: batch.len() })
+    }
+
+    /// Applies an at-least-once group's effects, which must happen before its offset
+    /// is stored; nothing for an exactly-once group, whose effects commit with it.
+    async fn apply_at_least_once(&mut self, batch: &[Decoded]) -> Result<Vec<&'static str>, WorkerError> {
+        let consumer = self.ctx.consumer.clone();
+        if consumer.delivery() == Delivery::ExactlyOnce {
+            return Ok(Vec::new());
+        }
+        // After a pause longer than the role-loss timeout, another instance
+        // owns the partition: find out before applying for it.
+        self.conn.ensure_held().await?;
+        let applied = self.conn.keep_alive_while(apply_until_done(&*consumer, batch, &self.ctx)).await?;
+        Ok(applied.into_iter().map(Outcome::label).collect())
+    }
+
+    /// Stores the offset `to` in one transaction with the batch's dead letters and an
+    /// exactly-once group's effects. An at-least-once group's offset waits up to its
+    /// commit interval to be stored with a later batch, unless this one has dead letters.
+    async fn commit_unless_deferred(&mut self, batch: &[Decoded], to: i64, anchor: &Anchor) -> Result<Vec<&'static str>, WorkerError> {
+        let consumer = self.ctx.consumer.clone();
+        let exactly_once = consumer.delivery() == Delivery::ExactlyOnce;
+        let defer = !exactly_once
+            && batch.iter().all(|d| d.event.is_ok())
+            && self.last_stored.elapsed() < self.ctx.settings.commit_interval;
+        if defer {
+            return Ok(Vec::new());
+        }
+        let (key, from) = (&self.key, self.stored_offset);
+        let in_tx = exactly_once.then_some(&*consumer);
+        let committing =
+            async |conn: &mut PgConnection| commit_batch(conn, key, batch, (from, to), anchor, in_tx).await;
+        let result = self.conn.run(committing).await?;
+        match &result {
+            Err(WorkerError::Record { offset, source }) => self.note_failure(*offset, source),
+            Err(WorkerError::Transient(_) | WorkerError::Connection(_) | WorkerError::Dependency(_)) => {
+                metrics::counter!(metric_names::TRANSIENT_ERRORS, "group" => self.ctx.group.name()).increment(1);
+            }
+            _ => {}
+        }
+        let labels = result?;
+        (self.stored_offset, self.last_stored) = (to, Instant::now());
+        Ok(labels)
+    }
+
+    /// Counts the batch's records by result, their age and the batch's duration.
+    fn record_batch(&self, batch: &[Decoded], labels: Vec<&'static str>, started: Instant) {
         let group = self.ctx.group.name();
         for label in labels {
-            metrics::counter!("consumer_processed_total", "group" => group, "result" => label).increment(1);
+            metrics::counter!(metric_names::PROCESSED, "group" => group, "result" => label).increment(1);
         }
         let now = Utc::now();
         for event in batch.iter().filter_map(|d| d.event.as_ref().ok()) {
             let age = (now - event.time).to_std().unwrap_or_default();
-            metrics::histogram!("consumer_event_age_seconds", "group" => group).record(age.as_secs_f64());
+            metrics::histogram!(metric_names::EVENT_AGE, "group" => group).record(age.as_secs_f64());
         }
-        metrics::histogram!("consumer_batch_duration_seconds", "group" => group).record(started.elapsed().as_secs_f64());
-        self.record_lag(high_watermark);
-        Ok(StepOutcome::Processed { records: count })
+        metrics::histogram!(metric_names::BATCH_DURATION, "group" => group).record(started.elapsed().as_secs_f64());
     }
 
     fn decode(&self, raw: RawRecord) -> Decoded {
@@ -364,7 +325,7 @@ impl PartitionWorker {
 
     fn record_lag(&self, high_watermark: i64) {
         let lag = (high_watermark - self.next_offset).max(0);
-        metrics::gauge!("consumer_lag_records", "group" => self.ctx.group.name(), "partition" => self.key.partition.to_string())
+        metrics::gauge!(metric_names::LAG, "group" => self.ctx.group.name(), "partition" => self.key.partition.to_string())
             .set(lag as f64);
     }
 
@@ -479,7 +440,7 @@ impl PartitionWorker {
             })
             .await??;
         let dead = u64::try_from(records.len()).unwrap_or_default();
-        metrics::counter!("consumer_processed_total", "group" => self.ctx.group.name(), "result" => "dead_letter").increment(dead);
+        metrics::counter!(metric_names::PROCESSED, "group" => self.ctx.group.name(), "result" => "dead_letter").increment(dead);
         (self.next_offset, self.stored_offset, self.last_stored) = (end, end, Instant::now());
         self.failing = None;
         Ok(())
@@ -495,7 +456,7 @@ impl PartitionWorker {
             group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
             why, "restarting from the earliest offset"
         );
-        metrics::counter!("consumer_offset_resets_total", "group" => self.ctx.group.name()).increment(1);
+        metrics::counter!(metric_names::OFFSET_RESETS, "group" => self.ctx.group.name()).increment(1);
         (self.next_offset, self.stored_offset) = (earliest, earliest);
         self.high_watermark = None;
         self.anchor = None;
@@ -520,141 +481,4 @@ async fn advance(
     let mut tx = conn.begin().await.map_err(db)?;
     key.advance_after(&mut tx, from, to, anchor).await?;
     tx.commit().await.map_err(db)
-}
-
-/// A fetched record and its event, or why it is dead (with the attempts it took).
-struct Decoded {
-    raw: RawRecord,
-    event: Result<CloudEvent, (String, u32)>,
-}
-
-/// Applies the decoded events of an at-least-once group's batch, retrying while its
-/// dependency fails: the offset must not pass an effect that did not happen.
-async fn apply_until_done(consumer: &dyn Consumer, batch: &[Decoded], ctx: &GroupContext) -> Vec<Outcome> {
-    let events: Vec<&CloudEvent> = batch.iter().filter_map(|d| d.event.as_ref().ok()).collect();
-    if events.is_empty() {
-        return Vec::new();
-    }
-    let mut backoff = crate::group::Backoff::new(ctx.settings.retry_max_backoff);
-    loop {
-        let error = match consumer.apply(None, &events).await {
-            Ok(outcomes) => return outcomes,
-            Err(error) => error,
-        };
-        let dependency = match &error {
-            ApplyError::Dependency { dependency, .. } => *dependency,
-            ApplyError::Postgres(_) => "postgres",
-        };
-        metrics::counter!("consumer_retries_total", "group" => ctx.group.name(), "dependency" => dependency).increment(1);
-        let delay = backoff.next_delay();
-        tracing::warn!(error = format!("{:#}", anyhow::Error::new(error)), ?delay, "applying the batch failed; retrying");
-        tokio::time::sleep(delay).await;
-    }
-}
-
-/// One transaction: the dead letters, the effects of an exactly-once group (`in_tx`)
-/// and the offset advance `from`..`to`. Returns the `result` label of each record
-/// it handled (an at-least-once group's were applied before).
-///
-/// The effects of the whole batch are applied at once; when Postgres rejects that,
-/// the batch is applied again one record at a time, to tell which record it rejects
-/// so that its attempts count towards dead-lettering it.
-async fn commit_batch(
-    conn: &mut PgConnection,
-    key: &OffsetKey,
-    batch: &[Decoded],
-    range: (i64, i64),
-    anchor: &Anchor,
-    in_tx: Option<&dyn Consumer>,
-) -> Result<Vec<&'static str>, WorkerError> {
-    match commit_batch_in_chunks(conn, key, batch, range, anchor, in_tx, batch.len()).await {
-        Err(WorkerError::Record { .. }) if batch.len() > 1 => {
-            commit_batch_in_chunks(conn, key, batch, range, anchor, in_tx, 1).await
-        }
-        result => result,
-    }
-}
-
-/// [`commit_batch`], applying the effects `chunk` records at a time.
-async fn commit_batch_in_chunks(
-    conn: &mut PgConnection,
-    key: &OffsetKey,
-    batch: &[Decoded],
-    (from, to): (i64, i64),
-    anchor: &Anchor,
-    in_tx: Option<&dyn Consumer>,
-    chunk: usize,
-) -> Result<Vec<&'static str>, WorkerError> {
-    let mut labels = Vec::with_capacity(batch.len());
-    let mut tx = conn.begin().await.map_err(db)?;
-    let mut events = Vec::with_capacity(batch.len());
-    for decoded in batch {
-        match &decoded.event {
-            Err((error, attempts)) => {
-                dlq::insert(&mut tx, key, &decoded.raw, error, *attempts).await.map_err(db)?;
-                labels.push("dead_letter");
-            }
-            Ok(event) => events.push((decoded.raw.offset, event)),
-        }
-    }
-    let Some(consumer) = in_tx else {
-        key.advance_after(&mut tx, from, to, Some(anchor)).await?;
-        tx.commit().await.map_err(db)?;
-        return Ok(labels);
-    };
-    for chunk in events.chunks(chunk.max(1)) {
-        let chunk_events: Vec<&CloudEvent> = chunk.iter().map(|(_, event)| *event).collect();
-        match consumer.apply(Some(&mut *tx), &chunk_events).await {
-            Ok(applied) => labels.extend(applied.into_iter().map(Outcome::label)),
-            Err(ApplyError::Dependency { dependency, source }) => {
-                let _ = tx.rollback().await;
-                tracing::warn!(dependency, %source, "a dependency of the group's effect failed");
-                return Err(WorkerError::Dependency(dependency));
-            }
-            Err(ApplyError::Postgres(source)) => {
-                // Roll back now rather than on the next use of the connection: an
-                // open transaction holds back the relay's xmin watermark cluster-wide.
-                let _ = tx.rollback().await;
-                return Err(match fault::classify(&source) {
-                    Fault::Record => WorkerError::Record { offset: chunk[0].0, source },
-                    Fault::Transient => WorkerError::Transient(source),
-                    Fault::ConnectionLost => db(source),
-                });
-            }
-        }
-    }
-    key.advance_after(&mut tx, from, to, Some(anchor)).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(labels)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn empty_fetches_double_the_pause_up_to_the_maximum_and_records_reset_it() {
-        let mut pacing = IdlePacing::new(10 * MS, 500 * MS);
-        let pauses: Vec<u128> = (0..8).map(|_| pacing.after_empty(Duration::ZERO).as_millis()).collect();
-        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 500, 500]);
-        assert_eq!(pacing.after_records(Duration::ZERO), 10 * MS);
-        assert_eq!(pacing.after_empty(Duration::ZERO), 10 * MS);
-        pacing.after_empty(Duration::ZERO);
-        pacing.reset();
-        assert_eq!(pacing.after_empty(Duration::ZERO), 10 * MS);
-    }
-
-    #[test]
-    fn the_time_a_fetch_took_counts_towards_the_pause() {
-        let mut pacing = IdlePacing::new(10 * MS, 500 * MS);
-        assert_eq!(pacing.after_records(4 * MS), 6 * MS);
-        assert_eq!(pacing.after_empty(25 * MS), Duration::ZERO);
-        assert_eq!(pacing.after_empty(5 * MS), 15 * MS);
-        // A maximum below the poll interval is the poll interval.
-        let mut pacing = IdlePacing::new(100 * MS, 10 * MS);
-        assert_eq!(pacing.after_empty(Duration::ZERO), 100 * MS);
-        assert_eq!(pacing.after_empty(Duration::ZERO), 100 * MS);
-    }
 }

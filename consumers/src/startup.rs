@@ -4,21 +4,30 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use rsvp_contract::admin::{self, Readiness, ReadinessCheck};
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use rsvp_contract::runtime::{
+    admin::{self, Readiness, ReadinessCheck},
+    database, kafka, shutdown,
+};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     config::Settings,
+    context::{GroupContext, WorkerSettings},
     dlq,
-    group::{Backoff, Consumer, Database, Delivery, Group, GroupContext, WorkerSettings},
+    group::{Consumer, Database, Delivery, Group},
+    metric_names,
     runner::GroupRunner,
     status::{self, GroupStatus},
 };
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The client id of the consumers' Kafka connections.
+const CLIENT_ID: &str = "rsvp-consumers";
+
+/// Connections of each pool: the offsets, dead letters and effects of the groups
+/// (each owned partition holds its own session besides).
+const POOL_CONNECTIONS: u32 = 4;
 
 pub struct Application {
     settings: Settings,
@@ -30,27 +39,20 @@ pub struct Application {
     instance_id: Uuid,
 }
 
-async fn connect(url: &str, what: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .with_context(|| format!("connecting to {what}"))
-}
-
 impl Application {
     /// Connects and migrates; binds the admin port unless `bind_admin` is false (the
     /// `dlq` subcommands). `ADMIN_ADDR` with port 0 binds a free port (tests).
     pub async fn build(settings: &Settings, bind_admin: bool) -> anyhow::Result<Self> {
         settings.validate()?;
-        let main = connect(&settings.database_url, "DATABASE_URL").await?;
-        MIGRATOR.run(&main).await.context("migrating DATABASE_URL")?;
+        let admin_listener = match bind_admin {
+            true => Some(admin::bind(settings.common.admin_addr).await?),
+            false => None,
+        };
+        metric_names::describe();
+        let main = database::connect_and_migrate(settings.common.database_url.expose(), POOL_CONNECTIONS, "DATABASE_URL").await?;
         let analytics = if settings.separate_analytics_database() {
-            let analytics = connect(settings.analytics_url(), "ANALYTICS_DATABASE_URL").await?;
             // Every migration, so that offsets, members and dead letters live beside the statistics.
-            MIGRATOR.run(&analytics).await.context("migrating ANALYTICS_DATABASE_URL")?;
-            analytics
+            database::connect_and_migrate(settings.analytics_url(), POOL_CONNECTIONS, "ANALYTICS_DATABASE_URL").await?
         } else {
             main.clone()
         };
@@ -59,14 +61,6 @@ impl Application {
             let consumer = (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
             consumers.push(consumer);
         }
-        let admin_listener = match bind_admin {
-            true => Some(
-                TcpListener::bind(settings.admin_addr)
-                    .await
-                    .with_context(|| format!("binding ADMIN_ADDR {}", settings.admin_addr))?,
-            ),
-            false => None,
-        };
         Ok(Self { settings: settings.clone(), main, analytics, consumers, admin_listener, instance_id: Uuid::new_v4() })
     }
 
@@ -95,7 +89,7 @@ impl Application {
 
     fn store_url(&self, consumer: &dyn Consumer) -> &str {
         match consumer.database() {
-            Database::Main => &self.settings.database_url,
+            Database::Main => self.settings.common.database_url.expose(),
             Database::Analytics => self.settings.analytics_url(),
         }
     }
@@ -105,11 +99,11 @@ impl Application {
         let consumer = self.consumer(group)?;
         Ok(Arc::new(GroupContext {
             group,
-            topic: self.settings.topic.clone(),
+            topic: self.settings.kafka.topic.clone(),
             store_url: with_application_name(self.store_url(&*consumer), self.instance_id),
             store: self.store(&*consumer).clone(),
             kafka,
-            brokers: self.settings.brokers(),
+            brokers: self.settings.kafka.brokers.clone(),
             settings: WorkerSettings {
                 fetch_max_bytes: self.settings.fetch_max_bytes,
                 fetch_max_wait: self.settings.fetch_max_wait,
@@ -120,7 +114,7 @@ impl Application {
                     Delivery::ExactlyOnce => Duration::ZERO,
                 },
                 max_attempts: self.settings.max_attempts,
-                retry_max_backoff: self.settings.retry_max_backoff,
+                backoff: self.settings.backoff(),
                 rebalance_interval: self.settings.rebalance_interval,
                 role_loss_timeout: self.settings.role_loss_timeout,
             },
@@ -129,14 +123,11 @@ impl Application {
     }
 
     async fn readiness(&self) -> Readiness {
-        let ping = |pool: PgPool| async move {
-            matches!(tokio::time::timeout(Duration::from_secs(2), sqlx::query("select 1").execute(&pool)).await, Ok(Ok(_)))
-        };
         let (postgres, kafka) =
-            tokio::join!(ping(self.main.clone()), rsvp_contract::admin::kafka_answers(self.settings.brokers()));
+            tokio::join!(database::answers(&self.main), kafka::answers(&self.settings.kafka.brokers, CLIENT_ID));
         let mut readiness = Readiness::default().with("postgres", postgres).with("kafka", kafka);
         if self.settings.separate_analytics_database() {
-            readiness = readiness.with("analytics_postgres", ping(self.analytics.clone()).await);
+            readiness = readiness.with("analytics_postgres", database::answers(&self.analytics).await);
         }
         for consumer in &self.consumers {
             if let Some((dependency, up)) = consumer.readiness().await {
@@ -149,12 +140,7 @@ impl Application {
     /// Consumes with every configured group until `shutdown` resolves, then stops the
     /// workers (in-flight batches roll back) and the admin port.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
+        let stop = shutdown::token_cancelled_by(shutdown);
         let listener = self.admin_listener.take().context("the admin port is not bound")?;
         let this = Arc::new(self);
         let readiness_app = this.clone();
@@ -164,7 +150,9 @@ impl Application {
         });
         let admin = tokio::spawn(admin::serve(listener, readiness, stop.clone().cancelled_owned()));
         tracing::info!(instance_id = %this.instance_id, groups = ?this.groups(), "rsvp-consumers starting");
-        if let Some(kafka) = connect_kafka(&this.settings.brokers(), &stop, this.settings.retry_max_backoff).await {
+        let mut backoff = this.settings.backoff();
+        let kafka = kafka::connect_until_shutdown(&this.settings.kafka.brokers, CLIENT_ID, &mut backoff, &stop).await;
+        if let Some(kafka) = kafka {
             let kafka = Arc::new(kafka);
             let mut runners = Vec::new();
             for consumer in &this.consumers {
@@ -195,10 +183,10 @@ impl Application {
 
     /// `status`: every configured group's partitions, owners, offsets and lag.
     pub async fn status(&self) -> anyhow::Result<Vec<GroupStatus>> {
-        let kafka = status::connect_kafka(&self.settings.brokers(), Duration::from_secs(10)).await?;
+        let kafka = kafka::connect(&self.settings.kafka.brokers, status::CLIENT_ID, Duration::from_secs(10)).await?;
         let mut groups = Vec::new();
         for consumer in &self.consumers {
-            groups.push(status::collect(self.store(&**consumer), &kafka, consumer.group(), &self.settings.topic).await?);
+            groups.push(status::collect(self.store(&**consumer), &kafka, consumer.group(), &self.settings.kafka.topic).await?);
         }
         Ok(groups)
     }
@@ -218,25 +206,4 @@ impl Application {
 fn with_application_name(url: &str, instance_id: Uuid) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}application_name=rsvp-consumers/{instance_id}")
-}
-
-/// The broker client, retried until the broker answers or `stop` is cancelled.
-pub async fn connect_kafka(brokers: &[String], stop: &CancellationToken, max_backoff: Duration) -> Option<rskafka::client::Client> {
-    let mut backoff = Backoff::new(max_backoff);
-    loop {
-        let build = rskafka::client::ClientBuilder::new(brokers.to_vec()).client_id("rsvp-consumers").build();
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return None,
-            attempt = tokio::time::timeout(Duration::from_secs(10), build) => attempt,
-        };
-        match attempt {
-            Ok(Ok(client)) => return Some(client),
-            Ok(Err(error)) => tracing::warn!(%error, "cannot reach the broker yet"),
-            Err(_) => tracing::warn!("connecting to the broker timed out"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }
