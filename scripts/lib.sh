@@ -129,6 +129,13 @@ ensure_cli_tools() {
 
 ensure_rust() {
     command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+    local component
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            log "installing the Rust component $component"
+            rustup component add "$component"
+        fi
+    done
 }
 
 # promtool and the Prometheus server, from Debian's `prometheus` package (ops checks).

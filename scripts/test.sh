@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, starts PostgreSQL and Redis, then runs every test:
-# the Rust unit and integration tests (each broker test starts its own Tansu) and
-# the contract checks against a running api.
+# Installs what is missing, starts PostgreSQL and Redis, checks the format, the
+# lints and the query macros' offline data, then runs every test: the Rust unit and
+# integration tests (each broker test starts its own Tansu) and the contract checks
+# against a running api.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -17,6 +18,14 @@ log "dropping databases left by earlier test runs"
 psql -h 127.0.0.1 -U root -d postgres -Atc \
     "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'test\_%'" |
     psql -h 127.0.0.1 -U root -d postgres -q >/dev/null
+
+log "checking the format (rustfmt.toml) and the lints (clippy, warnings are errors)"
+if ! cargo fmt --all --check >/dev/null; then
+    cargo fmt --all --check | head -40 >&2 || true
+    echo "test.sh: the code is not formatted: run cargo fmt --all" >&2
+    exit 1
+fi
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "checking the query macros' offline data (.sqlx/) against freshly migrated PostgreSQL"
 sqlx_check_url=postgres://root@127.0.0.1:5432/rsvp_sqlx_check

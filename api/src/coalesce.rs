@@ -53,9 +53,9 @@ use crate::{
 mod attempt;
 mod ticket;
 
+use crate::metric_names;
 use attempt::{attempt, attempt_alone, Locking};
 use ticket::{GaveUp, Ticket};
-use crate::metric_names;
 
 /// How writes are committed.
 #[derive(Debug, Clone, Copy)]

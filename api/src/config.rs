@@ -9,7 +9,8 @@ use rsvp_contract::runtime::{
 };
 
 use crate::{
-    coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits, store::transactions::TxTimeouts,
+    coalesce::CoalescingSettings, idempotency::IdempotencySettings, serve::ConnectionLimits,
+    store::transactions::TxTimeouts,
 };
 
 /// The api's command line.
@@ -116,14 +117,8 @@ pub struct Settings {
 impl Settings {
     /// Rejects settings the process cannot run with, before anything is started.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.admin_token.expose().len() >= 16,
-            "ADMIN_TOKEN must be at least 16 characters"
-        );
-        anyhow::ensure!(
-            self.database_max_connections >= 1,
-            "DATABASE_MAX_CONNECTIONS must be at least 1"
-        );
+        anyhow::ensure!(self.admin_token.expose().len() >= 16, "ADMIN_TOKEN must be at least 16 characters");
+        anyhow::ensure!(self.database_max_connections >= 1, "DATABASE_MAX_CONNECTIONS must be at least 1");
         anyhow::ensure!(self.write_batch_max >= 1, "WRITE_BATCH_MAX must be at least 1");
         anyhow::ensure!(self.max_connections >= 1, "MAX_CONNECTIONS must be at least 1");
         anyhow::ensure!(!self.header_read_timeout.is_zero(), "HEADER_READ_TIMEOUT must be above zero");
@@ -137,10 +132,7 @@ impl Settings {
         }
         anyhow::ensure!(self.write_workers >= 1, "WRITE_WORKERS must be at least 1");
         anyhow::ensure!(!self.idempotency_key_ttl.is_zero(), "IDEMPOTENCY_KEY_TTL must be above zero");
-        anyhow::ensure!(
-            !self.idempotency_prune_interval.is_zero(),
-            "IDEMPOTENCY_PRUNE_INTERVAL must be above zero"
-        );
+        anyhow::ensure!(!self.idempotency_prune_interval.is_zero(), "IDEMPOTENCY_PRUNE_INTERVAL must be above zero");
         anyhow::ensure!(
             self.write_workers as u32 <= self.database_max_connections,
             "WRITE_WORKERS must not exceed DATABASE_MAX_CONNECTIONS"

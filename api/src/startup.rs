@@ -31,7 +31,6 @@ use crate::{
     state::AppState,
 };
 
-
 impl AppState {
     pub async fn readiness(&self) -> Readiness {
         let (postgres, redis) = tokio::join!(database::answers(&self.db), self.cache.ping());
@@ -54,7 +53,8 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         let max_connections = settings.database_max_connections;
-        let db = database::connect_and_migrate(settings.common.database_url.expose(), max_connections, "DATABASE_URL").await?;
+        let db = database::connect_and_migrate(settings.common.database_url.expose(), max_connections, "DATABASE_URL")
+            .await?;
         let analytics = match &settings.analytics_database_url {
             Some(url) if *url != settings.common.database_url => {
                 database::connect_and_migrate(url.expose(), max_connections, "ANALYTICS_DATABASE_URL").await?

@@ -6,11 +6,7 @@ use std::{sync::Arc, time::Duration};
 use rsvp_contract::{CloudEvent, EventType, RsvpData, RsvpStatus};
 use uuid::Uuid;
 
-use crate::{
-    load, pgbench,
-    report::Report,
-    system,
-};
+use crate::{load, pgbench, report::Report, system};
 
 /// Events the load spreads over: the api locks an event's row per write, like any
 /// capacity check must.
@@ -52,11 +48,11 @@ impl ApiBench {
         let mut rows = Vec::new();
         // Coalescing on at every client count, without and with an Idempotency-Key on
         // every request; then coalescing off.
-        let runs = self
-            .concurrency
-            .iter()
-            .flat_map(|c| [("on", *c, false), ("on", *c, true)])
-            .chain([("off", self.concurrency[0], false)]);
+        let runs = self.concurrency.iter().flat_map(|c| [("on", *c, false), ("on", *c, true)]).chain([(
+            "off",
+            self.concurrency[0],
+            false,
+        )]);
         for (coalescing, concurrency, keys) in runs {
             let url = fresh_database().await?;
             let api = system::start_api(&url, &[("WRITE_COALESCING", (coalescing == "on").to_string())]).await?;

@@ -37,53 +37,32 @@ impl FetchWaitBench {
     pub(crate) async fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let broker = Broker::start().await;
         let client = ClientBuilder::new(vec![broker.address()]).build().await?;
-        client
-            .controller_client()?
-            .create_topic(TOPIC, 1, 1, 5_000)
-            .await?;
-        let partition = std::sync::Arc::new(
-            client
-                .partition_client(TOPIC, 0, UnknownTopicHandling::Retry)
-                .await?,
-        );
+        client.controller_client()?.create_topic(TOPIC, 1, 1, 5_000).await?;
+        let partition = std::sync::Arc::new(client.partition_client(TOPIC, 0, UnknownTopicHandling::Retry).await?);
         let mut table = String::from(
             "| max_wait | empty fetch took | record produced 50 ms into the fetch: fetch took, records it returned | \
              record already there: fetch took |\n|---:|---:|---:|---:|\n",
         );
-        let mut next = partition
-            .produce(vec![record()], Compression::NoCompression)
-            .await?[0]
-            + 1;
+        let mut next = partition.produce(vec![record()], Compression::NoCompression).await?[0] + 1;
         for max_wait in [0, 10, 100, 250, 500, 1000] {
             // Empty: nothing after `next`.
             let started = Instant::now();
-            let (records, _) = partition
-                .fetch_records(next, 1..1_000_000, max_wait)
-                .await?;
-            anyhow::ensure!(
-                records.is_empty(),
-                "nothing was produced after offset {next}"
-            );
+            let (records, _) = partition.fetch_records(next, 1..1_000_000, max_wait).await?;
+            anyhow::ensure!(records.is_empty(), "nothing was produced after offset {next}");
             let empty = started.elapsed();
             // A record produced while the fetch waits.
             let producer = partition.clone();
             let produce = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                producer
-                    .produce(vec![record()], Compression::NoCompression)
-                    .await
+                producer.produce(vec![record()], Compression::NoCompression).await
             });
             let started = Instant::now();
-            let (during, _) = partition
-                .fetch_records(next, 1..1_000_000, max_wait)
-                .await?;
+            let (during, _) = partition.fetch_records(next, 1..1_000_000, max_wait).await?;
             let arriving = started.elapsed();
             produce.await??;
             // The record is there now.
             let started = Instant::now();
-            let (there, _) = partition
-                .fetch_records(next, 1..1_000_000, max_wait)
-                .await?;
+            let (there, _) = partition.fetch_records(next, 1..1_000_000, max_wait).await?;
             let present = started.elapsed();
             anyhow::ensure!(!there.is_empty(), "the produced record is not fetched");
             next = there.last().map_or(next, |r| r.offset + 1);

@@ -34,12 +34,10 @@ pub(crate) struct IdleBench {
 /// Committed and rolled-back transactions of `database` so far, as Postgres has
 /// published them (each backend publishes its counts at least every 10 s when idle).
 async fn transactions(admin: &mut PgConnection, database: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select (xact_commit + xact_rollback)::bigint from pg_stat_database where datname = $1",
-    )
-    .bind(database)
-    .fetch_one(admin)
-    .await?)
+    Ok(sqlx::query_scalar("select (xact_commit + xact_rollback)::bigint from pg_stat_database where datname = $1")
+        .bind(database)
+        .fetch_one(admin)
+        .await?)
 }
 
 struct Measured {
@@ -79,10 +77,7 @@ impl IdleBench {
         let client = reqwest::Client::new();
         // One write first: the relay creates the topic, the consumers take its partitions.
         let events = system::create_events(&api.base, 1, "Idle").await?;
-        client
-            .get(format!("{}/events/{}", api.base, events[0]))
-            .send()
-            .await?;
+        client.get(format!("{}/events/{}", api.base, events[0])).send().await?;
         let mut warm = false;
         for _ in 0..50 {
             if probe(&client, &redis, &api.base, events[0]).await.is_some() {
@@ -90,40 +85,25 @@ impl IdleBench {
                 break;
             }
         }
-        anyhow::ensure!(
-            warm,
-            "the pipeline did not invalidate the cache after the first writes"
-        );
-        eprintln!(
-            "idle: settling for {:?}, then measuring for {:?}",
-            self.settle, self.window
-        );
+        anyhow::ensure!(warm, "the pipeline did not invalidate the cache after the first writes");
+        eprintln!("idle: settling for {:?}, then measuring for {:?}", self.settle, self.window);
         tokio::time::sleep(self.settle).await;
 
-        let mut admin = PgConnection::connect(&system::server_url())
-            .await
-            .context("connecting to postgres")?;
-        let backends: Vec<i32> =
-            sqlx::query_scalar("select pid from pg_stat_activity where datname = $1")
-                .bind(DATABASE)
-                .fetch_all(&mut admin)
-                .await?;
+        let mut admin = PgConnection::connect(&system::server_url()).await.context("connecting to postgres")?;
+        let backends: Vec<i32> = sqlx::query_scalar("select pid from pg_stat_activity where datname = $1")
+            .bind(DATABASE)
+            .fetch_all(&mut admin)
+            .await?;
         let ticks = ticks_per_second();
         let pid = |child: &tokio::process::Child| child.id().context("a service exited");
         let mut measured = vec![
             ("rsvp-api".to_owned(), vec![api.pid()?]),
             ("rsvp-relay".to_owned(), vec![pid(&relay)?]),
             ("rsvp-consumers".to_owned(), vec![pid(&consumers)?]),
-            (
-                "tansu (broker)".to_owned(),
-                vec![broker.pid().context("the broker exited")?],
-            ),
+            ("tansu (broker)".to_owned(), vec![broker.pid().context("the broker exited")?]),
             (
                 format!("postgres: the {} backends of the database", backends.len()),
-                backends
-                    .iter()
-                    .filter_map(|p| u32::try_from(*p).ok())
-                    .collect(),
+                backends.iter().filter_map(|p| u32::try_from(*p).ok()).collect(),
             ),
         ]
         .into_iter()
@@ -141,8 +121,7 @@ impl IdleBench {
         let transactions_after = transactions(&mut admin, DATABASE).await?;
         let (requests_after, fetches_after) = (requests.total(), requests.of(FETCH));
 
-        let mut table =
-            String::from("| process | CPU in the window | % of one core |\n|---|---:|---:|\n");
+        let mut table = String::from("| process | CPU in the window | % of one core |\n|---|---:|---:|\n");
         let mut ours_and_broker = 0.0;
         for (index, m) in measured.iter_mut().enumerate() {
             let after: Duration = m.pids.iter().filter_map(|p| cpu_time(*p, ticks)).sum();
@@ -150,12 +129,7 @@ impl IdleBench {
             if index < 4 {
                 ours_and_broker += used;
             }
-            table.push_str(&format!(
-                "| {} | {:.2} s | {:.2}% |\n",
-                m.name,
-                used,
-                100.0 * used / elapsed
-            ));
+            table.push_str(&format!("| {} | {:.2} s | {:.2}% |\n", m.name, used, 100.0 * used / elapsed));
             if index == 3 {
                 table.push_str(&format!(
                     "| **our three processes + the broker** | **{:.2} s** | **{:.2}%** |\n",
@@ -172,27 +146,17 @@ impl IdleBench {
         // partition has backed off as far as it goes.
         let mut arrivals = Vec::new();
         for n in 0..self.probes {
-            eprintln!(
-                "idle: write {} of {} to the idle system",
-                n + 1,
-                self.probes
-            );
+            eprintln!("idle: write {} of {} to the idle system", n + 1, self.probes);
             // 53 ms more each time: gaps that are all a multiple of the consumers'
             // 500 ms idle poll would find the poll at the same phase every time.
-            tokio::time::sleep(
-                self.settle.min(Duration::from_secs(5)) + Duration::from_millis(53) * n as u32,
-            )
-            .await;
+            tokio::time::sleep(self.settle.min(Duration::from_secs(5)) + Duration::from_millis(53) * n as u32).await;
             if let Some(latency) = probe(&client, &redis, &api.base, events[0]).await {
                 arrivals.push(latency);
             }
         }
         arrivals.sort_unstable();
         let ms = |us: u64| us as f64 / 1000.0;
-        let arrivals_text: Vec<String> = arrivals
-            .iter()
-            .map(|us| format!("{:.0}", ms(*us)))
-            .collect();
+        let arrivals_text: Vec<String> = arrivals.iter().map(|us| format!("{:.0}", ms(*us))).collect();
 
         drop((relay, consumers, api));
         admin.close().await?;

@@ -38,7 +38,12 @@ async fn backlog(pool: &PgPool) -> anyhow::Result<u64> {
 }
 
 async fn receipts(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("select coalesce(sum(cardinality(outbox_ids)), 0)::bigint from relay_receipts where topic = $1").bind(TOPIC).fetch_one(pool).await?)
+    Ok(sqlx::query_scalar(
+        "select coalesce(sum(cardinality(outbox_ids)), 0)::bigint from relay_receipts where topic = $1",
+    )
+    .bind(TOPIC)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Samples the backlog until `stop`; returns the samples in order.
@@ -59,17 +64,25 @@ impl KeepUpBench {
         let url = system::fresh_database("bench_keepup").await?;
         system::migrate(&url).await?;
         let api = system::start_api(&url, &[]).await?;
-        let _relay = system::spawn_service("rsvp-relay", &[
-            ("DATABASE_URL", url.clone()),
-            ("KAFKA_BROKERS", broker.address()),
-            ("KAFKA_TOPIC", TOPIC.into()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-        ])?;
+        let _relay = system::spawn_service(
+            "rsvp-relay",
+            &[
+                ("DATABASE_URL", url.clone()),
+                ("KAFKA_BROKERS", broker.address()),
+                ("KAFKA_TOPIC", TOPIC.into()),
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
+            ],
+        )?;
         let pool = PgPool::connect(&url).await?;
         let events = Arc::new(system::create_events(&api.base, EVENTS, "Keep-up").await?);
         // The relay leads once its cursor exists.
         let ready = Instant::now();
-        while sqlx::query_scalar::<_, i64>("select count(*) from relay_cursors where name = $1").bind(TOPIC).fetch_one(&pool).await? == 0 {
+        while sqlx::query_scalar::<_, i64>("select count(*) from relay_cursors where name = $1")
+            .bind(TOPIC)
+            .fetch_one(&pool)
+            .await?
+            == 0
+        {
             anyhow::ensure!(ready.elapsed() < Duration::from_secs(60), "the relay did not start leading within 60 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -85,7 +98,10 @@ impl KeepUpBench {
         let at_stop = backlog(&pool).await?;
         let stopped = Instant::now();
         while backlog(&pool).await? > 0 {
-            anyhow::ensure!(stopped.elapsed() < Duration::from_secs(120), "the relay did not drain within 120 s after the load");
+            anyhow::ensure!(
+                stopped.elapsed() < Duration::from_secs(120),
+                "the relay did not drain within 120 s after the load"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let drained_after = stopped.elapsed();

@@ -36,13 +36,19 @@ pub(crate) struct LatencyBench {
 }
 
 async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool {
-    let body = json!({"name": "Bench", "email": format!("{}@latency.example", Uuid::new_v4().simple()), "status": "going"});
+    let body =
+        json!({"name": "Bench", "email": format!("{}@latency.example", Uuid::new_v4().simple()), "status": "going"});
     let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await;
     response.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
 }
 
 /// One probe: write to `event`, then watch its cache generation until it changes.
-pub(crate) async fn probe(client: &reqwest::Client, redis: &fred::clients::Client, base: &str, event: Uuid) -> Option<u64> {
+pub(crate) async fn probe(
+    client: &reqwest::Client,
+    redis: &fred::clients::Client,
+    base: &str,
+    event: Uuid,
+) -> Option<u64> {
     let key = cache_keys::event_generation(event);
     let before: Option<String> = redis.get(&key).await.ok()?;
     if !create_rsvp(client, base, event).await {
@@ -82,18 +88,29 @@ impl LatencyBench {
         let broker = Broker::start().await;
         let url = system::fresh_database("bench_pipeline").await?;
         let api = system::start_api(&url, &[]).await?;
-        let _relay = system::spawn_service("rsvp-relay", &[
-            ("DATABASE_URL", url.clone()),
-            ("KAFKA_BROKERS", broker.address()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-        ])?;
-        let _consumers = system::spawn_service("rsvp-consumers", &[
-            ("DATABASE_URL", url.clone()),
-            ("KAFKA_BROKERS", broker.address()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-        ])?;
+        let _relay = system::spawn_service(
+            "rsvp-relay",
+            &[
+                ("DATABASE_URL", url.clone()),
+                ("KAFKA_BROKERS", broker.address()),
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
+            ],
+        )?;
+        let _consumers = system::spawn_service(
+            "rsvp-consumers",
+            &[
+                ("DATABASE_URL", url.clone()),
+                ("KAFKA_BROKERS", broker.address()),
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
+            ],
+        )?;
         let pool = PgPool::connect(&url).await?;
-        let redis = fred::clients::Client::new(fred::types::config::Config::from_url("redis://127.0.0.1:6379")?, None, None, None);
+        let redis = fred::clients::Client::new(
+            fred::types::config::Config::from_url("redis://127.0.0.1:6379")?,
+            None,
+            None,
+            None,
+        );
         redis.init().await?;
         let client = reqwest::Client::new();
         let probes = system::create_events(&api.base, PROBE_EVENTS, "Probe").await?;
@@ -110,7 +127,12 @@ impl LatencyBench {
         }
 
         let id = |child: &tokio::process::Child| child.id().ok_or_else(|| anyhow::anyhow!("a service exited"));
-        let pids = [api.pid()?, id(&_relay)?, id(&_consumers)?, broker.pid().ok_or_else(|| anyhow::anyhow!("the broker exited"))?];
+        let pids = [
+            api.pid()?,
+            id(&_relay)?,
+            id(&_consumers)?,
+            broker.pid().ok_or_else(|| anyhow::anyhow!("the broker exited"))?,
+        ];
         let ticks = system::ticks_per_second();
         let mut results = Vec::new();
         for &rate in &self.rates {
@@ -152,11 +174,13 @@ impl LatencyBench {
             // Every row of the window acknowledged, then the receipts give commit-to-ack.
             let last_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while sqlx::query_scalar::<_, i64>("select count(*) from relay_row_receipts where outbox_id > $1 and outbox_id <= $2")
-                .bind(first_id)
-                .bind(last_id)
-                .fetch_one(&pool)
-                .await?
+            while sqlx::query_scalar::<_, i64>(
+                "select count(*) from relay_row_receipts where outbox_id > $1 and outbox_id <= $2",
+            )
+            .bind(first_id)
+            .bind(last_id)
+            .fetch_one(&pool)
+            .await?
                 < last_id - first_id
             {
                 anyhow::ensure!(Instant::now() < deadline, "the relay did not catch up within 60 s");
@@ -172,8 +196,18 @@ impl LatencyBench {
             .bind(last_id)
             .fetch_one(&pool)
             .await?;
-            let cpu = cpu_times(&pids, ticks).iter().zip(&cpu_before).map(|(after, before)| after.saturating_sub(*before)).collect();
-            results.push(RateResult { rate, written: written.load(Ordering::Relaxed), commit_to_ack_ms, invalidated_us, cpu });
+            let cpu = cpu_times(&pids, ticks)
+                .iter()
+                .zip(&cpu_before)
+                .map(|(after, before)| after.saturating_sub(*before))
+                .collect();
+            results.push(RateResult {
+                rate,
+                written: written.load(Ordering::Relaxed),
+                commit_to_ack_ms,
+                invalidated_us,
+                cpu,
+            });
         }
 
         let mut table = String::from(
@@ -192,7 +226,11 @@ impl LatencyBench {
                 r.invalidated_us.len()
             ));
         }
-        let mut cpu_table = format!("| writes/s | {} | all four |\n|---:|{}---:|\n", PROCESSES.join(" | "), "---:|".repeat(PROCESSES.len()));
+        let mut cpu_table = format!(
+            "| writes/s | {} | all four |\n|---:|{}---:|\n",
+            PROCESSES.join(" | "),
+            "---:|".repeat(PROCESSES.len())
+        );
         for r in &results {
             let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / r.written.max(1) as f64;
             let cells: Vec<String> = r.cpu.iter().map(|c| format!("{:.3}", per_thousand(*c))).collect();

@@ -53,7 +53,10 @@ impl Progress {
                 let n = done.load(Ordering::Relaxed);
                 let rate = n as f64 / started.elapsed().as_secs_f64();
                 match total {
-                    Some(total) => eprint!("\r  {label}: {n}/{total} ({:.0}%), {rate:.0}/s   ", 100.0 * n as f64 / total.max(1) as f64),
+                    Some(total) => eprint!(
+                        "\r  {label}: {n}/{total} ({:.0}%), {rate:.0}/s   ",
+                        100.0 * n as f64 / total.max(1) as f64
+                    ),
                     None => eprint!("\r  {label}: {n} done, {rate:.0}/s   "),
                 }
             }

@@ -123,10 +123,8 @@ async fn raw_produce(pool: &PgPool, broker: &str, topic: &str, rows: i64) -> any
     let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
     let mut after = 0i64;
     loop {
-        let page = sqlx::query(&select_rows("where o.id > $1 order by o.id limit 10000"))
-            .bind(after)
-            .fetch_all(pool)
-            .await?;
+        let page =
+            sqlx::query(&select_rows("where o.id > $1 order by o.id limit 10000")).bind(after).fetch_all(pool).await?;
         let Some(last) = page.last() else { break };
         after = sqlx::Row::try_get(last, "id")?;
         for row in &page {

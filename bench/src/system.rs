@@ -138,7 +138,9 @@ pub(crate) fn machine() -> String {
         .map_or("unknown".to_owned(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
     format!("{cores} cores (nproc), {memory} memory, {cpu}")
 }
@@ -149,9 +151,7 @@ pub(crate) fn cpu_time(pid: u32, ticks_per_second: f64) -> Option<Duration> {
     // The command name is in parentheses and may hold spaces: count fields after it.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-    Some(Duration::from_secs_f64(
-        (utime + stime) as f64 / ticks_per_second,
-    ))
+    Some(Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second))
 }
 
 pub(crate) fn ticks_per_second() -> f64 {

@@ -268,13 +268,17 @@ mod tests {
 
     #[test]
     fn dlq_redrive_takes_an_optional_id() {
-        assert!(matches!(parse(&["dlq", "redrive", "--id", "7"]).command, Some(Command::Dlq(DlqCommand::Redrive { id: Some(7) }))));
+        assert!(matches!(
+            parse(&["dlq", "redrive", "--id", "7"]).command,
+            Some(Command::Dlq(DlqCommand::Redrive { id: Some(7) }))
+        ));
         assert!(matches!(parse(&["dlq", "list"]).command, Some(Command::Dlq(DlqCommand::List { all: false }))));
     }
 
     #[test]
     fn status_takes_json_and_both_thresholds() {
-        let Some(Command::Status(args)) = parse(&["status", "--json", "--max-lag", "10", "--max-lag-seconds", "2.5"]).command
+        let Some(Command::Status(args)) =
+            parse(&["status", "--json", "--max-lag", "10", "--max-lag-seconds", "2.5"]).command
         else {
             panic!("not the status command");
         };

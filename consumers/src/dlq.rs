@@ -6,9 +6,9 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     group::{Consumer, Delivery, Group},
+    metric_names,
     offsets::OffsetKey,
     record::{printable, RawRecord},
-    metric_names,
 };
 
 /// Stores `record` as dead, inside the caller's transaction that also moves the
@@ -101,8 +101,17 @@ impl DeadLetter {
         };
         format!(
             "#{} {} {}[{}]@{} attempts={} at={} {}\n    error: {}\n    headers: {}\n    value: {}",
-            self.id, self.group_name, self.topic, self.partition, self.kafka_offset, self.attempts,
-            self.created_at.to_rfc3339(), state, printable(self.error.as_bytes()), headers.join(" "), value
+            self.id,
+            self.group_name,
+            self.topic,
+            self.partition,
+            self.kafka_offset,
+            self.attempts,
+            self.created_at.to_rfc3339(),
+            state,
+            printable(self.error.as_bytes()),
+            headers.join(" "),
+            value
         )
     }
 }
@@ -182,9 +191,12 @@ async fn redrive_one(pool: &PgPool, consumer: &dyn Consumer, id: i64) -> Result<
     };
     let result = match applied {
         Ok(outcome) => {
-            sqlx::query!("update consumer_dead_letters set redriven_at = now(), redrive_error = null where id = $1", id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "update consumer_dead_letters set redriven_at = now(), redrive_error = null where id = $1",
+                id
+            )
+            .execute(&mut *tx)
+            .await?;
             Redriven::Applied { id, outcome }
         }
         Err(error) => {

@@ -23,7 +23,9 @@ pub fn classify(error: &sqlx::Error) -> Fault {
             // Decoding a row the query returned is a bug of ours or of the schema,
             // not a lost connection; the record cannot be blamed for it either, but
             // retrying it without limit would hide it, so it counts as today.
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. } => Fault::Record,
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::TypeNotFound { .. } => {
+                Fault::Record
+            }
             _ => Fault::ConnectionLost,
         };
     };

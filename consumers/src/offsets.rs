@@ -53,7 +53,10 @@ impl OffsetKey {
         .await?;
         Ok(row.map(|row| Stored {
             next_offset: row.next_offset,
-            anchor: row.anchor_offset.zip(row.anchor_fingerprint).map(|(offset, fingerprint)| Anchor { offset, fingerprint }),
+            anchor: row
+                .anchor_offset
+                .zip(row.anchor_fingerprint)
+                .map(|(offset, fingerprint)| Anchor { offset, fingerprint }),
         }))
     }
 

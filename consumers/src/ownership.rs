@@ -60,7 +60,12 @@ pub struct Membership {
 
 impl Membership {
     #[tracing::instrument(skip_all, fields(group = group.name(), %instance_id), err)]
-    pub async fn join(url: &str, group: Group, instance_id: Uuid, role_loss_timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn join(
+        url: &str,
+        group: Group,
+        instance_id: Uuid,
+        role_loss_timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
         let mut session = RoleSession::connect(&options, MEMBER_ROLE, role_loss_timeout).await?;
         session
@@ -124,9 +129,13 @@ impl Membership {
         let left = self
             .session
             .run(async |conn| {
-                sqlx::query!("delete from consumer_members where group_name = $1 and instance_id = $2", group, instance_id)
-                    .execute(conn)
-                    .await
+                sqlx::query!(
+                    "delete from consumer_members where group_name = $1 and instance_id = $2",
+                    group,
+                    instance_id
+                )
+                .execute(conn)
+                .await
             })
             .await;
         if !matches!(left, Ok(Ok(_))) {

@@ -87,10 +87,13 @@ impl RawRecord {
 /// among them) escaped, and anything that is not UTF-8 as `\xNN` escapes.
 pub fn printable(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.chars().flat_map(|c| match c.is_control() {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
-        }).collect(),
+        Ok(text) => text
+            .chars()
+            .flat_map(|c| match c.is_control() {
+                true => c.escape_default().collect::<Vec<_>>(),
+                false => vec![c],
+            })
+            .collect(),
         Err(_) => bytes.escape_ascii().to_string(),
     }
 }
@@ -154,8 +157,14 @@ mod tests {
     #[test]
     fn the_fingerprint_is_the_ce_id_else_a_digest_of_key_and_value() {
         let event = event();
-        assert_eq!(raw(&event, vec![(headers::CE_ID, event.id.to_string())]).fingerprint(), event.id.to_string().into_bytes());
-        let (a, b) = (RawRecord { value: Some(b"ab".to_vec()), ..Default::default() }, RawRecord { key: Some(b"a".to_vec()), value: Some(b"b".to_vec()), ..Default::default() });
+        assert_eq!(
+            raw(&event, vec![(headers::CE_ID, event.id.to_string())]).fingerprint(),
+            event.id.to_string().into_bytes()
+        );
+        let (a, b) = (
+            RawRecord { value: Some(b"ab".to_vec()), ..Default::default() },
+            RawRecord { key: Some(b"a".to_vec()), value: Some(b"b".to_vec()), ..Default::default() },
+        );
         assert_eq!(a.fingerprint().len(), 32);
         assert_ne!(a.fingerprint(), b.fingerprint());
     }

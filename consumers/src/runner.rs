@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use crate::{
     context::GroupContext,
+    metric_names,
     ownership::{fair_share, Membership},
     pacing::IdlePacing,
     worker::{PartitionWorker, StepOutcome},
-    metric_names,
 };
 
 struct Owned {
@@ -117,7 +117,8 @@ impl GroupRunner {
     async fn live_members(&mut self) -> anyhow::Result<usize> {
         if self.membership.is_none() {
             let timeout = self.ctx.settings.role_loss_timeout;
-            self.membership = Some(Membership::join(&self.ctx.store_url, self.ctx.group, self.instance_id, timeout).await?);
+            self.membership =
+                Some(Membership::join(&self.ctx.store_url, self.ctx.group, self.instance_id, timeout).await?);
         }
         let membership = self.membership.as_mut().expect("joined above");
         match membership.live_members().await {
@@ -182,11 +183,20 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
             Err(error) if error.keeps_ownership() => {
                 pacing.reset();
                 let delay = backoff.next_delay();
-                tracing::warn!(partition = worker.partition(), error = format!("{:#}", anyhow::Error::new(error)), ?delay, "step failed; retrying");
+                tracing::warn!(
+                    partition = worker.partition(),
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    ?delay,
+                    "step failed; retrying"
+                );
                 delay
             }
             Err(error) => {
-                tracing::error!(partition = worker.partition(), error = format!("{:#}", anyhow::Error::new(error)), "giving the partition up");
+                tracing::error!(
+                    partition = worker.partition(),
+                    error = format!("{:#}", anyhow::Error::new(error)),
+                    "giving the partition up"
+                );
                 break;
             }
         };

@@ -49,7 +49,9 @@ impl Application {
             false => None,
         };
         metric_names::describe();
-        let main = database::connect_and_migrate(settings.common.database_url.expose(), POOL_CONNECTIONS, "DATABASE_URL").await?;
+        let main =
+            database::connect_and_migrate(settings.common.database_url.expose(), POOL_CONNECTIONS, "DATABASE_URL")
+                .await?;
         let analytics = if settings.separate_analytics_database() {
             // Every migration, so that offsets, members and dead letters live beside the statistics.
             database::connect_and_migrate(settings.analytics_url(), POOL_CONNECTIONS, "ANALYTICS_DATABASE_URL").await?
@@ -58,7 +60,8 @@ impl Application {
         };
         let mut consumers = Vec::new();
         for registration in settings.groups() {
-            let consumer = (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
+            let consumer =
+                (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
             consumers.push(consumer);
         }
         Ok(Self { settings: settings.clone(), main, analytics, consumers, admin_listener, instance_id: Uuid::new_v4() })
@@ -95,7 +98,11 @@ impl Application {
     }
 
     /// What `group`'s workers share; tests step workers built from it.
-    pub fn group_context(&self, group: Group, kafka: Arc<rskafka::client::Client>) -> anyhow::Result<Arc<GroupContext>> {
+    pub fn group_context(
+        &self,
+        group: Group,
+        kafka: Arc<rskafka::client::Client>,
+    ) -> anyhow::Result<Arc<GroupContext>> {
         let consumer = self.consumer(group)?;
         Ok(Arc::new(GroupContext {
             group,
@@ -186,7 +193,9 @@ impl Application {
         let kafka = kafka::connect(&self.settings.kafka.brokers, status::CLIENT_ID, Duration::from_secs(10)).await?;
         let mut groups = Vec::new();
         for consumer in &self.consumers {
-            groups.push(status::collect(self.store(&**consumer), &kafka, consumer.group(), &self.settings.kafka.topic).await?);
+            groups.push(
+                status::collect(self.store(&**consumer), &kafka, consumer.group(), &self.settings.kafka.topic).await?,
+            );
         }
         Ok(groups)
     }

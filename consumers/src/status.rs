@@ -246,11 +246,15 @@ impl GroupStatus {
                 problems.push(format!("{} partition {}: no owner", self.group, partition.partition));
             }
             if let Some(max) = thresholds.max_lag.filter(|max| partition.lag > *max) {
-                problems.push(format!("{} partition {}: lag {} > {max} records", self.group, partition.partition, partition.lag));
+                problems.push(format!(
+                    "{} partition {}: lag {} > {max} records",
+                    self.group, partition.partition, partition.lag
+                ));
             }
             if let (Some(max), Some(seconds)) = (thresholds.max_lag_seconds, partition.lag_seconds) {
                 if seconds > max {
-                    problems.push(format!("{} partition {}: lag {seconds:.1}s > {max}s", self.group, partition.partition));
+                    problems
+                        .push(format!("{} partition {}: lag {seconds:.1}s > {max}s", self.group, partition.partition));
                 }
             }
         }
@@ -266,7 +270,9 @@ impl GroupStatus {
         )
         .chain(self.partitions.iter().map(|p| {
             let (owner, host, since) = match &p.owner {
-                Some(owner) => (owner.instance.clone(), owner.host.clone(), owner.since.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                Some(owner) => {
+                    (owner.instance.clone(), owner.host.clone(), owner.since.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                }
                 None => ("-".into(), "-".into(), "-".into()),
             };
             [

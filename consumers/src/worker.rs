@@ -22,9 +22,9 @@ use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
     batch::{apply_until_done, commit_batch, Decoded},
-    error::{db, WorkerError},
     context::GroupContext,
     dlq,
+    error::{db, WorkerError},
     group::{Delivery, Outcome},
     metric_names,
     offsets::{Anchor, OffsetKey},
@@ -34,7 +34,10 @@ use crate::{
 
 /// What a fetch brought.
 enum Fetched {
-    Records { records: Vec<RecordAndOffset>, high_watermark: i64 },
+    Records {
+        records: Vec<RecordAndOffset>,
+        high_watermark: i64,
+    },
     /// The client cannot decode the first record batch at the next offset.
     Undecodable(String),
     /// The next offset is not on the broker any more.
@@ -95,7 +98,8 @@ impl PartitionWorker {
     pub async fn acquire(ctx: Arc<GroupContext>, partition: i32) -> Result<Option<Self>, WorkerError> {
         let options: PgConnectOptions = ctx.store_url.parse().map_err(db)?;
         let role_loss_timeout = ctx.settings.role_loss_timeout;
-        let mut conn = RoleSession::connect(&options, ownership::PARTITION_ROLE, role_loss_timeout).await.map_err(db)?;
+        let mut conn =
+            RoleSession::connect(&options, ownership::PARTITION_ROLE, role_loss_timeout).await.map_err(db)?;
         // A batch's effects and its offset commit together, so a crash of Postgres
         // that loses the last commits loses both: the records are fetched and applied
         // again, and applying twice is a no-op. Not waiting for the WAL flush also
@@ -204,13 +208,19 @@ impl PartitionWorker {
         }
         match fetched {
             Ok((records, high_watermark)) => Ok(Fetched::Records { records, high_watermark }),
-            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => Ok(Fetched::OutOfRange),
+            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                Ok(Fetched::OutOfRange)
+            }
             Err(error) => Err(error.into()),
         }
     }
 
     /// Why the next offset no longer belongs to the broker's log, if it does not.
-    async fn log_mismatch(&self, records: &[RecordAndOffset], high_watermark: i64) -> Result<Option<&'static str>, WorkerError> {
+    async fn log_mismatch(
+        &self,
+        records: &[RecordAndOffset],
+        high_watermark: i64,
+    ) -> Result<Option<&'static str>, WorkerError> {
         // Tansu answers a fetch beyond its log with nothing rather than OffsetOutOfRange.
         if records.is_empty() && (0..self.next_offset).contains(&high_watermark) {
             return Ok(Some("offset beyond the log"));
@@ -230,7 +240,11 @@ impl PartitionWorker {
     }
 
     /// Applies a fetched batch (not empty) and moves the offset to its end.
-    async fn process(&mut self, records: Vec<RecordAndOffset>, high_watermark: i64) -> Result<StepOutcome, WorkerError> {
+    async fn process(
+        &mut self,
+        records: Vec<RecordAndOffset>,
+        high_watermark: i64,
+    ) -> Result<StepOutcome, WorkerError> {
         let started = Instant::now();
         let to = records.last().expect("a batch is not empty").offset + 1;
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
@@ -262,7 +276,12 @@ impl PartitionWorker {
     /// Stores the offset `to` in one transaction with the batch's dead letters and an
     /// exactly-once group's effects. An at-least-once group's offset waits up to its
     /// commit interval to be stored with a later batch, unless this one has dead letters.
-    async fn commit_unless_deferred(&mut self, batch: &[Decoded], to: i64, anchor: &Anchor) -> Result<Vec<&'static str>, WorkerError> {
+    async fn commit_unless_deferred(
+        &mut self,
+        batch: &[Decoded],
+        to: i64,
+        anchor: &Anchor,
+    ) -> Result<Vec<&'static str>, WorkerError> {
         let consumer = self.ctx.consumer.clone();
         let exactly_once = consumer.delivery() == Delivery::ExactlyOnce;
         let defer = !exactly_once
@@ -303,10 +322,8 @@ impl PartitionWorker {
     }
 
     fn decode(&self, raw: RawRecord) -> Decoded {
-        let exhausted = self
-            .failing
-            .as_ref()
-            .filter(|f| f.offset == raw.offset && f.attempts >= self.ctx.settings.max_attempts);
+        let exhausted =
+            self.failing.as_ref().filter(|f| f.offset == raw.offset && f.attempts >= self.ctx.settings.max_attempts);
         let event = match exhausted {
             Some(failing) => Err((format!("failed {} times: {}", failing.attempts, failing.error), failing.attempts)),
             None => raw.decode().map_err(|e| (e.to_string(), 1)),
@@ -355,12 +372,13 @@ impl PartitionWorker {
         // batch when a fetch starts inside it. The smallest size brings the first
         // batch alone; should a broker bring nothing that small, the usual size.
         for max_bytes in [ANCHOR_FETCH_BYTES, self.ctx.settings.fetch_max_bytes] {
-            let (records, high_watermark) =
-                match self.kafka.fetch_records(anchor.offset, 1..max_bytes, 0).await {
-                    Ok(fetched) => fetched,
-                    Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => return Ok(false),
-                    Err(error) => return Err(error.into()),
-                };
+            let (records, high_watermark) = match self.kafka.fetch_records(anchor.offset, 1..max_bytes, 0).await {
+                Ok(fetched) => fetched,
+                Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                    return Ok(false)
+                }
+                Err(error) => return Err(error.into()),
+            };
             if let Some(first) = records.into_iter().next() {
                 return Ok(matches(first));
             }
@@ -440,7 +458,8 @@ impl PartitionWorker {
             })
             .await??;
         let dead = u64::try_from(records.len()).unwrap_or_default();
-        metrics::counter!(metric_names::PROCESSED, "group" => self.ctx.group.name(), "result" => "dead_letter").increment(dead);
+        metrics::counter!(metric_names::PROCESSED, "group" => self.ctx.group.name(), "result" => "dead_letter")
+            .increment(dead);
         (self.next_offset, self.stored_offset, self.last_stored) = (end, end, Instant::now());
         self.failing = None;
         Ok(())
@@ -453,8 +472,12 @@ impl PartitionWorker {
         let (key, from) = (&self.key, self.stored_offset);
         self.conn.run(async |conn| advance(conn, key, from, earliest, None).await).await??;
         tracing::warn!(
-            group = self.ctx.group.name(), partition = self.key.partition, from = self.next_offset, to = earliest,
-            why, "restarting from the earliest offset"
+            group = self.ctx.group.name(),
+            partition = self.key.partition,
+            from = self.next_offset,
+            to = earliest,
+            why,
+            "restarting from the earliest offset"
         );
         metrics::counter!(metric_names::OFFSET_RESETS, "group" => self.ctx.group.name()).increment(1);
         (self.next_offset, self.stored_offset) = (earliest, earliest);

@@ -21,12 +21,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [
-        EventType::RsvpCreated,
-        EventType::RsvpUpdated,
-        EventType::RsvpDeleted,
-        EventType::RsvpCancelled,
-    ];
+    pub const ALL: [EventType; 4] =
+        [EventType::RsvpCreated, EventType::RsvpUpdated, EventType::RsvpDeleted, EventType::RsvpCancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,12 +48,8 @@ pub enum RsvpStatus {
 }
 
 impl RsvpStatus {
-    pub const ALL: [RsvpStatus; 4] = [
-        RsvpStatus::Going,
-        RsvpStatus::Maybe,
-        RsvpStatus::Declined,
-        RsvpStatus::Cancelled,
-    ];
+    pub const ALL: [RsvpStatus; 4] =
+        [RsvpStatus::Going, RsvpStatus::Maybe, RsvpStatus::Declined, RsvpStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -102,7 +102,11 @@ impl RoleSession {
     /// Opens a session with [`session_options`]; the connect itself is bounded by
     /// `timeout` too.
     #[tracing::instrument(skip_all, fields(role), err)]
-    pub async fn connect(options: &PgConnectOptions, role: &'static str, timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn connect(
+        options: &PgConnectOptions,
+        role: &'static str,
+        timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         let started = Instant::now();
         let options = session_options(options.clone(), timeout);
         let conn = tokio::time::timeout(timeout.max(Duration::from_secs(1)), options.connect())

@@ -76,7 +76,9 @@ impl Broker {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run scripts/test.sh, which installs it)", tansu_binary().display()));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {}: {e} (run scripts/test.sh, which installs it)", tansu_binary().display())
+            });
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         assert!(wait_for_port(addr, Duration::from_secs(20)).await, "tansu did not listen on {addr}");
         Self { child, port, advertised }
@@ -189,10 +191,7 @@ pub async fn fresh_database(migrator: &sqlx::migrate::Migrator) -> (sqlx::PgPool
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&server).await.expect("connect to the test postgres server");
     // Dynamic: a database name cannot be a bind parameter.
-    sqlx::query(&format!(r#"create database "{name}""#))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
+    sqlx::query(&format!(r#"create database "{name}""#)).execute(&mut admin).await.expect("create the test database");
     let url = match server.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("TEST_DATABASE_URL has no database name: {server}"),

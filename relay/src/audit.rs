@@ -121,7 +121,10 @@ pub async fn audit(
     for row in rows {
         match (row.partition, row.offset) {
             (Some(partition), Some(offset)) => {
-                expected.entry(partition).or_default().insert(offset, Expected { outbox_id: row.id, message_id: row.message_id });
+                expected
+                    .entry(partition)
+                    .or_default()
+                    .insert(offset, Expected { outbox_id: row.id, message_id: row.message_id });
             }
             _ if row.behind_cursor || row.created_at < overdue => report.missing_receipts.push(row.id),
             _ => report.pending += 1,
@@ -143,7 +146,8 @@ pub async fn audit(
         };
         for (offset, row) in wanted {
             let found = found.get(&offset).cloned().flatten();
-            let finding = |found| Finding { outbox_id: row.outbox_id, message_id: row.message_id, partition, offset, found };
+            let finding =
+                |found| Finding { outbox_id: row.outbox_id, message_id: row.message_id, partition, offset, found };
             match found {
                 Some(ce_id) if ce_id == row.message_id.to_string() => report.verified += 1,
                 Some(other) => report.wrong_records.push(finding(Some(other))),
@@ -191,15 +195,19 @@ async fn scan(
         let (records, high_watermark) = match kafka.fetch(partition, offset).await {
             Ok(fetched) => fetched,
             // Past the end (the broker lost records) or before the start (deleted).
-            Err(RelayError::Kafka { source: KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }, .. }) => {
-                return Ok(())
-            }
+            Err(RelayError::Kafka {
+                source: KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. },
+                ..
+            }) => return Ok(()),
             Err(error) => return Err(error),
         };
         let Some(last) = records.last().map(|r| r.offset) else { return Ok(()) };
         for fetched in records {
             if wanted.contains_key(&fetched.offset) {
-                let ce_id = fetched.record.headers.get(rsvp_contract::headers::CE_ID)
+                let ce_id = fetched
+                    .record
+                    .headers
+                    .get(rsvp_contract::headers::CE_ID)
                     .map_or_else(|| "<no ce_id header>".to_owned(), |v| String::from_utf8_lossy(v).into_owned());
                 found.insert(fetched.offset, Some(ce_id));
             }

@@ -37,7 +37,8 @@ fn bytes_len(len: usize) -> usize {
 pub fn record_len(record: &Record, offset_delta: usize, first_timestamp: DateTime<Utc>) -> usize {
     // A missing key or value is written as length -1: one byte.
     let optional = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(1, |b| bytes_len(b.len()));
-    let headers: usize = record.headers.iter().map(|(name, value)| bytes_len(name.len()) + bytes_len(value.len())).sum();
+    let headers: usize =
+        record.headers.iter().map(|(name, value)| bytes_len(name.len()) + bytes_len(value.len())).sum();
     let body = 1 // attributes
         + varint_len((record.timestamp - first_timestamp).num_milliseconds())
         + varint_len(offset_delta as i64)
@@ -107,7 +108,18 @@ mod tests {
 
     #[test]
     fn varints_grow_a_byte_every_seven_bits_of_the_zigzag_value() {
-        for (value, len) in [(0, 1), (-1, 1), (63, 1), (-64, 1), (64, 2), (-65, 2), (8191, 2), (8192, 3), (i64::MAX, 10), (i64::MIN, 10)] {
+        for (value, len) in [
+            (0, 1),
+            (-1, 1),
+            (63, 1),
+            (-64, 1),
+            (64, 2),
+            (-65, 2),
+            (8191, 2),
+            (8192, 3),
+            (i64::MAX, 10),
+            (i64::MIN, 10),
+        ] {
             assert_eq!(varint_len(value), len, "{value}");
         }
     }
@@ -144,7 +156,8 @@ mod tests {
 
     #[test]
     fn the_size_with_a_record_is_the_size_after_pushing_it() {
-        let records: Vec<Record> = (0..200).map(|i| record(Some(36), Some(i * 7), &[("a", i), ("b", 3)], i as i64)).collect();
+        let records: Vec<Record> =
+            (0..200).map(|i| record(Some(36), Some(i * 7), &[("a", i), ("b", 3)], i as i64)).collect();
         let mut size = BatchSize::default();
         for r in &records {
             let expected = size.with(r);

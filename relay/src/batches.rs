@@ -169,7 +169,8 @@ mod tests {
     fn replayed_records_are_cut_into_consecutive_batches_within_the_limit() {
         let mut rows: Vec<OutboxRow> = (1..=50).map(|id| row(id, "k", 1000 + id as usize)).collect();
         let records: Vec<Record> = rows.iter_mut().map(|row| row.message.take_record()).collect();
-        let lengths = |records: &[Record]| records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).collect::<Vec<_>>();
+        let lengths =
+            |records: &[Record]| records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).collect::<Vec<_>>();
         let values = lengths(&records);
         let cut = chunks(records, 10_000);
         assert!(cut.len() > 1);

@@ -188,10 +188,7 @@ impl Settings {
         );
         anyhow::ensure!(self.prune_batch >= 1, "RELAY_PRUNE_BATCH must be at least 1");
         anyhow::ensure!(!self.poll_interval.is_zero(), "RELAY_POLL_INTERVAL must be positive");
-        anyhow::ensure!(
-            self.idle_poll_max <= Duration::from_secs(300),
-            "RELAY_IDLE_POLL_MAX must be at most 5m"
-        );
+        anyhow::ensure!(self.idle_poll_max <= Duration::from_secs(300), "RELAY_IDLE_POLL_MAX must be at most 5m");
         anyhow::ensure!(
             (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.observe_interval),
             "RELAY_OBSERVE_INTERVAL must be between 100ms and 5m"

@@ -63,7 +63,10 @@ impl RelayError {
         matches!(
             self,
             RelayError::Kafka {
-                source: Error::ServerError { protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge, .. },
+                source: Error::ServerError {
+                    protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge,
+                    ..
+                },
                 ..
             }
         )

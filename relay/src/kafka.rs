@@ -83,7 +83,8 @@ impl Kafka {
             let TopicMode::CreateIfMissing(partitions) = mode else {
                 return Err(RelayError::TopicMissing(topic));
             };
-            let controller = client.controller_client().map_err(|source| RelayError::Kafka { op: "create_topic", source })?;
+            let controller =
+                client.controller_client().map_err(|source| RelayError::Kafka { op: "create_topic", source })?;
             match call("create_topic", timeout, controller.create_topic(&topic, partitions, 1, 5_000)).await {
                 Ok(()) => tracing::info!(%topic, partitions, "created the topic"),
                 // Another relay created it first: fine, its partition count is read below.
@@ -103,7 +104,8 @@ impl Kafka {
         };
         let mut partitions = Vec::with_capacity(count as usize);
         for partition in 0..count {
-            let client = call("partition_client", timeout, client.partition_client(topic.clone(), partition, handling)).await?;
+            let client =
+                call("partition_client", timeout, client.partition_client(topic.clone(), partition, handling)).await?;
             partitions.push(Arc::new(client));
         }
         Ok(Self { _client: client, topic, partitions, compression: settings.compression.to_rskafka(), timeout })

@@ -40,7 +40,11 @@ pub struct Leader {
 impl Candidate {
     /// Opens a role session that ends after `role_loss_timeout` unused.
     #[tracing::instrument(skip_all, err)]
-    pub async fn connect(options: &PgConnectOptions, topic: &str, role_loss_timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub async fn connect(
+        options: &PgConnectOptions,
+        topic: &str,
+        role_loss_timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
         let session = RoleSession::connect(options, ROLE, role_loss_timeout).await?;
         Ok(Self { session, lock_name: format!("rsvp-relay:{topic}") })
     }

@@ -23,8 +23,15 @@ pub const CURSOR_IMPOSSIBLE: &str = "relay_cursor_impossible";
 /// Registers help texts and sets the gauges to zero, so a scrape shows every series
 /// from the start.
 pub fn describe() {
-    describe_gauge!(BACKLOG_ROWS, "Committed outbox rows the relay has not published yet: counted up to 10000, estimated from outbox ids above.");
-    describe_gauge!(OLDEST_UNPUBLISHED_AGE, Unit::Seconds, "Age of the first committed, unpublished outbox row in commit order.");
+    describe_gauge!(
+        BACKLOG_ROWS,
+        "Committed outbox rows the relay has not published yet: counted up to 10000, estimated from outbox ids above."
+    );
+    describe_gauge!(
+        OLDEST_UNPUBLISHED_AGE,
+        Unit::Seconds,
+        "Age of the first committed, unpublished outbox row in commit order."
+    );
     describe_counter!(PUBLISHED, "Outbox rows the broker acknowledged, by partition.");
     describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Duration of one produce request, by result.");
     describe_histogram!(COMMIT_TO_ACK, Unit::Seconds, "From an outbox row's insert to the broker's acknowledgement.");
@@ -41,7 +48,10 @@ pub fn describe() {
     describe_histogram!(KAFKA_REQUEST_DURATION, Unit::Seconds, "Kafka client call duration, by operation and result.");
     describe_counter!(BATCH_SPLITS, "Batches the broker refused as too large and the relay split; more than a few mean RELAY_MAX_BATCH_BYTES is above the broker's message.max.bytes.");
     describe_counter!(CLUSTER_MOVES, "Times the cursor moved on from the rows written on one Postgres cluster to the next (after a restore or move).");
-    describe_gauge!(EARLIER_CLUSTER_ROWS, "Unpublished outbox rows written on an earlier Postgres cluster (restored or moved here), counted up to 10000.");
+    describe_gauge!(
+        EARLIER_CLUSTER_ROWS,
+        "Unpublished outbox rows written on an earlier Postgres cluster (restored or moved here), counted up to 10000."
+    );
     describe_gauge!(CURSOR_IMPOSSIBLE, "1 while the stored cursor cannot belong to this database and the relay refuses to publish (RUNBOOK: Moving the database).");
     rsvp_contract::role_lock::describe_metrics();
     metrics::counter!(rsvp_contract::role_lock::LOST, "role" => crate::leader::ROLE).absolute(0);

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::{generation, metric_names, store::{self, Generation}};
+use crate::{
+    generation, metric_names,
+    store::{self, Generation},
+};
 
 /// The backend whose open transaction is the oldest one still running.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +203,14 @@ impl Observer {
             self.last_warned = None;
         }
         tx.commit().await?;
-        Ok(Observation { backlog_rows, oldest_unpublished_age, watermark_stall, blocker, earlier_cluster_rows, cursor_problem })
+        Ok(Observation {
+            backlog_rows,
+            oldest_unpublished_age,
+            watermark_stall,
+            blocker,
+            earlier_cluster_rows,
+            cursor_problem,
+        })
     }
 }
 

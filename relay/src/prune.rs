@@ -11,7 +11,12 @@ use crate::metric_names;
 /// behind the cursor, oldest first, about `batch` rows' worth (at least one
 /// receipt), with their rows; returns how many rows. Call until it returns `None`.
 #[tracing::instrument(skip_all, fields(topic, batch), err)]
-pub async fn prune_step(pool: &PgPool, topic: &str, retention: Duration, batch: u32) -> Result<Option<u64>, sqlx::Error> {
+pub async fn prune_step(
+    pool: &PgPool,
+    topic: &str,
+    retention: Duration,
+    batch: u32,
+) -> Result<Option<u64>, sqlx::Error> {
     let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     // Rows go only with a receipt and only behind the cursor, so that neither a lost
     // receipt nor a cursor that was reset can ever delete a row the broker has not

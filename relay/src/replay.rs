@@ -121,7 +121,11 @@ pub async fn replay(
     let mut after = Position::default();
     loop {
         // Dynamic: the selection's condition and its parameters vary (see `Selection`).
-        let query = sqlx::query(&sql).bind(&settings.kafka.topic).bind(after.xid_text()).bind(after.id).bind(i64::from(page_size));
+        let query = sqlx::query(&sql)
+            .bind(&settings.kafka.topic)
+            .bind(after.xid_text())
+            .bind(after.id)
+            .bind(i64::from(page_size));
         let rows: Vec<OutboxRow> =
             selection.bind(query).fetch_all(pool).await?.iter().map(OutboxRow::from_row).collect::<Result<_, _>>()?;
         let Some(last) = rows.last() else { break };
@@ -223,7 +227,8 @@ async fn publish_with_retries(
 /// `rsvp-relay replay`: prints progress to stderr and a summary to stdout.
 pub async fn command(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
     settings.validate()?;
-    let selection = Selection::from_args(&args).ok_or_else(|| anyhow::anyhow!("choose one of --from-id, --since, --event"))?;
+    let selection =
+        Selection::from_args(&args).ok_or_else(|| anyhow::anyhow!("choose one of --from-id, --since, --event"))?;
     let pool = crate::pool::connect(&settings).await?;
     rsvp_contract::runtime::database::migrate(&pool, "DATABASE_URL").await?;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
@@ -247,7 +252,10 @@ pub async fn command(settings: Settings, args: ReplayArgs) -> anyhow::Result<()>
     if args.dry_run {
         println!("dry run: would replay {} rows{range} to {}", report.selected, settings.kafka.topic);
     } else {
-        println!("replayed {} of {} selected rows{range} to {}", report.replayed, report.selected, settings.kafka.topic);
+        println!(
+            "replayed {} of {} selected rows{range} to {}",
+            report.replayed, report.selected, settings.kafka.topic
+        );
     }
     if report.not_yet_published > 0 {
         println!("{} selected rows are not published yet; the relay will publish them", report.not_yet_published);

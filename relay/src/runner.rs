@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use sqlx::{
     postgres::{PgConnectOptions, PgListener},
     PgPool,
 };
-use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -55,7 +55,11 @@ pub async fn run(settings: Settings, pool: PgPool, shutdown: CancellationToken) 
 }
 
 /// Tries the lock every `leader_poll_interval`; `None` on shutdown.
-async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, shutdown: &CancellationToken) -> Option<Leader> {
+async fn wait_for_leadership(
+    options: &PgConnectOptions,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Option<Leader> {
     let mut backoff = settings.backoff();
     let mut candidate: Option<Candidate> = None;
     let mut announced = false;
@@ -96,7 +100,12 @@ async fn wait_for_leadership(options: &PgConnectOptions, settings: &Settings, sh
 /// Publishes while leading. `Ok` on shutdown; `Err` when the leader session failed
 /// or the lease ran out (every wait keeps the session busy, so only a pause, a cut
 /// network or a dead database does that).
-async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), RelayError> {
+async fn lead(
+    leader: Leader,
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
     let mut worker = Worker::start(leader, settings.clone(), pool.clone()).await?;
     let term = shutdown.child_token();
     let _stop_pruning = term.clone().drop_guard();
@@ -120,7 +129,8 @@ async fn lead(leader: Leader, settings: &Settings, pool: &PgPool, shutdown: &Can
                     Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
                     None => {
                         // Without a LISTEN connection, polling is all there is.
-                        let poll = if listener.is_some() { idle.next_wait(Instant::now()) } else { settings.poll_interval };
+                        let poll =
+                            if listener.is_some() { idle.next_wait(Instant::now()) } else { settings.poll_interval };
                         let waiting = wait_for_commit(&mut listener, pool, poll, shutdown);
                         worker.role().keep_alive_while(waiting).await.map(|notified| {
                             if notified {
@@ -161,9 +171,7 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
         Ok::<_, sqlx::Error>(listener)
     }
     .await;
-    result
-        .inspect_err(|error| tracing::warn!(%error, "cannot LISTEN; polling only until it works"))
-        .ok()
+    result.inspect_err(|error| tracing::warn!(%error, "cannot LISTEN; polling only until it works")).ok()
 }
 
 /// After a commit notification, rows may not be eligible yet: another transaction
@@ -233,7 +241,12 @@ impl IdleWait {
 }
 
 /// Waits for a commit notification or the poll interval; true when notified.
-async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll: Duration, shutdown: &CancellationToken) -> bool {
+async fn wait_for_commit(
+    listener: &mut Option<PgListener>,
+    pool: &PgPool,
+    poll: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
     let Some(active) = listener.as_mut() else {
         sleep_or_shutdown(poll, shutdown).await;
         *listener = listen(pool).await;
@@ -257,7 +270,6 @@ async fn wait_for_commit(listener: &mut Option<PgListener>, pool: &PgPool, poll:
         },
     }
 }
-
 
 async fn observe_loop(mut observer: Observer, every: Duration, shutdown: CancellationToken) {
     loop {

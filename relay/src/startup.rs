@@ -51,11 +51,8 @@ impl Application {
                     let check = crate::generation::cursor_problem(&pool, &topic);
                     matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(None)))
                 };
-                let (postgres, cursor, kafka) = tokio::join!(
-                    database::answers(&pool),
-                    cursor,
-                    kafka::answers(&brokers, leader::APPLICATION_NAME)
-                );
+                let (postgres, cursor, kafka) =
+                    tokio::join!(database::answers(&pool), cursor, kafka::answers(&brokers, leader::APPLICATION_NAME));
                 Readiness::default().with("postgres", postgres).with("cursor", cursor).with("kafka", kafka)
             })
         });

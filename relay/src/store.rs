@@ -1,7 +1,7 @@
 //! The relay's cursor and receipts in Postgres.
 
-use sqlx::{PgConnection, PgExecutor};
 use crate::outbox::{Position, Scope};
+use sqlx::{PgConnection, PgExecutor};
 
 /// Where one produced batch landed: its rows, in offset order from `base_offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,12 @@ impl Receipt {
                     r.outbox_ids.push(position.id);
                     r.last = position;
                 }
-                _ => receipts.push(Receipt { partition, base_offset: offset, outbox_ids: vec![position.id], last: position }),
+                _ => receipts.push(Receipt {
+                    partition,
+                    base_offset: offset,
+                    outbox_ids: vec![position.id],
+                    last: position,
+                }),
             }
         }
         receipts
@@ -61,7 +66,8 @@ impl Generation {
 /// The generation of relay `name`'s cursor: `Some(None)` when the cursor has no
 /// cluster (written by hand), which the relay refuses to publish from.
 pub async fn load_generation(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Option<Generation>>, sqlx::Error> {
-    let row = sqlx::query!("select cluster, since_id from relay_cursors where name = $1", name).fetch_optional(db).await?;
+    let row =
+        sqlx::query!("select cluster, since_id from relay_cursors where name = $1", name).fetch_optional(db).await?;
     Ok(row.map(|row| row.cluster.map(|cluster| Generation { cluster, since_id: row.since_id })))
 }
 
@@ -181,10 +187,13 @@ mod tests {
     #[test]
     fn a_gap_in_the_offsets_starts_another_receipt() {
         let receipts = Receipt::of_batch(0, [(at(1), 10), (at(2), 11), (at(4), 15), (at(6), 16)]);
-        assert_eq!(receipts, vec![
-            Receipt { partition: 0, base_offset: 10, outbox_ids: vec![1, 2], last: at(2) },
-            Receipt { partition: 0, base_offset: 15, outbox_ids: vec![4, 6], last: at(6) },
-        ]);
+        assert_eq!(
+            receipts,
+            vec![
+                Receipt { partition: 0, base_offset: 10, outbox_ids: vec![1, 2], last: at(2) },
+                Receipt { partition: 0, base_offset: 15, outbox_ids: vec![4, 6], last: at(6) },
+            ]
+        );
         assert!(Receipt::of_batch(0, []).is_empty());
     }
 }

@@ -15,10 +15,10 @@ use crate::{
     batches::{self, Batch, Plan},
     config::Settings,
     error::{RelayError, RUNBOOK},
+    generation,
     kafka::{Kafka, TopicMode},
     leader::Leader,
     metric_names,
-    generation,
     outbox::{self, OutboxRow, Position, Scope},
     store::{self, Cursor, Generation, Receipt},
 };
@@ -75,9 +75,18 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(pool: &PgPool, settings: &Settings, scope: Scope, after: Position, receipts_until: Option<Position>) -> Self {
+    fn start(
+        pool: &PgPool,
+        settings: &Settings,
+        scope: Scope,
+        after: Position,
+        receipts_until: Option<Position>,
+    ) -> Self {
         let (pool, topic, limit) = (pool.clone(), settings.kafka.topic.clone(), settings.batch_rows);
-        let rows = tokio::spawn(async move { outbox::read_eligible(&pool, &topic, scope, after, limit, receipts_until).await });
+        let rows =
+            tokio::spawn(
+                async move { outbox::read_eligible(&pool, &topic, scope, after, limit, receipts_until).await },
+            );
         Self { after, rows }
     }
 }
@@ -117,7 +126,8 @@ impl Worker {
         );
         if generation.cluster != cluster {
             tracing::warn!(
-                cursor_cluster = generation.cluster, cluster,
+                cursor_cluster = generation.cluster,
+                cluster,
                 "the cursor is among rows written on another Postgres cluster (a restore or a move): \
                  publishing the rest of them first, then the rows written here"
             );
@@ -176,7 +186,8 @@ impl Worker {
         if read >= self.settings.batch_rows as usize || rows.len() < read {
             let last = rows.last().expect("not empty").position;
             let scope = self.generation.scope(self.cluster);
-            self.read_ahead = Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
+            self.read_ahead =
+                Some(ReadAhead::start(&self.pool, &self.settings, scope, last, self.cursor.receipts_ahead));
         }
     }
 
@@ -274,8 +285,10 @@ impl Worker {
                 return Ok(rows);
             }
         }
-        let (topic, limit, scope) = (&self.settings.kafka.topic, self.settings.batch_rows, self.generation.scope(self.cluster));
-        Ok(outbox::read_eligible(&self.pool, topic, scope, self.cursor.position, limit, self.cursor.receipts_ahead).await?)
+        let (topic, limit, scope) =
+            (&self.settings.kafka.topic, self.settings.batch_rows, self.generation.scope(self.cluster));
+        Ok(outbox::read_eligible(&self.pool, topic, scope, self.cursor.position, limit, self.cursor.receipts_ahead)
+            .await?)
     }
 
     /// Nothing is left after the cursor in its generation. On this cluster that means
@@ -289,7 +302,9 @@ impl Worker {
         let (topic, from) = (&self.settings.kafka.topic, self.generation);
         self.leader.session.run(async |conn| generation::enter(conn, topic, from, next).await).await??;
         tracing::warn!(
-            from_cluster = self.generation.cluster, to_cluster = next.cluster, since_id = next.since_id,
+            from_cluster = self.generation.cluster,
+            to_cluster = next.cluster,
+            since_id = next.since_id,
             "published every row written on an earlier cluster; moving on to the next cluster's rows"
         );
         (self.generation, self.cursor, self.read_ahead) = (next, Cursor::default(), None);
@@ -304,7 +319,8 @@ impl Worker {
 fn advance(old: Cursor, rows: &[OutboxRow], partition_of: &[i32], failed: &HashSet<i32>) -> Cursor {
     let unacknowledged = |(row, partition): &(&OutboxRow, &i32)| !row.published && failed.contains(*partition);
     let mut steps = rows.iter().zip(partition_of);
-    let position = steps.clone().take_while(|step| !unacknowledged(step)).last().map_or(old.position, |(row, _)| row.position);
+    let position =
+        steps.clone().take_while(|step| !unacknowledged(step)).last().map_or(old.position, |(row, _)| row.position);
     let last_receipted = steps.rfind(|step| !unacknowledged(step)).map(|(row, _)| row.position);
     let receipts_ahead = old.receipts_ahead.max(last_receipted).filter(|last| *last > position);
     Cursor { position, receipts_ahead }

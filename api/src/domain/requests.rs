@@ -100,9 +100,7 @@ impl NewRsvp {
         let email = checker.check("email", Email::parse(&request.email));
         let status = checker.check("status", chosen_status(&request.status));
         let guests = checker.check("guests", Guests::parse(request.guests.unwrap_or(0)));
-        checker.finish(|| {
-            Some(NewRsvp { name: name?, email: email?, status: status?, guests: guests? })
-        })
+        checker.finish(|| Some(NewRsvp { name: name?, email: email?, status: status?, guests: guests? }))
     }
 }
 
@@ -161,12 +159,8 @@ mod tests {
 
     #[test]
     fn every_invalid_field_is_reported_at_once() {
-        let request = CreateRsvpRequest {
-            name: "".into(),
-            email: "nope".into(),
-            status: "cancelled".into(),
-            guests: Some(11),
-        };
+        let request =
+            CreateRsvpRequest { name: "".into(), email: "nope".into(), status: "cancelled".into(), guests: Some(11) };
         let Err(ApiError::Validation(fields)) = NewRsvp::parse(request) else {
             panic!("accepted an invalid rsvp");
         };
@@ -186,11 +180,8 @@ mod tests {
 
     #[test]
     fn an_event_without_capacity_is_unlimited() {
-        let request = CreateEventRequest {
-            title: "Meetup".into(),
-            starts_at: "2999-01-01T00:00:00Z".into(),
-            capacity: None,
-        };
+        let request =
+            CreateEventRequest { title: "Meetup".into(), starts_at: "2999-01-01T00:00:00Z".into(), capacity: None };
         assert!(NewEvent::parse(request, Utc::now()).unwrap().capacity.is_none());
     }
 }

@@ -14,13 +14,13 @@ use metrics::counter;
 use sqlx::PgPool;
 
 use super::{Caller, Idempotency, IdempotencyKey, Render, REPLAYED_HEADER};
+use crate::metric_names;
 use crate::{
     auth::bearer_token,
     error::{ApiError, MAX_BODY_BYTES},
     store::idempotency::{self as store, Record},
     writes::WriteOutcome,
 };
-use crate::metric_names;
 
 /// What the middleware needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -34,11 +34,7 @@ pub struct IdempotencySettings {
 /// limit) and hands the handler an [`Idempotency`] in the request's extensions. The
 /// body is then given back to the handler unchanged. Writes without a key pass as
 /// they came.
-pub async fn layer(
-    State(settings): State<IdempotencySettings>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn layer(State(settings): State<IdempotencySettings>, request: Request, next: Next) -> Response {
     if request.method().is_safe() {
         return next.run(request).await;
     }
@@ -49,20 +45,10 @@ pub async fn layer(
     };
     let (parts, body) = request.into_parts();
     let Ok(body) = to_bytes(body, MAX_BODY_BYTES).await else {
-        return ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        }
-        .into_response();
+        return ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES }.into_response();
     };
     let caller = Caller(bearer_token(&parts.headers).ok());
-    let idempotency = Idempotency::derive(
-        &key,
-        caller,
-        &parts.method,
-        parts.uri.path(),
-        &body,
-        settings.ttl,
-    );
+    let idempotency = Idempotency::derive(&key, caller, &parts.method, parts.uri.path(), &body, settings.ttl);
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(idempotency);
     next.run(request).await
@@ -89,12 +75,7 @@ pub async fn respond(
 #[tracing::instrument(skip_all, err)]
 pub async fn replay(db: &PgPool, idempotency: &Idempotency) -> Result<Response, ApiError> {
     let record = store::find(db, &idempotency.lookup_id).await?;
-    let Some(Record {
-        fingerprint,
-        status: Some(status),
-        response: Some(sealed),
-    }) = record
-    else {
+    let Some(Record { fingerprint, status: Some(status), response: Some(sealed) }) = record else {
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "in_use").increment(1);
         return Err(ApiError::IdempotencyKeyInUse);
     };
@@ -102,13 +83,10 @@ pub async fn replay(db: &PgPool, idempotency: &Idempotency) -> Result<Response, 
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "mismatch").increment(1);
         return Err(ApiError::IdempotencyKeyReused);
     }
-    let status =
-        u16::try_from(status).map_err(|_| anyhow::anyhow!("a stored status is out of range"))?;
+    let status = u16::try_from(status).map_err(|_| anyhow::anyhow!("a stored status is out of range"))?;
     let stored = idempotency.open(status, &sealed)?;
     counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "replayed").increment(1);
     let mut response = stored.into_response();
-    response
-        .headers_mut()
-        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     Ok(response)
 }

@@ -96,8 +96,7 @@ impl Idempotency {
         let hkdf = Hkdf::<Sha256>::new(Some(SALT), key.0.as_bytes());
         let expand = |info: &[&[u8]]| {
             let mut out = [0u8; 32];
-            hkdf.expand_multi_info(info, &mut out)
-                .expect("32 bytes is a valid HKDF-SHA256 length");
+            hkdf.expand_multi_info(info, &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
             out
         };
         // The caller's credential only as its digest, behind a tag that keeps "no
@@ -107,19 +106,14 @@ impl Idempotency {
             None => vec![0],
         };
         let lookup_id = expand(&[LOOKUP_INFO, &scope[..]]);
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&expand(&[FINGERPRINT_INFO]))
-            .expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&expand(&[FINGERPRINT_INFO])).expect("HMAC takes any key length");
         for part in [method.as_str().as_bytes(), path.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
         mac.update(&Sha256::digest(body));
-        Self {
-            lookup_id,
-            fingerprint: mac.finalize().into_bytes().into(),
-            response_key: expand(&[RESPONSE_INFO]),
-            ttl,
-        }
+        Self { lookup_id, fingerprint: mac.finalize().into_bytes().into(), response_key: expand(&[RESPONSE_INFO]), ttl }
     }
 
     /// `nonce || ciphertext` of the response body; the lookup id, fingerprint and status
@@ -131,47 +125,25 @@ impl Idempotency {
         let cipher = ChaCha20Poly1305::new((&self.response_key).into());
         let aad = self.associated_data(response.status);
         let sealed = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &response.body,
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &response.body, aad: &aad })
             .map_err(|_| anyhow::anyhow!("sealing an idempotent response failed"))?;
         Ok([&nonce[..], &sealed[..]].concat())
     }
 
     /// The response `seal` sealed for this request's key.
     pub fn open(&self, status: u16, sealed: &[u8]) -> anyhow::Result<StoredResponse> {
-        anyhow::ensure!(
-            sealed.len() > NONCE_LEN,
-            "a stored idempotent response is truncated"
-        );
+        anyhow::ensure!(sealed.len() > NONCE_LEN, "a stored idempotent response is truncated");
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let cipher = ChaCha20Poly1305::new((&self.response_key).into());
         let aad = self.associated_data(status);
         let body = cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
-                anyhow::anyhow!("a stored idempotent response does not open with its key")
-            })?;
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+            .map_err(|_| anyhow::anyhow!("a stored idempotent response does not open with its key"))?;
         Ok(StoredResponse { status, body })
     }
 
     fn associated_data(&self, status: u16) -> Vec<u8> {
-        [
-            &self.lookup_id[..],
-            &self.fingerprint[..],
-            &status.to_be_bytes()[..],
-        ]
-        .concat()
+        [&self.lookup_id[..], &self.fingerprint[..], &status.to_be_bytes()[..]].concat()
     }
 }
 
@@ -184,17 +156,11 @@ pub struct StoredResponse {
 
 impl StoredResponse {
     pub fn json(status: StatusCode, body: &impl serde::Serialize) -> anyhow::Result<Self> {
-        Ok(Self {
-            status: status.as_u16(),
-            body: serde_json::to_vec(body).context("serializing a response")?,
-        })
+        Ok(Self { status: status.as_u16(), body: serde_json::to_vec(body).context("serializing a response")? })
     }
 
     pub fn empty(status: StatusCode) -> Self {
-        Self {
-            status: status.as_u16(),
-            body: Vec::new(),
-        }
+        Self { status: status.as_u16(), body: Vec::new() }
     }
 
     /// The response of a write refused for a client mistake; `None` for what is not kept:
@@ -203,10 +169,7 @@ impl StoredResponse {
         match error {
             // A 503 says nothing about the write: its retry must run it.
             ApiError::Unexpected(_) | ApiError::IdempotencyKeyInUse | ApiError::Unavailable(_) => None,
-            refused => Some(Self {
-                status: refused.status_code().as_u16(),
-                body: refused.body_json(),
-            }),
+            refused => Some(Self { status: refused.status_code().as_u16(), body: refused.body_json() }),
         }
     }
 }
@@ -217,15 +180,7 @@ impl IntoResponse for StoredResponse {
         if self.body.is_empty() {
             return status.into_response();
         }
-        (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            self.body,
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.body).into_response()
     }
 }
 
@@ -241,17 +196,11 @@ pub struct Claim {
 
 impl Claim {
     pub fn new(idempotency: Option<Idempotency>, render: Render) -> Option<Self> {
-        idempotency.map(|idempotency| Self {
-            idempotency,
-            render,
-        })
+        idempotency.map(|idempotency| Self { idempotency, render })
     }
 
     /// What the record keeps of `outcome`; `None` when the write is not recorded.
-    pub fn response(
-        &self,
-        outcome: &Result<WriteOutcome, ApiError>,
-    ) -> anyhow::Result<Option<StoredResponse>> {
+    pub fn response(&self, outcome: &Result<WriteOutcome, ApiError>) -> anyhow::Result<Option<StoredResponse>> {
         match outcome {
             Ok(outcome) => (self.render)(outcome).map(Some),
             Err(error) => Ok(StoredResponse::of_error(error)),
@@ -280,31 +229,12 @@ mod tests {
 
     #[test]
     fn keys_are_1_to_255_visible_ascii_characters() {
-        for valid in [
-            "a",
-            "~!",
-            &"k".repeat(255),
-            "550e8400-e29b-41d4-a716-446655440000",
-        ] {
+        for valid in ["a", "~!", &"k".repeat(255), "550e8400-e29b-41d4-a716-446655440000"] {
             assert!(IdempotencyKey::parse(valid.as_bytes()).is_ok(), "{valid}");
         }
-        let invalid: [&[u8]; 7] = [
-            b"",
-            b" ",
-            b"a b",
-            b"a\tb",
-            &[b'k'; 256],
-            "é".as_bytes(),
-            b"\x7f",
-        ];
+        let invalid: [&[u8]; 7] = [b"", b" ", b"a b", b"a\tb", &[b'k'; 256], "é".as_bytes(), b"\x7f"];
         for invalid in invalid {
-            assert!(
-                matches!(
-                    IdempotencyKey::parse(invalid),
-                    Err(ApiError::InvalidIdempotencyKey)
-                ),
-                "{invalid:?}"
-            );
+            assert!(matches!(IdempotencyKey::parse(invalid), Err(ApiError::InvalidIdempotencyKey)), "{invalid:?}");
         }
     }
 
@@ -312,57 +242,25 @@ mod tests {
     fn the_lookup_id_depends_on_key_and_caller_and_the_fingerprint_on_the_request() {
         let first = derive("k1", None, b"{}");
         assert_eq!(first.lookup_id, derive("k1", None, b"{\"a\":1}").lookup_id);
-        assert_ne!(
-            first.fingerprint,
-            derive("k1", None, b"{\"a\":1}").fingerprint
-        );
+        assert_ne!(first.fingerprint, derive("k1", None, b"{\"a\":1}").fingerprint);
         assert_ne!(first.lookup_id, derive("k2", None, b"{}").lookup_id);
-        assert_ne!(
-            first.lookup_id,
-            derive("k1", Some("token"), b"{}").lookup_id
-        );
-        assert_ne!(
-            derive("k1", Some("a"), b"{}").lookup_id,
-            derive("k1", Some("b"), b"{}").lookup_id
-        );
-        let other_path = Idempotency::derive(
-            &key("k1"),
-            Caller(None),
-            &Method::POST,
-            "/events",
-            b"{}",
-            Duration::ZERO,
-        );
+        assert_ne!(first.lookup_id, derive("k1", Some("token"), b"{}").lookup_id);
+        assert_ne!(derive("k1", Some("a"), b"{}").lookup_id, derive("k1", Some("b"), b"{}").lookup_id);
+        let other_path = Idempotency::derive(&key("k1"), Caller(None), &Method::POST, "/events", b"{}", Duration::ZERO);
         assert_ne!(first.fingerprint, other_path.fingerprint);
-        assert_ne!(
-            first.lookup_id, first.fingerprint,
-            "domain-separated derivations"
-        );
+        assert_ne!(first.lookup_id, first.fingerprint, "domain-separated derivations");
     }
 
     #[test]
     fn a_sealed_response_opens_only_with_its_own_key_and_status() {
         let request = derive("secret-key", None, b"{}");
-        let response = StoredResponse {
-            status: 201,
-            body: b"{\"token\":\"abc\"}".to_vec(),
-        };
+        let response = StoredResponse { status: 201, body: b"{\"token\":\"abc\"}".to_vec() };
         let sealed = request.seal(&response).unwrap();
 
-        assert!(
-            !sealed.windows(3).any(|w| w == b"abc"),
-            "the body is not in the clear"
-        );
+        assert!(!sealed.windows(3).any(|w| w == b"abc"), "the body is not in the clear");
         assert_eq!(request.open(201, &sealed).unwrap(), response);
-        assert!(
-            request.open(200, &sealed).is_err(),
-            "the status is authenticated"
-        );
+        assert!(request.open(200, &sealed).is_err(), "the status is authenticated");
         assert!(derive("other-key", None, b"{}").open(201, &sealed).is_err());
-        assert_ne!(
-            sealed,
-            request.seal(&response).unwrap(),
-            "a fresh nonce each time"
-        );
+        assert_ne!(sealed, request.seal(&response).unwrap(), "a fresh nonce each time");
     }
 }

@@ -7,8 +7,8 @@ use std::{future::Future, time::Duration};
 use metrics::counter;
 use sqlx::PgPool;
 
-use crate::store::idempotency::prune_expired;
 use crate::metric_names;
+use crate::store::idempotency::prune_expired;
 
 /// Most records one step deletes: one short transaction each.
 pub const BATCH: i64 = 10_000;
@@ -26,11 +26,7 @@ pub enum ExecutionOutcome {
 pub async fn step(db: &PgPool) -> Result<ExecutionOutcome, sqlx::Error> {
     let deleted = prune_expired(db, BATCH).await?;
     counter!(metric_names::IDEMPOTENCY_KEYS_PRUNED).increment(deleted);
-    Ok(if deleted == 0 {
-        ExecutionOutcome::Empty
-    } else {
-        ExecutionOutcome::Pruned(deleted)
-    })
+    Ok(if deleted == 0 { ExecutionOutcome::Empty } else { ExecutionOutcome::Pruned(deleted) })
 }
 
 /// Prunes every `interval` (batch after batch while full ones come back) until

@@ -21,10 +21,7 @@ use super::{
     ApiJson, ApiPath, IdempotencyKeyHeader,
 };
 use crate::{
-    domain::{
-        CreateEventRequest, CreateRsvpRequest,
-        NewEvent, NewRsvp,
-    },
+    domain::{CreateEventRequest, CreateRsvpRequest, NewEvent, NewRsvp},
     error::{ApiError, ErrorBody},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
     state::AppState,
@@ -153,9 +150,8 @@ async fn load_page(db: &PgPool, event_id: Uuid, page: PageRequest) -> Result<Opt
     let mut items: Vec<RsvpView> = rows.iter().map(RsvpView::from).collect();
     let more = items.len() > page.limit as usize;
     items.truncate(page.limit as usize);
-    let next = more
-        .then(|| items.last().map(|last| PageKey { created_at: last.created_at, id: last.id }.encode()))
-        .flatten();
+    let next =
+        more.then(|| items.last().map(|last| PageKey { created_at: last.created_at, id: last.id }.encode())).flatten();
     Ok(Some(StoredPage { items, next }))
 }
 

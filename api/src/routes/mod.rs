@@ -7,12 +7,12 @@ pub mod rsvps;
 pub mod stats;
 pub mod views;
 
+use crate::{error::ApiError, state::AppState};
 use axum::{
     extract::{FromRequest, FromRequestParts},
     http::HeaderMap,
     Router,
 };
-use crate::{error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().merge(events::router()).merge(rsvps::router()).merge(stats::router()).merge(health::router())
@@ -47,7 +47,13 @@ pub struct IdempotencyKeyHeader {
     /// 422 `idempotency_key_reused`; an invalid key is 400 `invalid_idempotency_key`;
     /// 409 `idempotency_key_in_use` when the first request has no answer to give yet.
     /// Keys are kept for `IDEMPOTENCY_KEY_TTL` (24 h by default).
-    #[param(rename = "Idempotency-Key", nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")]
+    #[param(
+        rename = "Idempotency-Key",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]{1,255}$"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -55,7 +61,8 @@ pub struct IdempotencyKeyHeader {
 pub fn traceparent(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     let valid = parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"

@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_at_microsecond_precision() {
-        let key = PageKey { created_at: DateTime::from_timestamp_micros(1_764_600_000_123_456).unwrap(), id: Uuid::now_v7() };
+        let key =
+            PageKey { created_at: DateTime::from_timestamp_micros(1_764_600_000_123_456).unwrap(), id: Uuid::now_v7() };
         let cursor = key.encode();
         assert_eq!(PageKey::decode(&cursor), Some(key));
         assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
@@ -131,7 +132,8 @@ mod tests {
     fn cursors_that_the_api_did_not_make_are_rejected() {
         let short = URL_SAFE_NO_PAD.encode([1u8; 23]);
         let far_future = URL_SAFE_NO_PAD.encode([[0x10, 0, 0, 0, 0, 0, 0, 0].as_slice(), &[0; 16]].concat());
-        for bad in ["", "not base64!", short.as_str(), far_future.as_str(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for bad in ["", "not base64!", short.as_str(), far_future.as_str(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]
+        {
             let Err(ApiError::Validation(fields)) = PageRequest::parse(query(Some("500"), Some(bad))) else {
                 panic!("accepted cursor {bad:?}");
             };

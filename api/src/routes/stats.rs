@@ -60,7 +60,10 @@ pub struct HourlyRsvps {
     params(("id" = Uuid, Path, description = "Event id")),
     responses((status = 200, body = EventStats), (status = 404, body = ErrorBody))
 )]
-pub async fn get_stats(State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<ApiJson<EventStats>, ApiError> {
+pub async fn get_stats(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<ApiJson<EventStats>, ApiError> {
     if !events::event_exists(&state.db, id).await? {
         return Err(ApiError::NotFound("event"));
     }

@@ -117,10 +117,12 @@ pub async fn lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
 pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     let existing: Vec<Uuid> =
         sqlx::query_scalar!("select id from events where id = any($1)", ids).fetch_all(&mut **tx).await?;
-    let locked: Vec<Uuid> =
-        sqlx::query_scalar!("select id from events where id = any($1) order by id for no key update skip locked", &existing)
-            .fetch_all(&mut **tx)
-            .await?;
+    let locked: Vec<Uuid> = sqlx::query_scalar!(
+        "select id from events where id = any($1) order by id for no key update skip locked",
+        &existing
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(existing.into_iter().filter(|id| !locked.contains(id)).collect())
 }
 

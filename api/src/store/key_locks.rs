@@ -49,9 +49,12 @@ pub async fn try_lock_events(tx: &mut Tx<'_>, event_ids: &[Uuid]) -> Result<Vec<
         return Ok(Vec::new());
     }
     // The filter runs row by row in array order, as the select list does above.
-    sqlx::query_scalar!(r#"select k as "k!" from unnest($1::int8[]) as k where not pg_try_advisory_xact_lock(k)"#, &keys)
-        .fetch_all(&mut **tx)
-        .await
+    sqlx::query_scalar!(
+        r#"select k as "k!" from unnest($1::int8[]) as k where not pg_try_advisory_xact_lock(k)"#,
+        &keys
+    )
+    .fetch_all(&mut **tx)
+    .await
 }
 
 #[cfg(test)]

@@ -78,16 +78,13 @@ pub async fn update_rsvp(
 
 /// Cancels the rsvp whose token is `token`; cancelling twice is a conflict.
 pub async fn cancel_rsvp(tx: &mut Tx<'_>, token: &str, traceparent: Option<&str>) -> Result<Written, ApiError> {
-    let current = rsvps::lock_by_token(tx, &TokenHash::of(token))
-        .await?
-        .ok_or(ApiError::NotFound("rsvp"))?;
+    let current = rsvps::lock_by_token(tx, &TokenHash::of(token)).await?.ok_or(ApiError::NotFound("rsvp"))?;
     if current.status() == RsvpStatus::Cancelled {
         return Err(ApiError::Conflict("this rsvp is already cancelled".into()));
     }
     events::adjust_seats(tx, current.event_id, -current.seats()).await?;
     let cancelled = rsvps::update(tx, current.id, RsvpStatus::Cancelled, &current.name, current.guests).await?;
-    let event_type =
-        append(tx, EventType::RsvpCancelled, &cancelled, Some(current.status()), traceparent).await?;
+    let event_type = append(tx, EventType::RsvpCancelled, &cancelled, Some(current.status()), traceparent).await?;
     Ok(Written { rsvp: cancelled, event_type })
 }
 

@@ -134,11 +134,16 @@ async fn creates_updates_and_cancels_of_one_event_from_every_lane_never_overbook
     for i in 0..10 {
         let body = json!({"name": "M", "email": format!("m{i}@example.com"), "status": "maybe"});
         let created: serde_json::Value = app.create_rsvp_with(event_id, &body).await.json().await.unwrap();
-        maybes.push((created["id"].as_str().unwrap().parse::<Uuid>().unwrap(), created["token"].as_str().unwrap().to_owned()));
+        maybes.push((
+            created["id"].as_str().unwrap().parse::<Uuid>().unwrap(),
+            created["token"].as_str().unwrap().to_owned(),
+        ));
     }
     let mut goings = Vec::new();
     for i in 0..5 {
-        goings.push(app.create_rsvp(event_id, &format!("g{i}@example.com"), 0).await["token"].as_str().unwrap().to_owned());
+        goings.push(
+            app.create_rsvp(event_id, &format!("g{i}@example.com"), 0).await["token"].as_str().unwrap().to_owned(),
+        );
     }
 
     // Act: at once, 30 new goings (event's lane), 10 maybes turning going with a guest
@@ -150,7 +155,11 @@ async fn creates_updates_and_cancels_of_one_event_from_every_lane_never_overbook
         writes.spawn(async move { client.post(url).json(&body).send().await.unwrap().status() });
     }
     for (id, token) in maybes {
-        let request = app.client.patch(app.url(&format!("/rsvps/{id}"))).bearer_auth(token).json(&json!({"status": "going", "guests": 1}));
+        let request = app
+            .client
+            .patch(app.url(&format!("/rsvps/{id}")))
+            .bearer_auth(token)
+            .json(&json!({"status": "going", "guests": 1}));
         writes.spawn(async move { request.send().await.unwrap().status() });
     }
     for token in goings {
@@ -161,7 +170,10 @@ async fn creates_updates_and_cancels_of_one_event_from_every_lane_never_overbook
 
     // Assert: every write answered 200/201 or 409, the seats counted equal the going
     // rsvps' seats and stay within capacity, and each accepted write has its outbox row.
-    assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CREATED, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [StatusCode::OK, StatusCode::CREATED, StatusCode::CONFLICT].contains(s)),
+        "{statuses:?}"
+    );
     let (taken, going_seats): (i32, i64) = sqlx::query_as(
         "select e.seats_taken, (select coalesce(sum(1 + guests), 0) from rsvps where event_id = e.id and status = 'going')::bigint
            from events e where e.id = $1",

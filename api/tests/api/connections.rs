@@ -72,7 +72,12 @@ fn client_connections(port: u16) -> (usize, usize) {
 
 /// Connects, sends half a request line (or nothing), and waits until the server
 /// closes the connection.
-async fn slowloris(port: u16, send: &'static [u8], connecting: Arc<Semaphore>, sent: Arc<AtomicUsize>) -> std::io::Result<()> {
+async fn slowloris(
+    port: u16,
+    send: &'static [u8],
+    connecting: Arc<Semaphore>,
+    sent: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
     let permit = connecting.acquire_owned().await.unwrap();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     // A server that closed at once resets the connection: the write may fail.
@@ -134,7 +139,12 @@ async fn connections_that_never_finish_their_headers_are_closed_and_never_held_b
     // the api holds: no connection on the server side may be left for it.
     let (open_clients, orphans) = tokio::task::spawn_blocking(move || client_connections(port)).await.unwrap();
     assert_eq!(open_clients, sockets - closed, "every client still waiting has an open socket");
-    assert_eq!(orphans, open_clients, "{} of {sockets} connections never closed on the api's side", open_clients - orphans);
+    assert_eq!(
+        orphans,
+        open_clients,
+        "{} of {sockets} connections never closed on the api's side",
+        open_clients - orphans
+    );
     let after = reqwest::Client::new().get(app.url("/healthz")).send().await.unwrap();
 
     eprintln!("{sockets} slowloris sockets, bound {bound}: {held} held once all were open; all closed but {orphans} the kernel lost before accepting them");

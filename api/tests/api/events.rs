@@ -7,9 +7,8 @@ use crate::helpers::{assert_error, id_of, in_a_year, spawn_app, ADMIN_TOKEN};
 async fn creating_an_event_returns_201_and_it_reads_back_with_zero_counts() {
     let app = spawn_app().await;
 
-    let response = app
-        .create_event_with(&json!({"title": "  Rust meetup ", "starts_at": in_a_year(), "capacity": 20}))
-        .await;
+    let response =
+        app.create_event_with(&json!({"title": "  Rust meetup ", "starts_at": in_a_year(), "capacity": 20})).await;
 
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
@@ -39,9 +38,8 @@ async fn creating_an_event_without_the_admin_token_is_401_and_with_another_token
 async fn an_invalid_event_is_422_with_a_message_per_field() {
     let app = spawn_app().await;
 
-    let response = app
-        .create_event_with(&json!({"title": "", "starts_at": "2001-01-01T00:00:00Z", "capacity": 0}))
-        .await;
+    let response =
+        app.create_event_with(&json!({"title": "", "starts_at": "2001-01-01T00:00:00Z", "capacity": 0})).await;
 
     let fields = assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert_eq!(fields["starts_at"], "must be in the future");
@@ -68,7 +66,8 @@ async fn malformed_json_is_400_wrong_content_type_415_and_a_large_body_413() {
     let huge = format!(r#"{{"title": "{}", "starts_at": "{}"}}"#, "x".repeat(17 * 1024), in_a_year());
     let too_large = post(huge, "application/json").await.unwrap();
     assert_error(too_large, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    let wrong_shape = post(json!({"title": 5, "starts_at": in_a_year()}).to_string(), "application/json").await.unwrap();
+    let wrong_shape =
+        post(json!({"title": 5, "starts_at": in_a_year()}).to_string(), "application/json").await.unwrap();
     assert_error(wrong_shape, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     let unknown_field =
         post(json!({"title": "x", "starts_at": in_a_year(), "colour": "red"}).to_string(), "application/json")

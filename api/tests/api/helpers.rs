@@ -77,13 +77,7 @@ impl TestApp {
     }
 
     pub async fn create_event_with(&self, body: &Value) -> Response {
-        self.client
-            .post(self.url("/events"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.client.post(self.url("/events")).bearer_auth(ADMIN_TOKEN).json(body).send().await.expect("request")
     }
 
     /// A new event starting in a year; `capacity` null for unlimited.
@@ -131,10 +125,7 @@ impl TestApp {
     }
 
     pub async fn outbox_payloads(&self) -> Vec<Value> {
-        sqlx::query_scalar("select payload from outbox order by id")
-            .fetch_all(&self.db)
-            .await
-            .unwrap()
+        sqlx::query_scalar("select payload from outbox order by id").fetch_all(&self.db).await.unwrap()
     }
 
     /// Row counts of the tables a write touches, to prove a rejected request wrote nothing.

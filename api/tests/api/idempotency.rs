@@ -8,9 +8,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::helpers::{
-    assert_error, id_of, in_a_year, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN,
-};
+use crate::helpers::{assert_error, id_of, in_a_year, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN};
 
 /// One request with an `Idempotency-Key` (and a bearer token, a JSON body if given).
 async fn send(
@@ -21,10 +19,7 @@ async fn send(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> Response {
-    let mut request = app
-        .client
-        .request(method, app.url(path))
-        .header("idempotency-key", key);
+    let mut request = app.client.request(method, app.url(path)).header("idempotency-key", key);
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
     }
@@ -35,17 +30,11 @@ async fn send(
 }
 
 fn replayed(response: &Response) -> bool {
-    response
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true")
+    response.headers().get("idempotent-replayed").is_some_and(|v| v == "true")
 }
 
 async fn records(app: &TestApp) -> i64 {
-    sqlx::query_scalar("select count(*) from idempotency_keys")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar("select count(*) from idempotency_keys").fetch_one(&app.db).await.unwrap()
 }
 
 fn rsvp_body(email: &str) -> Value {
@@ -58,38 +47,18 @@ async fn assert_a_retried_create_writes_once(app: &TestApp) {
     let path = format!("/events/{event_id}/rsvps");
     let key = Uuid::new_v4().to_string();
 
-    let first = send(
-        app,
-        Method::POST,
-        &path,
-        &key,
-        None,
-        Some(&rsvp_body("ada@example.com")),
-    )
-    .await;
+    let first = send(app, Method::POST, &path, &key, None, Some(&rsvp_body("ada@example.com"))).await;
     assert_eq!(first.status(), StatusCode::CREATED);
     assert!(!replayed(&first));
     let first: Value = first.json().await.unwrap();
-    let retry = send(
-        app,
-        Method::POST,
-        &path,
-        &key,
-        None,
-        Some(&rsvp_body("ada@example.com")),
-    )
-    .await;
+    let retry = send(app, Method::POST, &path, &key, None, Some(&rsvp_body("ada@example.com"))).await;
 
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert!(replayed(&retry));
     let retry: Value = retry.json().await.unwrap();
     assert_eq!(retry, first, "same rsvp, same token");
     assert!(first["token"].as_str().is_some_and(|t| t.len() == 43));
-    assert_eq!(
-        app.written_rows().await,
-        (1, 1, 2),
-        "one outbox row, one rsvp, its two seats"
-    );
+    assert_eq!(app.written_rows().await, (1, 1, 2), "one outbox row, one rsvp, its two seats");
     assert_eq!(records(app).await, 1);
     // The replayed token is the rsvp's own.
     let cancelled = app.cancel_rsvp(retry["token"].as_str().unwrap()).await;
@@ -113,34 +82,15 @@ async fn a_retried_event_create_returns_the_same_event_and_creates_one() {
     let app = spawn_app().await;
     let body = json!({"title": "Rust meetup", "starts_at": in_a_year(), "capacity": 10});
 
-    let first = send(
-        &app,
-        Method::POST,
-        "/events",
-        "event-key-1",
-        Some(ADMIN_TOKEN),
-        Some(&body),
-    )
-    .await;
-    let retry = send(
-        &app,
-        Method::POST,
-        "/events",
-        "event-key-1",
-        Some(ADMIN_TOKEN),
-        Some(&body),
-    )
-    .await;
+    let first = send(&app, Method::POST, "/events", "event-key-1", Some(ADMIN_TOKEN), Some(&body)).await;
+    let retry = send(&app, Method::POST, "/events", "event-key-1", Some(ADMIN_TOKEN), Some(&body)).await;
 
     assert_eq!(first.status(), StatusCode::CREATED);
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert!(replayed(&retry));
     let first: Value = first.json().await.unwrap();
     assert_eq!(retry.json::<Value>().await.unwrap(), first);
-    let events: i64 = sqlx::query_scalar("select count(*) from events")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.db).await.unwrap();
     assert_eq!(events, 1);
     assert_eq!(id_of(&first).to_string().len(), 36);
 }
@@ -159,76 +109,25 @@ async fn retried_changes_cancels_and_deletes_answer_as_the_first_time_and_write_
     for _attempt in 0..2 {
         let patch = json!({"guests": 2});
         let path = format!("/rsvps/{changed_id}");
-        let patched = send(
-            &app,
-            Method::PATCH,
-            &path,
-            "patch-key",
-            Some(changed_token),
-            Some(&patch),
-        )
-        .await;
+        let patched = send(&app, Method::PATCH, &path, "patch-key", Some(changed_token), Some(&patch)).await;
         let cancel = json!({"token": cancelled["token"]});
-        let cancel = send(
-            &app,
-            Method::POST,
-            "/rsvps/cancel",
-            "cancel-key",
-            None,
-            Some(&cancel),
-        )
-        .await;
+        let cancel = send(&app, Method::POST, "/rsvps/cancel", "cancel-key", None, Some(&cancel)).await;
         let path = format!("/rsvps/{}", id_of(&deleted));
-        let delete = send(
-            &app,
-            Method::DELETE,
-            &path,
-            "delete-key",
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
+        let delete = send(&app, Method::DELETE, &path, "delete-key", Some(ADMIN_TOKEN), None).await;
         answers.push((
-            (
-                patched.status(),
-                replayed(&patched),
-                patched.text().await.unwrap(),
-            ),
-            (
-                cancel.status(),
-                replayed(&cancel),
-                cancel.text().await.unwrap(),
-            ),
-            (
-                delete.status(),
-                replayed(&delete),
-                delete.text().await.unwrap(),
-            ),
+            (patched.status(), replayed(&patched), patched.text().await.unwrap()),
+            (cancel.status(), replayed(&cancel), cancel.text().await.unwrap()),
+            (delete.status(), replayed(&delete), delete.text().await.unwrap()),
         ));
     }
 
     let (first, retry) = (&answers[0], &answers[1]);
-    assert_eq!(
-        (first.0 .0, first.1 .0, first.2 .0),
-        (StatusCode::OK, StatusCode::OK, StatusCode::NO_CONTENT)
-    );
-    assert_eq!(
-        (retry.0 .0, retry.1 .0, retry.2 .0),
-        (StatusCode::OK, StatusCode::OK, StatusCode::NO_CONTENT)
-    );
+    assert_eq!((first.0 .0, first.1 .0, first.2 .0), (StatusCode::OK, StatusCode::OK, StatusCode::NO_CONTENT));
+    assert_eq!((retry.0 .0, retry.1 .0, retry.2 .0), (StatusCode::OK, StatusCode::OK, StatusCode::NO_CONTENT));
     assert!(!first.0 .1 && !first.1 .1 && !first.2 .1);
-    assert!(
-        retry.0 .1 && retry.1 .1 && retry.2 .1,
-        "every retry is a replay"
-    );
-    assert_eq!(
-        (&first.0 .2, &first.1 .2, &first.2 .2),
-        (&retry.0 .2, &retry.1 .2, &retry.2 .2)
-    );
-    let types: Vec<Value> = app.outbox_payloads().await[rows_before..]
-        .iter()
-        .map(|p| p["type"].clone())
-        .collect();
+    assert!(retry.0 .1 && retry.1 .1 && retry.2 .1, "every retry is a replay");
+    assert_eq!((&first.0 .2, &first.1 .2, &first.2 .2), (&retry.0 .2, &retry.1 .2, &retry.2 .2));
+    let types: Vec<Value> = app.outbox_payloads().await[rows_before..].iter().map(|p| p["type"].clone()).collect();
     assert_eq!(types.len(), 3, "one outbox row per write: {types:?}");
     assert_eq!(records(&app).await, 3);
 }
@@ -238,49 +137,16 @@ async fn the_same_key_with_another_body_or_path_is_422_and_writes_nothing() {
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
     let path = format!("/events/{event_id}/rsvps");
-    let first = send(
-        &app,
-        Method::POST,
-        &path,
-        "reused-key",
-        None,
-        Some(&rsvp_body("ada@example.com")),
-    )
-    .await;
+    let first = send(&app, Method::POST, &path, "reused-key", None, Some(&rsvp_body("ada@example.com"))).await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let written = app.written_rows().await;
 
-    let other_body = send(
-        &app,
-        Method::POST,
-        &path,
-        "reused-key",
-        None,
-        Some(&rsvp_body("bob@example.com")),
-    )
-    .await;
-    let other_path = send(
-        &app,
-        Method::POST,
-        "/rsvps/cancel",
-        "reused-key",
-        None,
-        Some(&json!({"token": "whatever"})),
-    )
-    .await;
+    let other_body = send(&app, Method::POST, &path, "reused-key", None, Some(&rsvp_body("bob@example.com"))).await;
+    let other_path =
+        send(&app, Method::POST, "/rsvps/cancel", "reused-key", None, Some(&json!({"token": "whatever"}))).await;
 
-    assert_error(
-        other_body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_reused",
-    )
-    .await;
-    assert_error(
-        other_path,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_reused",
-    )
-    .await;
+    assert_error(other_body, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
+    assert_error(other_path, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
     assert_eq!(app.written_rows().await, written);
     assert_eq!(records(&app).await, 1);
 }
@@ -309,34 +175,20 @@ async fn requests_at_once_with_one_key_in_one_batch_write_once_and_all_get_the_f
     }
     let answers = pending.join_all().await;
 
-    assert!(
-        answers
-            .iter()
-            .all(|(status, _)| *status == StatusCode::CREATED),
-        "{answers:?}"
-    );
-    assert!(
-        answers.iter().all(|(_, body)| *body == answers[0].1),
-        "one rsvp and token for all: {answers:?}"
-    );
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::CREATED), "{answers:?}");
+    assert!(answers.iter().all(|(_, body)| *body == answers[0].1), "one rsvp and token for all: {answers:?}");
     assert_eq!(app.written_rows().await, (1, 1, 2));
     assert_eq!(records(&app).await, 1);
 }
 
 #[tokio::test]
-async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_and_gets_its_answer()
-{
+async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_and_gets_its_answer() {
     // Each request alone, so that the two hold two transactions side by side.
     let app = spawn_app_with(|settings| settings.write_coalescing = false).await;
     let event_id = app.create_event(None).await;
     // A deferred trigger that waits for a lock we hold: the first commit blocks.
-    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options())
-        .await
-        .unwrap();
-    sqlx::query("select pg_advisory_lock(4242)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
     sqlx::raw_sql(
         "create function wait_at_commit() returns trigger language plpgsql as
            $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
@@ -361,12 +213,11 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
         let db = app.db.clone();
         async move {
             loop {
-                let waiting: i64 = sqlx::query_scalar(
-                    "select count(*) from pg_locks where locktype = 'advisory' and not granted",
-                )
-                .fetch_one(&db)
-                .await
-                .unwrap();
+                let waiting: i64 =
+                    sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+                        .fetch_one(&db)
+                        .await
+                        .unwrap();
                 if waiting >= count {
                     break;
                 }
@@ -376,21 +227,11 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
     };
 
     let first = spawn_request();
-    tokio::time::timeout(Duration::from_secs(10), waiting_locks(1))
-        .await
-        .expect("the first commit never blocked");
+    tokio::time::timeout(Duration::from_secs(10), waiting_locks(1)).await.expect("the first commit never blocked");
     let retry = spawn_request();
-    tokio::time::timeout(Duration::from_secs(10), waiting_locks(2))
-        .await
-        .expect("the retry never waited");
-    assert!(
-        !retry.is_finished(),
-        "the retry answered while the first was still committing"
-    );
-    sqlx::query("select pg_advisory_unlock(4242)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting_locks(2)).await.expect("the retry never waited");
+    assert!(!retry.is_finished(), "the retry answered while the first was still committing");
+    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
     let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
 
     assert_eq!(first.0, StatusCode::CREATED);
@@ -410,39 +251,24 @@ async fn a_refused_write_is_recorded_and_its_retry_gets_the_same_refusal() {
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     let refused = refused.text().await.unwrap();
     // The seat comes free; the retry is still the first request, refused.
-    assert_eq!(
-        app.cancel_rsvp(holder["token"].as_str().unwrap())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.cancel_rsvp(holder["token"].as_str().unwrap()).await.status(), StatusCode::OK);
     let retry = send(&app, Method::POST, &path, "full-key", None, Some(&body)).await;
 
     assert_eq!(retry.status(), StatusCode::CONFLICT);
     assert!(replayed(&retry));
     assert_eq!(retry.text().await.unwrap(), refused);
-    let rsvps: i64 = sqlx::query_scalar("select count(*) from rsvps")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let rsvps: i64 = sqlx::query_scalar("select count(*) from rsvps").fetch_one(&app.db).await.unwrap();
     assert_eq!(rsvps, 1);
     // A new key is a new request.
-    assert_eq!(
-        send(&app, Method::POST, &path, "new-key", None, Some(&body))
-            .await
-            .status(),
-        StatusCode::CREATED
-    );
+    assert_eq!(send(&app, Method::POST, &path, "new-key", None, Some(&body)).await.status(), StatusCode::CREATED);
 }
 
 async fn expire(app: &TestApp, status: i16) {
-    sqlx::query(
-        "update idempotency_keys set expires_at = now() - interval '1 second' where status = $1",
-    )
-    .bind(status)
-    .execute(&app.db)
-    .await
-    .unwrap();
+    sqlx::query("update idempotency_keys set expires_at = now() - interval '1 second' where status = $1")
+        .bind(status)
+        .execute(&app.db)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -451,71 +277,28 @@ async fn after_its_key_expired_a_retry_is_a_new_request() {
     let event_id = app.create_event(None).await;
     let rsvp = app.create_rsvp(event_id, "ada@example.com", 0).await;
     let cancel = json!({"token": rsvp["token"]});
-    let first = send(
-        &app,
-        Method::POST,
-        "/rsvps/cancel",
-        "old-key",
-        None,
-        Some(&cancel),
-    )
-    .await;
+    let first = send(&app, Method::POST, "/rsvps/cancel", "old-key", None, Some(&cancel)).await;
     assert_eq!(first.status(), StatusCode::OK);
-    let replay = send(
-        &app,
-        Method::POST,
-        "/rsvps/cancel",
-        "old-key",
-        None,
-        Some(&cancel),
-    )
-    .await;
+    let replay = send(&app, Method::POST, "/rsvps/cancel", "old-key", None, Some(&cancel)).await;
     assert!(replayed(&replay));
 
     expire(&app, 200).await;
-    let again = send(
-        &app,
-        Method::POST,
-        "/rsvps/cancel",
-        "old-key",
-        None,
-        Some(&cancel),
-    )
-    .await;
+    let again = send(&app, Method::POST, "/rsvps/cancel", "old-key", None, Some(&cancel)).await;
 
     assert!(!replayed(&again));
     assert_error(again, StatusCode::CONFLICT, "conflict").await;
-    let statuses: Vec<i16> = sqlx::query_scalar("select status from idempotency_keys")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(
-        statuses,
-        vec![409],
-        "the expired record was taken over by the new request"
-    );
+    let statuses: Vec<i16> =
+        sqlx::query_scalar("select status from idempotency_keys").fetch_all(&app.db).await.unwrap();
+    assert_eq!(statuses, vec![409], "the expired record was taken over by the new request");
 }
 
 #[tokio::test]
 async fn the_api_prunes_expired_keys_keeps_live_ones_and_counts_them() {
-    let app =
-        spawn_app_with(|settings| settings.idempotency_prune_interval = Duration::from_millis(100))
-            .await;
+    let app = spawn_app_with(|settings| settings.idempotency_prune_interval = Duration::from_millis(100)).await;
     let event_id = app.create_event(None).await;
     let path = format!("/events/{event_id}/rsvps");
-    for (key, email) in [
-        ("expiring-key", "a@example.com"),
-        ("live-key", "b@example.com"),
-    ] {
-        let created = send(
-            &app,
-            Method::POST,
-            &path,
-            key,
-            None,
-            Some(&rsvp_body(email)),
-        )
-        .await;
+    for (key, email) in [("expiring-key", "a@example.com"), ("live-key", "b@example.com")] {
+        let created = send(&app, Method::POST, &path, key, None, Some(&rsvp_body(email))).await;
         assert_eq!(created.status(), StatusCode::CREATED);
     }
     sqlx::query(
@@ -525,11 +308,10 @@ async fn the_api_prunes_expired_keys_keeps_live_ones_and_counts_them() {
     .execute(&app.db)
     .await
     .unwrap();
-    let expired_left: i64 =
-        sqlx::query_scalar("select count(*) from idempotency_keys where expires_at <= now()")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let expired_left: i64 = sqlx::query_scalar("select count(*) from idempotency_keys where expires_at <= now()")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(expired_left, 1);
 
     let pruned = async {
@@ -537,33 +319,16 @@ async fn the_api_prunes_expired_keys_keeps_live_ones_and_counts_them() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), pruned)
-        .await
-        .expect("the expired key was never pruned");
+    tokio::time::timeout(Duration::from_secs(10), pruned).await.expect("the expired key was never pruned");
 
-    let live: i64 =
-        sqlx::query_scalar("select count(*) from idempotency_keys where expires_at > now()")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(live, 1, "the live key is kept");
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.admin_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let live: i64 = sqlx::query_scalar("select count(*) from idempotency_keys where expires_at > now()")
+        .fetch_one(&app.db)
         .await
         .unwrap();
-    assert!(
-        metrics.contains("api_idempotency_keys_pruned_total 1\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"api_idempotent_requests_total{outcome="recorded"} 2"#),
-        "{metrics}"
-    );
+    assert_eq!(live, 1, "the live key is kept");
+    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("api_idempotency_keys_pruned_total 1\n"), "{metrics}");
+    assert!(metrics.contains(r#"api_idempotent_requests_total{outcome="recorded"} 2"#), "{metrics}");
     let step = rsvp_api::idempotency::prune::step(&app.db).await.unwrap();
     assert_eq!(step, rsvp_api::idempotency::prune::ExecutionOutcome::Empty);
 }
@@ -585,25 +350,10 @@ async fn the_database_holds_neither_the_tokens_nor_the_keys_in_the_clear() {
     let created: Value = created.json().await.unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
     let patch = json!({"name": "Ada L."});
-    let patched = send(
-        &app,
-        Method::PATCH,
-        &format!("/rsvps/{}", id_of(&created)),
-        keys[1],
-        Some(&token),
-        Some(&patch),
-    )
-    .await;
+    let patched =
+        send(&app, Method::PATCH, &format!("/rsvps/{}", id_of(&created)), keys[1], Some(&token), Some(&patch)).await;
     assert_eq!(patched.status(), StatusCode::OK);
-    let cancelled = send(
-        &app,
-        Method::POST,
-        "/rsvps/cancel",
-        keys[2],
-        None,
-        Some(&json!({"token": token})),
-    )
-    .await;
+    let cancelled = send(&app, Method::POST, "/rsvps/cancel", keys[2], None, Some(&json!({"token": token}))).await;
     assert_eq!(cancelled.status(), StatusCode::OK);
     assert_eq!(records(&app).await, 3);
 
@@ -618,21 +368,16 @@ async fn the_database_holds_neither_the_tokens_nor_the_keys_in_the_clear() {
     assert!(tables.iter().any(|t| t == "idempotency_keys"));
     let mut dump = String::new();
     for table in tables {
-        let rows: Option<String> = sqlx::query_scalar(&format!(
-            "select string_agg(t::text, E'\\n') from {table} t"
-        ))
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let rows: Option<String> = sqlx::query_scalar(&format!("select string_agg(t::text, E'\\n') from {table} t"))
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
         dump.push_str(&rows.unwrap_or_default());
     }
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     for secret in [token.as_str(), keys[0], keys[1], keys[2]] {
         assert!(!dump.contains(secret), "{secret} is stored in the clear");
-        assert!(
-            !dump.contains(&hex(secret)),
-            "{secret} is stored in the clear, as bytes"
-        );
+        assert!(!dump.contains(&hex(secret)), "{secret} is stored in the clear, as bytes");
     }
 }
 
@@ -642,22 +387,13 @@ async fn an_invalid_idempotency_key_is_a_400_json_error_and_writes_nothing() {
     let event_id = app.create_event(None).await;
     let url = app.url(&format!("/events/{event_id}/rsvps"));
     let too_long = "k".repeat(256);
-    let invalid: [&[u8]; 5] = [
-        b"",
-        b"with space",
-        too_long.as_bytes(),
-        "caf\u{e9}".as_bytes(),
-        b"tab\there",
-    ];
+    let invalid: [&[u8]; 5] = [b"", b"with space", too_long.as_bytes(), "caf\u{e9}".as_bytes(), b"tab\there"];
 
     for key in invalid {
         let response = app
             .client
             .post(&url)
-            .header(
-                "idempotency-key",
-                reqwest::header::HeaderValue::from_bytes(key).unwrap(),
-            )
+            .header("idempotency-key", reqwest::header::HeaderValue::from_bytes(key).unwrap())
             .json(&rsvp_body("ada@example.com"))
             .send()
             .await
@@ -692,23 +428,13 @@ async fn an_invalid_idempotency_key_is_a_400_json_error_and_writes_nothing() {
 async fn one_key_sent_by_two_callers_names_two_requests() {
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
-    let (a, b) = (
-        app.create_rsvp(event_id, "a@example.com", 0).await,
-        app.create_rsvp(event_id, "b@example.com", 0).await,
-    );
+    let (a, b) =
+        (app.create_rsvp(event_id, "a@example.com", 0).await, app.create_rsvp(event_id, "b@example.com", 0).await);
     let patch = json!({"status": "maybe"});
 
     for rsvp in [&a, &b] {
         let path = format!("/rsvps/{}", id_of(rsvp));
-        let response = send(
-            &app,
-            Method::PATCH,
-            &path,
-            "counter-1",
-            rsvp["token"].as_str(),
-            Some(&patch),
-        )
-        .await;
+        let response = send(&app, Method::PATCH, &path, "counter-1", rsvp["token"].as_str(), Some(&patch)).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert!(!replayed(&response));
         assert_eq!(response.json::<Value>().await.unwrap()["status"], "maybe");
@@ -730,17 +456,11 @@ async fn the_openapi_document_describes_the_header_on_every_write() {
     ] {
         let operation = &document["paths"][path][method];
         let parameters = operation["parameters"].as_array().expect("parameters");
-        let header = parameters
-            .iter()
-            .find(|p| p["name"] == "Idempotency-Key")
-            .expect("Idempotency-Key");
+        let header = parameters.iter().find(|p| p["name"] == "Idempotency-Key").expect("Idempotency-Key");
         assert_eq!(header["in"], "header", "{path} {method}");
         assert_eq!(header["schema"]["maxLength"], 255);
         for status in ["400", "409", "422"] {
-            assert!(
-                operation["responses"][status].is_object(),
-                "{path} {method} documents {status}"
-            );
+            assert!(operation["responses"][status].is_object(), "{path} {method} documents {status}");
         }
     }
 }

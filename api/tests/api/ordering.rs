@@ -94,13 +94,12 @@ async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change
     let statuses = shared.join_all().await;
     assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK), "{statuses:?}");
     assert!(update.await.unwrap().is_ok());
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "select rsvp_version, event_type from outbox where aggregate_id = $1 order by xid, id",
-    )
-    .bind(r)
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("select rsvp_version, event_type from outbox where aggregate_id = $1 order by xid, id")
+            .bind(r)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
     let versions: Vec<i64> = rows.iter().map(|row| row.0).collect();
     assert_eq!(versions, vec![1, 2, 3], "r's outbox rows in the relay's order: {rows:?}");
     let shared_xids: i64 = sqlx::query_scalar(

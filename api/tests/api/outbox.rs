@@ -70,7 +70,10 @@ async fn every_write_appends_one_valid_cloudevent_row_in_commit_order_per_rsvp()
         assert_eq!(event.datacontenttype, "application/json");
         assert_eq!(event.event_type.as_str(), event_type);
         assert_eq!(event.subject, rsvp_id.to_string());
-        assert_eq!((aggregate_type.as_str(), *aggregate_id, key.as_str()), ("rsvp", rsvp_id, event_id.to_string().as_str()));
+        assert_eq!(
+            (aggregate_type.as_str(), *aggregate_id, key.as_str()),
+            ("rsvp", rsvp_id, event_id.to_string().as_str())
+        );
         assert_eq!(*version, i as i64 + 1, "versions follow commit order");
         assert_eq!(event.data.version, *version);
         assert_eq!(event.id.get_version_num(), 7, "message ids are UUID v7");

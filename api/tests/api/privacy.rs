@@ -142,13 +142,19 @@ async fn spans_never_record_names_emails_or_tokens() {
     let event_id = app.create_event(Some(10)).await;
 
     let created = app
-        .create_rsvp_with(event_id, &json!({"name": "Quentin Zebedee", "email": "q.zebedee@example.org", "status": "going"}))
+        .create_rsvp_with(
+            event_id,
+            &json!({"name": "Quentin Zebedee", "email": "q.zebedee@example.org", "status": "going"}),
+        )
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let created: Value = created.json().await.unwrap();
     let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
     let duplicate = app
-        .create_rsvp_with(event_id, &json!({"name": "Quentin Zebedee", "email": "q.zebedee@example.org", "status": "going"}))
+        .create_rsvp_with(
+            event_id,
+            &json!({"name": "Quentin Zebedee", "email": "q.zebedee@example.org", "status": "going"}),
+        )
         .await;
     let renamed = app.patch_rsvp(rsvp_id, &token, &json!({"name": "Xavier Yellowhammer", "guests": 1})).await;
     get_as(&app, &format!("/rsvps/{rsvp_id}"), Some(&format!("Bearer {token}"))).await;

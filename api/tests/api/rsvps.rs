@@ -37,9 +37,8 @@ async fn the_same_email_twice_for_one_event_is_409_and_writes_nothing() {
     app.create_rsvp(event_id, "ada@example.com", 0).await;
     let before = app.written_rows().await;
 
-    let again = app
-        .create_rsvp_with(event_id, &json!({"name": "Ada", "email": "ADA@example.com", "status": "maybe"}))
-        .await;
+    let again =
+        app.create_rsvp_with(event_id, &json!({"name": "Ada", "email": "ADA@example.com", "status": "maybe"})).await;
 
     assert_error(again, StatusCode::CONFLICT, "conflict").await;
     assert_eq!(app.written_rows().await, before);
@@ -91,13 +90,11 @@ async fn an_rsvp_to_an_unknown_event_is_404_and_invalid_fields_are_422_writing_n
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
 
-    let unknown = app
-        .create_rsvp_with(Uuid::now_v7(), &json!({"name": "A", "email": "a@example.com", "status": "going"}))
-        .await;
+    let unknown =
+        app.create_rsvp_with(Uuid::now_v7(), &json!({"name": "A", "email": "a@example.com", "status": "going"})).await;
     assert_error(unknown, StatusCode::NOT_FOUND, "not_found").await;
-    let invalid = app
-        .create_rsvp_with(event_id, &json!({"name": "", "email": "nope", "status": "sure", "guests": 11}))
-        .await;
+    let invalid =
+        app.create_rsvp_with(event_id, &json!({"name": "", "email": "nope", "status": "sure", "guests": 11})).await;
     let fields = assert_error(invalid, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
 
     for field in ["name", "email", "status", "guests"] {
@@ -117,8 +114,10 @@ async fn patching_with_the_rsvps_token_updates_it_and_writes_rsvp_updated_with_t
 
     assert_eq!(response.status(), StatusCode::OK);
     let updated: Value = response.json().await.unwrap();
-    assert_eq!((updated["status"].as_str(), updated["guests"].as_i64(), updated["version"].as_i64()),
-        (Some("maybe"), Some(3), Some(2)));
+    assert_eq!(
+        (updated["status"].as_str(), updated["guests"].as_i64(), updated["version"].as_i64()),
+        (Some("maybe"), Some(3), Some(2))
+    );
     assert!(updated.get("token").is_none());
     let outbox = app.outbox_payloads().await;
     assert_eq!(outbox.len(), 2);
@@ -159,8 +158,9 @@ async fn a_patch_that_changes_nothing_answers_200_and_writes_no_outbox_row() {
     let event_id = app.create_event(None).await;
     let created = app.create_rsvp(event_id, "a@example.com", 1).await;
 
-    let response =
-        app.patch_rsvp(id_of(&created), created["token"].as_str().unwrap(), &json!({"status": "going", "guests": 1})).await;
+    let response = app
+        .patch_rsvp(id_of(&created), created["token"].as_str().unwrap(), &json!({"status": "going", "guests": 1}))
+        .await;
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["version"], 1);

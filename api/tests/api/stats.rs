@@ -23,11 +23,13 @@ async fn stats_are_read_from_the_analytics_database_when_it_is_separate() {
     let (analytics, analytics_url) = fresh_database(&MIGRATOR).await;
     let app = spawn_app_with(|settings| settings.analytics_database_url = Some(analytics_url.into())).await;
     let event_id = app.create_event(None).await;
-    sqlx::query("insert into analytics.event_stats (event_id, going, guests_going, created_total) values ($1, 3, 2, 4)")
-        .bind(event_id)
-        .execute(&analytics)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into analytics.event_stats (event_id, going, guests_going, created_total) values ($1, 3, 2, 4)",
+    )
+    .bind(event_id)
+    .execute(&analytics)
+    .await
+    .unwrap();
 
     let stats: Value = app.get(&format!("/events/{event_id}/stats")).await.json().await.unwrap();
 

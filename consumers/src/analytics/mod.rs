@@ -95,7 +95,8 @@ impl Consumer for Analytics {
     /// Prunes `applied_events` every `APPLIED_EVENTS_PRUNE_INTERVAL`, unless zero.
     fn maintenance(self: Arc<Self>, store: PgPool, shutdown: CancellationToken) -> Option<BoxFuture<'static, ()>> {
         let interval = self.prune_interval;
-        (!interval.is_zero()).then(|| Box::pin(prune::Pruner::new(store).run(interval, shutdown)) as BoxFuture<'static, ()>)
+        (!interval.is_zero())
+            .then(|| Box::pin(prune::Pruner::new(store).run(interval, shutdown)) as BoxFuture<'static, ()>)
     }
 }
 
@@ -349,7 +350,14 @@ mod tests {
         );
     }
 
-    fn change(event_type: EventType, rsvp: Uuid, event: Uuid, version: i64, status: RsvpStatus, guests: i16) -> CloudEvent {
+    fn change(
+        event_type: EventType,
+        rsvp: Uuid,
+        event: Uuid,
+        version: i64,
+        status: RsvpStatus,
+        guests: i16,
+    ) -> CloudEvent {
         let time: DateTime<Utc> = "2030-01-01T10:30:00Z".parse().unwrap();
         let data = rsvp_contract::RsvpData {
             id: rsvp,
@@ -388,11 +396,21 @@ mod tests {
         let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
         let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
         let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 1);
-        let stored = StateRow { event_id: event, status: Some("going".into()), guests: 1, last_version: 1, deleted: false, applied_through: 0 };
+        let stored = StateRow {
+            event_id: event,
+            status: Some("going".into()),
+            guests: 1,
+            last_version: 1,
+            deleted: false,
+            applied_through: 0,
+        };
         // a1 was applied before; a2 comes twice in the batch.
         let plan = plan(&[&a1, &a2, &a2], HashMap::from([(a, stored.clone())]), HashSet::from([a1.id]));
         assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed, Applied::Duplicate]);
-        assert_eq!(plan.stats[&event].counts, CountsDelta { going: -1, maybe: 1, guests_going: -1, ..Default::default() });
+        assert_eq!(
+            plan.stats[&event].counts,
+            CountsDelta { going: -1, maybe: 1, guests_going: -1, ..Default::default() }
+        );
         assert_eq!((plan.stats[&event].created, plan.stats[&event].updated), (0, 1));
         // An event whose ce_id was applied before is a duplicate even when its
         // version is ahead of the state (a replay after the state was reset).
@@ -433,7 +451,12 @@ mod tests {
         let v2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 0);
         let v3 = change(EventType::RsvpUpdated, a, event, 3, RsvpStatus::Going, 0);
         let stored = StateRow {
-            event_id: event, status: Some("maybe".into()), guests: 0, last_version: 2, deleted: false, applied_through: 2,
+            event_id: event,
+            status: Some("maybe".into()),
+            guests: 0,
+            last_version: 2,
+            deleted: false,
+            applied_through: 2,
         };
         let plan = plan(&[&v2, &v3], HashMap::from([(a, stored)]), HashSet::new());
         assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed]);

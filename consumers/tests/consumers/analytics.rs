@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{outbox_record, ANALYTICS, totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv};
+use crate::helpers::{
+    outbox_record, totals, truth_and_stats, wait_until, Api, ConsumerProcess, Stepper, TestEnv, ANALYTICS,
+};
 
 #[tokio::test]
 async fn stats_match_the_rsvps_table_after_a_mixed_workload_and_stay_unchanged_after_redelivery_and_replay() {
@@ -118,7 +120,8 @@ async fn with_a_separate_analytics_database_the_stats_and_their_offsets_live_the
     // Arrange
     let env = TestEnv::start(2).await;
     let api = Api::spawn(&env).await;
-    let (analytics_db, analytics_url) = rsvp_contract::testing::fresh_database(&rsvp_contract::runtime::database::MIGRATOR).await;
+    let (analytics_db, analytics_url) =
+        rsvp_contract::testing::fresh_database(&rsvp_contract::runtime::database::MIGRATOR).await;
     let consumers = Stepper::build(&env, &["--group", "analytics", "--analytics-database-url", &analytics_url]).await;
     let event = api.create_event(None).await;
     api.mixed_workload(event, 12).await;
@@ -138,10 +141,12 @@ async fn with_a_separate_analytics_database_the_stats_and_their_offsets_live_the
     .await
     .unwrap();
     assert_eq!(vec![stats.0, stats.1, stats.2, stats.3, stats.4], truth);
-    let offsets: i64 = sqlx::query_scalar("select sum(next_offset)::bigint from consumer_offsets where group_name = 'analytics-group'")
-        .fetch_one(&analytics_db)
-        .await
-        .unwrap();
+    let offsets: i64 = sqlx::query_scalar(
+        "select sum(next_offset)::bigint from consumer_offsets where group_name = 'analytics-group'",
+    )
+    .fetch_one(&analytics_db)
+    .await
+    .unwrap();
     assert_eq!(offsets, i64::try_from(published).unwrap());
     assert_eq!(env.stored_offsets(ANALYTICS).await, 0);
 }

@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rsvp_consumers::{
-    analytics::{
-        self, Applied,
-        prune::{PruneOutcome, Pruner},
-    },
+use rsvp_consumers::analytics::{
+    self,
+    prune::{PruneOutcome, Pruner},
+    Applied,
 };
-use rsvp_contract::{runtime::database::MIGRATOR, testing::fresh_database, CloudEvent, EventType, RsvpData, RsvpStatus};
+use rsvp_contract::{
+    runtime::database::MIGRATOR, testing::fresh_database, CloudEvent, EventType, RsvpData, RsvpStatus,
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

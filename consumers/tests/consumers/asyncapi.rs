@@ -85,7 +85,8 @@ async fn every_record_the_relay_publishes_validates_against_the_asyncapi_documen
         }
     }
     assert_eq!(records.len() as i64, rows);
-    let types: std::collections::BTreeSet<&str> = records.iter().filter_map(|r| r["headers"]["ce_type"].as_str()).collect();
+    let types: std::collections::BTreeSet<&str> =
+        records.iter().filter_map(|r| r["headers"]["ce_type"].as_str()).collect();
     assert_eq!(types.len(), 4, "every event type: {types:?}");
     assert!(records.iter().any(|r| r["headers"].get("traceparent").is_some()));
 

@@ -1,7 +1,10 @@
 //! The cache group: the next read after an invalidation misses, and an outage of
 //! Redis leaves no stale entry once it is over.
 
-use std::{net::SocketAddr, time::{Duration, Instant}};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use rsvp_consumers::{
     startup::Application,
@@ -11,7 +14,7 @@ use rsvp_contract::testing::TcpProxy;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{truth_and_stats, CACHE, wait_until, Api, Stepper, TestEnv};
+use crate::helpers::{truth_and_stats, wait_until, Api, Stepper, TestEnv, CACHE};
 
 fn counts(detail: &Value) -> Vec<i64> {
     let c = &detail["counts"];
@@ -38,7 +41,11 @@ async fn an_invalidation_makes_the_next_read_miss_and_show_the_write() {
 
     // Act: a write, served stale from the cache until its event is consumed.
     api.update(rsvp, &token, json!({ "status": "going", "guests": 2 })).await;
-    assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![0, 1, 0, 0, 0], "the api reads through its cache");
+    assert_eq!(
+        counts(&api.get(&format!("/events/{event}")).await),
+        vec![0, 1, 0, 0, 0],
+        "the api reads through its cache"
+    );
     env.relay_outbox().await;
     consumers.drain(&env, CACHE).await;
 
@@ -62,13 +69,23 @@ async fn assert_fresh(api: &Api, env: &TestEnv, event: Uuid) {
         .attendees(event)
         .await
         .iter()
-        .map(|r| (r["id"].as_str().unwrap().parse().unwrap(), r["status"].as_str().unwrap().to_owned(), r["guests"].as_i64().unwrap() as i16))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().parse().unwrap(),
+                r["status"].as_str().unwrap().to_owned(),
+                r["guests"].as_i64().unwrap() as i16,
+            )
+        })
         .collect();
     let expected: Vec<(Uuid, String, i16)> = rows.iter().map(|(id, s, g, _)| (*id, s.clone(), *g)).collect();
     assert_eq!(listed, expected, "stale rsvp list of {event}");
     for (id, status, guests, _) in rows {
         let rsvp = api.get(&format!("/rsvps/{id}")).await;
-        assert_eq!((rsvp["status"].as_str().unwrap(), rsvp["guests"].as_i64().unwrap()), (status.as_str(), i64::from(guests)), "stale rsvp {id}");
+        assert_eq!(
+            (rsvp["status"].as_str().unwrap(), rsvp["guests"].as_i64().unwrap()),
+            (status.as_str(), i64::from(guests)),
+            "stale rsvp {id}"
+        );
     }
 }
 
@@ -171,7 +188,11 @@ async fn the_cache_group_stores_its_offset_with_a_later_batch_and_at_once_when_n
 
     // Act / Assert: the batch is applied, its offset waits.
     assert_eq!(worker.step().await.unwrap(), StepOutcome::Processed { records: first + second });
-    assert_eq!(counts(&api.get(&format!("/events/{event}")).await), vec![2, 0, 0, 0, 0], "invalidated before the offset is stored");
+    assert_eq!(
+        counts(&api.get(&format!("/events/{event}")).await),
+        vec![2, 0, 0, 0, 0],
+        "invalidated before the offset is stored"
+    );
     assert_eq!(env.stored_offsets(CACHE).await, 0);
     // A fetch that finds nothing new stores it.
     assert_eq!(worker.step().await.unwrap(), StepOutcome::CaughtUp);

@@ -52,7 +52,8 @@ async fn an_undecodable_record_is_dead_lettered_without_blocking_its_partition_a
 
     // The operator fixes the record: here, it becomes a change the relay never published.
     api.rsvp(event, "second@example.com", "going", 1).await;
-    let fixed: Value = sqlx::query_scalar("select payload from outbox order by id desc limit 1").fetch_one(&env.db).await.unwrap();
+    let fixed: Value =
+        sqlx::query_scalar("select payload from outbox order by id desc limit 1").fetch_one(&env.db).await.unwrap();
     sqlx::query("update consumer_dead_letters set record_value = $2 where id = $1")
         .bind(id)
         .bind(serde_json::to_vec(&fixed).unwrap())
@@ -153,12 +154,11 @@ async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_
     tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
 
     // Assert: the raw bytes are in the table, and the change behind it is applied.
-    let (id, offset, names, values, error): (i64, i64, Vec<Vec<u8>>, Vec<Vec<u8>>, String) = sqlx::query_as(
-        "select id, kafka_offset, header_names, header_values, error from consumer_dead_letters",
-    )
-    .fetch_one(&env.db)
-    .await
-    .unwrap();
+    let (id, offset, names, values, error): (i64, i64, Vec<Vec<u8>>, Vec<Vec<u8>>, String) =
+        sqlx::query_as("select id, kafka_offset, header_names, header_values, error from consumer_dead_letters")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
     assert_eq!(offset, 0);
     assert_eq!(names, vec![b"ce_id".to_vec(), odd_name.as_bytes().to_vec()]);
     assert_eq!(values, vec![bad_id, odd_value]);
@@ -176,10 +176,12 @@ async fn a_record_with_nul_and_invalid_utf8_in_its_headers_is_dead_lettered_raw_
     // it is the change already applied, so nothing changes twice.
     let (ok, redriven) = run_binary(&env, &["dlq", "redrive", "--group", "analytics"]).await;
     assert!(!ok && redriven.contains(&format!("#{id} not redriven: header ce_id")), "{redriven}");
-    sqlx::query("update consumer_dead_letters set header_names = header_names[2:2], header_values = header_values[2:2]")
-        .execute(&env.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "update consumer_dead_letters set header_names = header_names[2:2], header_values = header_values[2:2]",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
     let (ok, redriven) = run_binary(&env, &["dlq", "redrive", "--group", "analytics"]).await;
     assert!(ok && redriven.contains(&format!("#{id} redriven: duplicate")), "{redriven}");
     let (truth, stats) = truth_and_stats(&env.db, event).await;
@@ -250,7 +252,8 @@ async fn records_whose_header_names_are_not_utf8_are_dead_lettered_raw_and_their
     .await
     .unwrap();
     let names: Vec<(i64, Vec<Vec<u8>>)> = letters.iter().map(|(o, _, n, _)| (*o, n.clone())).collect();
-    let expected = vec![(1, vec![b"ce_id".to_vec(), b"x-\xff\xfe".to_vec()]), (2, vec![b"ce_id".to_vec(), b"\xc3\x28".to_vec()])];
+    let expected =
+        vec![(1, vec![b"ce_id".to_vec(), b"x-\xff\xfe".to_vec()]), (2, vec![b"ce_id".to_vec(), b"\xc3\x28".to_vec()])];
     assert_eq!(names, expected);
     for (_, value, _, error) in &letters {
         assert_eq!(value.as_deref(), Some(&b"{}"[..]));

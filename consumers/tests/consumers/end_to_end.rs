@@ -24,12 +24,22 @@ async fn an_api_write_is_read_fresh_within_a_second_and_stats_match_the_rsvps_ta
     let api = Api::spawn(&env).await;
     let brokers = env.broker.address();
     let relay_settings = rsvp_relay::config::Settings::try_parse_from([
-        "rsvp-relay", "--database-url", &env.db_url, "--kafka-brokers", &brokers, "--topic", TOPIC,
-        "--partitions", "6", "--admin-addr", "127.0.0.1:0",
+        "rsvp-relay",
+        "--database-url",
+        &env.db_url,
+        "--kafka-brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--partitions",
+        "6",
+        "--admin-addr",
+        "127.0.0.1:0",
         // Other tests' transactions on the shared server hold the relay's watermark back
         // for moments; a notification that finds its row not yet eligible then waits
         // for the next poll.
-        "--poll-interval", "200ms",
+        "--poll-interval",
+        "200ms",
     ])
     .unwrap();
     let relay = rsvp_relay::startup::Application::build(relay_settings).await.unwrap();

@@ -18,19 +18,21 @@ use rskafka::{
     },
     record::Record,
 };
-pub(crate) use rsvp_consumers::{analytics::GROUP as ANALYTICS, cache::GROUP as CACHE, notifications::GROUP as NOTIFICATIONS};
+pub(crate) use rsvp_consumers::{
+    analytics::GROUP as ANALYTICS, cache::GROUP as CACHE, notifications::GROUP as NOTIFICATIONS,
+};
 use rsvp_consumers::{
-    startup::Application,
     config::Cli,
     group::Group,
-    worker::{PartitionWorker, StepOutcome},
     registry,
+    startup::Application,
+    worker::{PartitionWorker, StepOutcome},
 };
 use rsvp_contract::{
     outbox_record::{OutboxColumns, OutboxMessage},
     partitioner::partition_for_key,
     runtime::database::MIGRATOR,
-    testing::{fresh_database, free_port, Broker},
+    testing::{free_port, fresh_database, Broker},
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -96,8 +98,15 @@ impl TestEnv {
     pub(crate) fn settings(&self, extra: &[&str]) -> rsvp_consumers::config::Settings {
         let brokers = self.broker.address();
         let mut args = vec![
-            "rsvp-consumers", "--database-url", &self.db_url, "--kafka-brokers", &brokers, "--topic", TOPIC,
-            "--admin-addr", "127.0.0.1:0",
+            "rsvp-consumers",
+            "--database-url",
+            &self.db_url,
+            "--kafka-brokers",
+            &brokers,
+            "--topic",
+            TOPIC,
+            "--admin-addr",
+            "127.0.0.1:0",
         ];
         if !extra.contains(&"--redis-url") {
             args.extend(["--redis-url", "redis://127.0.0.1:6379"]);
@@ -156,7 +165,8 @@ impl TestEnv {
         let count = rows.len();
         let mut batches: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
         for (_, kafka_key, payload, rsvp_version, message_id, event_type, traceparent, created_at) in rows {
-            let columns = OutboxColumns { kafka_key, message_id, event_type, rsvp_version, payload, traceparent, created_at };
+            let columns =
+                OutboxColumns { kafka_key, message_id, event_type, rsvp_version, payload, traceparent, created_at };
             let message = OutboxMessage::from_columns(columns);
             batches.entry(message.partition(self.partitions)).or_default().push(message.to_record());
         }
@@ -178,12 +188,14 @@ impl TestEnv {
 
     /// Sum of the high watermarks (records on the topic).
     pub(crate) async fn stored_offsets(&self, group: Group) -> i64 {
-        sqlx::query_scalar::<_, Option<i64>>("select sum(next_offset)::bigint from consumer_offsets where group_name = $1")
-            .bind(group.name())
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
-            .unwrap_or(0)
+        sqlx::query_scalar::<_, Option<i64>>(
+            "select sum(next_offset)::bigint from consumer_offsets where group_name = $1",
+        )
+        .bind(group.name())
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+        .unwrap_or(0)
     }
 
     pub(crate) async fn records_on_topic(&self) -> i64 {
@@ -248,8 +260,17 @@ pub(crate) struct Api {
 impl Api {
     pub(crate) async fn spawn(env: &TestEnv) -> Self {
         let settings = rsvp_api::config::Settings::try_parse_from([
-            "rsvp-api", "--database-url", &env.db_url, "--admin-token", ADMIN_TOKEN, "--api-addr", "127.0.0.1:0",
-            "--admin-addr", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:6379",
+            "rsvp-api",
+            "--database-url",
+            &env.db_url,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--api-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
         ])
         .unwrap();
         let app = rsvp_api::startup::Application::build(&settings).await.expect("build the api");
@@ -260,7 +281,8 @@ impl Api {
 
     pub(crate) async fn create_event(&self, capacity: Option<i64>) -> Uuid {
         let body = json!({ "title": "Rust meetup", "starts_at": "2031-01-31T18:00:00Z", "capacity": capacity });
-        let response = self.http.post(format!("{}/events", self.url)).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
+        let response =
+            self.http.post(format!("{}/events", self.url)).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 201, "create event: {}", response.text().await.unwrap());
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap()
     }
@@ -275,17 +297,20 @@ impl Api {
     }
 
     pub(crate) async fn update(&self, id: Uuid, token: &str, changes: Value) {
-        let response = self.http.patch(format!("{}/rsvps/{id}", self.url)).bearer_auth(token).json(&changes).send().await.unwrap();
+        let response =
+            self.http.patch(format!("{}/rsvps/{id}", self.url)).bearer_auth(token).json(&changes).send().await.unwrap();
         assert_eq!(response.status(), 200, "update rsvp: {}", response.text().await.unwrap());
     }
 
     pub(crate) async fn cancel(&self, token: &str) {
-        let response = self.http.post(format!("{}/rsvps/cancel", self.url)).json(&json!({ "token": token })).send().await.unwrap();
+        let response =
+            self.http.post(format!("{}/rsvps/cancel", self.url)).json(&json!({ "token": token })).send().await.unwrap();
         assert_eq!(response.status(), 200, "cancel rsvp: {}", response.text().await.unwrap());
     }
 
     pub(crate) async fn delete(&self, id: Uuid) {
-        let response = self.http.delete(format!("{}/rsvps/{id}", self.url)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let response =
+            self.http.delete(format!("{}/rsvps/{id}", self.url)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         assert_eq!(response.status(), 204, "delete rsvp: {}", response.text().await.unwrap());
     }
 
@@ -394,7 +419,8 @@ impl ConsumerProcess {
     pub(crate) fn spawn(env: &TestEnv, args: &[&str]) -> Self {
         let admin_port = free_port();
         // `RSVP_CONSUMERS_BIN` runs another build (say, an older commit's) under the same tests.
-        let binary = std::env::var("RSVP_CONSUMERS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rsvp-consumers").to_owned());
+        let binary =
+            std::env::var("RSVP_CONSUMERS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rsvp-consumers").to_owned());
         let child = tokio::process::Command::new(binary)
             .args(args)
             .envs(env.binary_env(admin_port))

@@ -8,8 +8,7 @@ use rsvp_contract::testing::counting::{self, FETCH};
 use crate::helpers::{all_groups, wait_until, Api, ConsumerProcess, TestEnv};
 
 #[tokio::test]
-async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_applies_a_new_record(
-) {
+async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_applies_a_new_record() {
     // Arrange: the real binary, every group over 2 partitions (2 workers a group),
     // every Kafka request counted; nothing to read.
     let (broker, counter) = counting::start_broker().await;
@@ -21,11 +20,9 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     let workers = 2 * groups.len() as u64;
     for &group in &groups {
         let owned = format!("consumer_owned_partitions{{group=\"{}\"}}", group.name());
-        wait_until(
-            Duration::from_secs(20),
-            "the instance owns both partitions",
-            || async { consumers.metric(&owned).await == Some(2.0) },
-        )
+        wait_until(Duration::from_secs(20), "the instance owns both partitions", || async {
+            consumers.metric(&owned).await == Some(2.0)
+        })
         .await;
     }
     // Every worker's pause doubles from its poll interval to IDLE_POLL_MAX within a second.
@@ -44,21 +41,14 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     api.create_event(None).await;
     env.relay_outbox().await;
     let on_topic = env.records_on_topic().await;
-    wait_until(
-        Duration::from_secs(10),
-        "every group applied the new record",
-        || async {
-            for &group in &groups {
-                if env.stored_offsets(group).await != on_topic {
-                    return false;
-                }
+    wait_until(Duration::from_secs(10), "every group applied the new record", || async {
+        for &group in &groups {
+            if env.stored_offsets(group).await != on_topic {
+                return false;
             }
-            true
-        },
-    )
+        }
+        true
+    })
     .await;
-    eprintln!(
-        "idle instance: {fetches} fetches in 4 s; a new record applied after {:?}",
-        written_at.elapsed()
-    );
+    eprintln!("idle instance: {fetches} fetches in 4 s; a new record applied after {:?}", written_at.elapsed());
 }

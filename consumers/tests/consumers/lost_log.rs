@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use rsvp_consumers::{
-    worker::{PartitionWorker, StepOutcome},
-};
+use rsvp_consumers::worker::{PartitionWorker, StepOutcome};
 use uuid::Uuid;
 
-use crate::helpers::{metric_value, ANALYTICS, totals, truth_and_stats, Api, Stepper, TestEnv, TOPIC};
+use crate::helpers::{metric_value, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, TOPIC};
 
 const RESETS: &str = r#"consumer_offset_resets_total{group="analytics-group"}"#;
 
@@ -110,12 +108,16 @@ async fn the_same_log_is_not_read_again() {
     assert_eq!(worker.next_offset(), 5);
     let (outbox, applied) = totals(&env.db, event).await;
     assert_eq!(applied, outbox);
-    let anchor: (Option<i64>, Option<Vec<u8>>) =
-        sqlx::query_as("select anchor_offset, anchor_fingerprint from consumer_offsets where group_name = 'analytics-group'")
-            .fetch_one(&env.db)
-            .await
-            .unwrap();
-    let ce_id: uuid::Uuid = sqlx::query_scalar("select message_id from outbox order by id offset 3 limit 1").fetch_one(&env.db).await.unwrap();
+    let anchor: (Option<i64>, Option<Vec<u8>>) = sqlx::query_as(
+        "select anchor_offset, anchor_fingerprint from consumer_offsets where group_name = 'analytics-group'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    let ce_id: uuid::Uuid = sqlx::query_scalar("select message_id from outbox order by id offset 3 limit 1")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
     assert_eq!(anchor, (Some(3), Some(ce_id.to_string().into_bytes())), "the first record of the last fetch");
     tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
 }

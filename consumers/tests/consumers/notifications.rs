@@ -1,10 +1,10 @@
 //! The notifications group, the example of a consumer added in one file: one row per
 //! seat freed, exactly once whatever is redelivered or replayed.
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{Api, NOTIFICATIONS, Stepper, TestEnv, outbox_record, run_binary};
+use crate::helpers::{outbox_record, run_binary, Api, Stepper, TestEnv, NOTIFICATIONS};
 
 /// `(rsvp_id, cause, seats)` of every notification of `event`, in rsvp order.
 async fn notifications(env: &TestEnv, event: Uuid) -> Vec<(Uuid, String, i32)> {

@@ -28,8 +28,17 @@ use crate::helpers::{wait_until, Api, TestEnv, ADMIN_TOKEN, TOPIC};
 /// The real api on the test's database, with `extra` flags (coalescing settings).
 async fn spawn_api(env: &TestEnv, extra: &[&str]) -> Api {
     let mut args = vec![
-        "rsvp-api", "--database-url", &env.db_url, "--admin-token", ADMIN_TOKEN, "--api-addr", "127.0.0.1:0",
-        "--admin-addr", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:6379",
+        "rsvp-api",
+        "--database-url",
+        &env.db_url,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--api-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--redis-url",
+        "redis://127.0.0.1:6379",
     ];
     args.extend_from_slice(extra);
     let settings = rsvp_api::config::Settings::try_parse_from(args).unwrap();
@@ -163,7 +172,8 @@ async fn an_rsvp_changed_by_a_shared_transaction_that_waited_for_a_locked_event_
         lock_waiters(&env.db).await >= 1
     })
     .await;
-    let update = alone.http.patch(format!("{}/rsvps/{r}", alone.url)).bearer_auth(&token).json(&json!({ "name": "Renamed" }));
+    let update =
+        alone.http.patch(format!("{}/rsvps/{r}", alone.url)).bearer_auth(&token).json(&json!({ "name": "Renamed" }));
     let update = tokio::spawn(async move { update.send().await.unwrap().status() });
     // The update either commits now (nothing orders it after the waiting transaction)
     // or waits for r's event behind that transaction.
@@ -243,7 +253,9 @@ async fn random_write(api: &Api, events: &[Uuid], rsvps: &Shared, rng: &mut Rng,
         (7..=8, Some((_, token))) => {
             api.http.post(format!("{}/rsvps/cancel", api.url)).json(&json!({ "token": token })).send().await.unwrap()
         }
-        (_, Some((id, _))) => api.http.delete(format!("{}/rsvps/{id}", api.url)).bearer_auth(ADMIN_TOKEN).send().await.unwrap(),
+        (_, Some((id, _))) => {
+            api.http.delete(format!("{}/rsvps/{id}", api.url)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+        }
     };
     let status = response.status();
     // 404: deleted meanwhile; 409: cancelled twice or no seat left.
@@ -287,7 +299,11 @@ async fn concurrent_writes_through_shared_and_own_transactions_reach_the_topic_i
             while !stop.load(Ordering::SeqCst) {
                 let event = events[rng.below(events.len())];
                 let mut tx = connection.begin().await.unwrap();
-                sqlx::query("select id from events where id = $1 for update").bind(event).execute(&mut *tx).await.unwrap();
+                sqlx::query("select id from events where id = $1 for update")
+                    .bind(event)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 tx.rollback().await.unwrap();
                 holds += 1;
@@ -298,7 +314,8 @@ async fn concurrent_writes_through_shared_and_own_transactions_reach_the_topic_i
     };
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..8u64 {
-        let (api, events, rsvps) = (if w % 2 == 0 { coalescing.clone() } else { alone.clone() }, events.clone(), rsvps.clone());
+        let (api, events, rsvps) =
+            (if w % 2 == 0 { coalescing.clone() } else { alone.clone() }, events.clone(), rsvps.clone());
         let mut rng = Rng(seed.wrapping_add(w + 1));
         writers.spawn(async move {
             for i in 0..30 {
@@ -323,7 +340,11 @@ async fn concurrent_writes_through_shared_and_own_transactions_reach_the_topic_i
     let out_of_order: HashMap<&Uuid, &Vec<(i64, String)>> =
         versions.iter().filter(|(_, v)| !strictly_increasing(v)).collect();
     let changes = versions.values().filter(|v| v.len() > 1).count();
-    eprintln!("{} records, {} rsvps ({changes} changed after creation), {holds} event locks held", rows.len(), versions.len());
+    eprintln!(
+        "{} records, {} rsvps ({changes} changed after creation), {holds} event locks held",
+        rows.len(),
+        versions.len()
+    );
     assert!(out_of_order.is_empty(), "rsvps whose versions are out of order on the topic: {out_of_order:?}");
 }
 

@@ -14,7 +14,9 @@ use std::{
 use rsvp_consumers::group::Group;
 use sqlx::PgPool;
 
-use crate::helpers::{all_groups, totals, ANALYTICS, CACHE, truth_and_stats, wait_until, Api, ConsumerProcess, TestEnv};
+use crate::helpers::{
+    all_groups, totals, truth_and_stats, wait_until, Api, ConsumerProcess, TestEnv, ANALYTICS, CACHE,
+};
 
 fn owned(group: Group) -> String {
     format!("consumer_owned_partitions{{group=\"{}\"}}", group.name())
@@ -111,7 +113,8 @@ fn watch_offsets(db: PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<V
                     .await
                     .unwrap();
             for (group, partition, offset) in rows {
-                if let Some(before) = last.insert((group.clone(), partition), offset).filter(|before| *before > offset) {
+                if let Some(before) = last.insert((group.clone(), partition), offset).filter(|before| *before > offset)
+                {
                     backwards.push((group, partition, before, offset));
                 }
             }
@@ -126,7 +129,8 @@ async fn a_frozen_instance_loses_its_partitions_within_15s_and_commits_nothing_f
     // Arrange: two instances with the default role-loss timeout, every group, 4 partitions.
     let env = TestEnv::start(4).await;
     let api = Api::spawn(&env).await;
-    let events: Vec<_> = [api.create_event(None).await, api.create_event(None).await, api.create_event(None).await].into();
+    let events: Vec<_> =
+        [api.create_event(None).await, api.create_event(None).await, api.create_event(None).await].into();
     let first = ConsumerProcess::spawn(&env, &[]);
     let second = ConsumerProcess::spawn(&env, &[]);
     for group in all_groups() {

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use rsvp_consumers::{
     group::Group,
-    worker::PartitionWorker,
     status::{self, GroupStatus, Thresholds},
+    worker::PartitionWorker,
 };
 use serde_json::Value;
 
-use crate::helpers::{all_groups, wait_until, ANALYTICS, CACHE, Api, ConsumerProcess, Stepper, TestEnv};
+use crate::helpers::{all_groups, wait_until, Api, ConsumerProcess, Stepper, TestEnv, ANALYTICS, CACHE};
 
 /// Runs `rsvp-consumers status` with `args`; returns its exit code and stdout.
 async fn status_binary(env: &TestEnv, args: &[&str]) -> (i32, String) {
@@ -85,10 +85,17 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     let document = json_of(&output);
     assert_eq!(document["healthy"], true, "{output}");
     assert_eq!(document["groups"].as_array().unwrap().len(), all_groups().len(), "{output}");
-    assert_eq!(document["groups"][0]["partitions"][0]["owner"]["instance"], instances.first().unwrap().as_str(), "{output}");
+    assert_eq!(
+        document["groups"][0]["partitions"][0]["owner"]["instance"],
+        instances.first().unwrap().as_str(),
+        "{output}"
+    );
     let (code, table) = status_binary(&env, &["--group", "analytics"]).await;
     assert_eq!(code, 0, "{table}");
-    assert!(table.contains("PARTITION  OWNER") && table.contains("analytics-group: 3 partition(s), 0 unowned"), "{table}");
+    assert!(
+        table.contains("PARTITION  OWNER") && table.contains("analytics-group: 3 partition(s), 0 unowned"),
+        "{table}"
+    );
 
     // Act: the consumer stops.
     consumer.kill().await;
@@ -102,7 +109,11 @@ async fn status_shows_every_partition_owned_and_caught_up_then_unowned_with_exit
     assert_eq!(code, 1, "{output}");
     let document = json_of(&output);
     assert_eq!(document["healthy"], false, "{output}");
-    assert_eq!(document["problems"].as_array().unwrap().len(), 3 * all_groups().len(), "3 unowned partitions per group: {output}");
+    assert_eq!(
+        document["problems"].as_array().unwrap().len(),
+        3 * all_groups().len(),
+        "3 unowned partitions per group: {output}"
+    );
     assert_eq!(document["groups"][1]["summary"]["unowned"], 3, "{output}");
     assert!(document["groups"][1]["partitions"][0]["owner"].is_null(), "{output}");
 }
@@ -144,7 +155,8 @@ async fn status_exits_1_when_owned_partitions_lag_over_the_threshold_and_counts_
         assert_eq!(p.lag_measured_at, Some(0), "the oldest unapplied record is the committed one: {p:?}");
         assert!(p.lag_seconds.unwrap() >= 1.0, "produced over a second ago: {p:?}");
     }
-    let (code, output) = status_binary(&env, &["--group", "analytics", "--json", "--max-lag", &on_topic.to_string()]).await;
+    let (code, output) =
+        status_binary(&env, &["--group", "analytics", "--json", "--max-lag", &on_topic.to_string()]).await;
     assert_eq!(code, 0, "lag at the threshold is fine: {output}");
     let (code, output) = status_binary(&env, &["--group", "analytics", "--json", "--max-lag", "1"]).await;
     assert_eq!(code, 1, "{output}");

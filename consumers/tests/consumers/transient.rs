@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use rsvp_consumers::{
-    worker::{PartitionWorker, StepOutcome},
-};
+use rsvp_consumers::worker::{PartitionWorker, StepOutcome};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{metric_value, ANALYTICS, totals, truth_and_stats, Api, Stepper, TestEnv};
+use crate::helpers::{metric_value, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS};
 
 async fn dead_letters(env: &TestEnv) -> i64 {
     sqlx::query_scalar("select count(*) from consumer_dead_letters").fetch_one(&env.db).await.unwrap()
@@ -33,10 +31,12 @@ async fn a_lock_timeout_is_retried_beyond_max_attempts_without_dead_lettering_an
     let database = env.db_url.rsplit('/').next().unwrap();
     sqlx::query(&format!(r#"alter database "{database}" set lock_timeout = '50ms'"#)).execute(&env.db).await.unwrap();
     let mut holder = PgConnection::connect(&env.db_url).await.unwrap();
-    sqlx::raw_sql("set lock_timeout = 0; begin; lock table analytics.event_stats, analytics.rsvp_state in exclusive mode")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "set lock_timeout = 0; begin; lock table analytics.event_stats, analytics.rsvp_state in exclusive mode",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
     let ctx = consumers.app.group_context(ANALYTICS, env.kafka.clone()).unwrap();
     let mut worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();
 

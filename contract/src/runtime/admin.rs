@@ -10,9 +10,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 /// Histogram buckets for every `*_seconds` metric: 0.5 ms to 10 s.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -60,11 +58,8 @@ impl IntoResponse for Readiness {
             status: &'static str,
             checks: BTreeMap<&'static str, DependencyState>,
         }
-        let (code, status) = if self.is_ready() {
-            (StatusCode::OK, "ready")
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
-        };
+        let (code, status) =
+            if self.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not_ready") };
         (code, Json(Body { status, checks: self.checks })).into_response()
     }
 }
@@ -104,10 +99,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 pub async fn healthz() -> impl IntoResponse {

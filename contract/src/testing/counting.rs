@@ -28,22 +28,12 @@ pub struct RequestCounts(Arc<Mutex<BTreeMap<i16, u64>>>);
 
 impl RequestCounts {
     fn add(&self, api_key: i16) {
-        *self
-            .0
-            .lock()
-            .expect("request counts")
-            .entry(api_key)
-            .or_default() += 1;
+        *self.0.lock().expect("request counts").entry(api_key).or_default() += 1;
     }
 
     /// Requests with `api_key` so far.
     pub fn of(&self, api_key: i16) -> u64 {
-        self.0
-            .lock()
-            .expect("request counts")
-            .get(&api_key)
-            .copied()
-            .unwrap_or(0)
+        self.0.lock().expect("request counts").get(&api_key).copied().unwrap_or(0)
     }
 
     /// Requests of every kind so far.
@@ -64,9 +54,7 @@ pub struct RequestCounter {
 pub async fn start_broker() -> (Broker, RequestCounter) {
     let proxy_port = free_port();
     let broker = Broker::start_advertising(free_port(), proxy_port).await;
-    let listener = TcpListener::bind(("127.0.0.1", proxy_port))
-        .await
-        .expect("bind the counting proxy");
+    let listener = TcpListener::bind(("127.0.0.1", proxy_port)).await.expect("bind the counting proxy");
     let target: SocketAddr = ([127, 0, 0, 1], broker.port).into();
     let counts = RequestCounts::default();
     let accept_counts = counts.clone();
@@ -80,11 +68,7 @@ pub async fn start_broker() -> (Broker, RequestCounter) {
             });
         }
     });
-    let counter = RequestCounter {
-        proxy: ([127, 0, 0, 1], proxy_port).into(),
-        counts,
-        accept,
-    };
+    let counter = RequestCounter { proxy: ([127, 0, 0, 1], proxy_port).into(), counts, accept };
     (broker, counter)
 }
 
@@ -125,9 +109,7 @@ async fn forward_counting(inbound: TcpStream, outbound: TcpStream, counts: Reque
             }
             counts.add(i16::from_be_bytes([frame[0], frame[1]]));
             let size = i32::try_from(size).expect("read as an i32").to_be_bytes();
-            if broker_write.write_all(&size).await.is_err()
-                || broker_write.write_all(&frame).await.is_err()
-            {
+            if broker_write.write_all(&size).await.is_err() || broker_write.write_all(&frame).await.is_err() {
                 return;
             }
         }

@@ -144,7 +144,10 @@ async fn the_largest_row_the_api_can_write_is_far_below_the_smallest_batch_limit
     let bytes = batch_size::encoded_len(&[rows[0].message.to_record()]);
 
     // Assert: so any valid RELAY_MAX_BATCH_BYTES takes at least one row.
-    eprintln!("the largest row the api can write: {} payload bytes, a batch of {bytes} bytes", rows[0].message.columns.payload.len());
+    eprintln!(
+        "the largest row the api can write: {} payload bytes, a batch of {bytes} bytes",
+        rows[0].message.columns.payload.len()
+    );
     assert!(bytes <= rsvp_api::error::MAX_BODY_BYTES, "{bytes} bytes");
     assert!(bytes * 2 <= MIN_MAX_BATCH_BYTES, "{bytes} bytes");
 }
@@ -169,7 +172,12 @@ async fn batches_of_the_largest_rows_stay_below_the_batch_limit() {
     assert!(seen.iter().all(|batch| batch.bytes <= limit && !batch.refused), "{seen:?}");
     let bytes: usize = seen.iter().map(|b| b.bytes).sum();
     assert!(seen.len() <= 2 * bytes.div_ceil(limit) + 2, "{} batches for {bytes} bytes", seen.len());
-    eprintln!("{} rows in {} batches of at most {} bytes", written.len(), seen.len(), seen.iter().map(|b| b.bytes).max().unwrap());
+    eprintln!(
+        "{} rows in {} batches of at most {} bytes",
+        written.len(),
+        seen.len(),
+        seen.iter().map(|b| b.bytes).max().unwrap()
+    );
     let records = read_topic(&broker.address(), "rsvp-events").await;
     assert_eq!(assert_nothing_lost(&records, &written, &receipts(&db.pool).await), 0, "no duplicates");
 }

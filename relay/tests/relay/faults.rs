@@ -95,7 +95,10 @@ async fn a_broker_paused_under_steady_writes_loses_nothing_and_the_backlog_retur
     relay.stop().await;
     let records = read_topic(&broker.address(), "rsvp-events").await;
     let duplicates = assert_nothing_lost(&records, &written, &acknowledged);
-    eprintln!("broker paused {BROKER_PAUSE:?}: {} rows, backlog peak {peak}, {duplicates} duplicate records", written.len());
+    eprintln!(
+        "broker paused {BROKER_PAUSE:?}: {} rows, backlog peak {peak}, {duplicates} duplicate records",
+        written.len()
+    );
 }
 
 #[tokio::test]
@@ -154,7 +157,11 @@ async fn a_new_leader_skips_the_rows_a_partly_failed_step_left_acknowledged_ahea
     let written = write_rows(&db.pool, 10, 1).await;
     let mut positions = Vec::new();
     for row in &written {
-        let xid: String = sqlx::query_scalar("select xid::text from outbox where id = $1").bind(row.id).fetch_one(&db.pool).await.unwrap();
+        let xid: String = sqlx::query_scalar("select xid::text from outbox where id = $1")
+            .bind(row.id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         positions.push(Position { xid: xid.parse().unwrap(), id: row.id });
     }
     let receipted = Receipt::of_batch(0, positions[5..8].iter().copied().zip(0..));

@@ -249,7 +249,11 @@ pub(crate) async fn stop_writer(
 /// Checks the topic against what was written: every row present, duplicates only
 /// of rows without a receipt in `acknowledged`, each row's first copy in per-key
 /// commit order. Returns the number of duplicate records.
-pub(crate) fn assert_nothing_lost(records: &[TopicRecord], written: &[Written], acknowledged: &BTreeMap<i64, (i32, i64)>) -> usize {
+pub(crate) fn assert_nothing_lost(
+    records: &[TopicRecord],
+    written: &[Written],
+    acknowledged: &BTreeMap<i64, (i32, i64)>,
+) -> usize {
     let mut copies: BTreeMap<&str, Vec<&TopicRecord>> = BTreeMap::new();
     for record in records {
         copies.entry(record.ce_id()).or_default().push(record);
@@ -257,13 +261,23 @@ pub(crate) fn assert_nothing_lost(records: &[TopicRecord], written: &[Written], 
     let mut duplicates = 0;
     let mut last_first_offset: BTreeMap<&str, i64> = BTreeMap::new();
     for row in written {
-        let found = copies.get(row.message_id.to_string().as_str()).unwrap_or_else(|| panic!("row {} was lost", row.id));
+        let found =
+            copies.get(row.message_id.to_string().as_str()).unwrap_or_else(|| panic!("row {} was lost", row.id));
         if found.len() > 1 {
-            assert!(!acknowledged.contains_key(&row.id), "row {} was acknowledged yet published {} times", row.id, found.len());
+            assert!(
+                !acknowledged.contains_key(&row.id),
+                "row {} was acknowledged yet published {} times",
+                row.id,
+                found.len()
+            );
             duplicates += found.len() - 1;
         }
         let first = found.iter().map(|r| r.offset).min().unwrap();
-        assert!(last_first_offset.get(row.key.as_str()).is_none_or(|o| *o < first), "row {} out of per-key order", row.id);
+        assert!(
+            last_first_offset.get(row.key.as_str()).is_none_or(|o| *o < first),
+            "row {} out of per-key order",
+            row.id
+        );
         last_first_offset.insert(&row.key, first);
     }
     assert_eq!(copies.len(), written.len(), "nothing on the topic that was not written");

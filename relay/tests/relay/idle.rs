@@ -21,14 +21,10 @@ use crate::helpers::{eventually, fresh_db, receipts, settings, write_rows, Relay
 async fn commits(session: &mut RoleSession) -> i64 {
     session
         .run(async |conn| {
-            sqlx::query("select pg_stat_force_next_flush()")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query_scalar::<_, i64>(
-                "select xact_commit from pg_stat_database where datname = current_database()",
-            )
-            .fetch_one(&mut *conn)
-            .await
+            sqlx::query("select pg_stat_force_next_flush()").execute(&mut *conn).await?;
+            sqlx::query_scalar::<_, i64>("select xact_commit from pg_stat_database where datname = current_database()")
+                .fetch_one(&mut *conn)
+                .await
         })
         .await
         .expect("the role is held")
@@ -41,21 +37,14 @@ async fn a_role_session_kept_alive_for_ten_times_its_timeout_costs_postgres_no_t
     let server = testing::test_server_url();
     let name = format!("test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&server).await.unwrap();
-    sqlx::query(&format!(r#"create database "{name}""#))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query(&format!(r#"create database "{name}""#)).execute(&mut admin).await.unwrap();
     let (base, _) = server.rsplit_once('/').unwrap();
     let options: PgConnectOptions = format!("{base}/{name}").parse().unwrap();
-    let mut session = RoleSession::connect(&options, "test", MIN_TIMEOUT)
-        .await
-        .unwrap();
+    let mut session = RoleSession::connect(&options, "test", MIN_TIMEOUT).await.unwrap();
     let before = commits(&mut session).await;
 
     // Act: wait ten role-loss timeouts; the session is pinged every third of one.
-    let waited = session
-        .keep_alive_while(tokio::time::sleep(MIN_TIMEOUT * 10))
-        .await;
+    let waited = session.keep_alive_while(tokio::time::sleep(MIN_TIMEOUT * 10)).await;
 
     // Assert: Postgres kept the session (it ends one unused for the timeout), and the
     // thirty-odd pings were no transactions: only the two statements of `commits`
@@ -64,14 +53,8 @@ async fn a_role_session_kept_alive_for_ten_times_its_timeout_costs_postgres_no_t
     let after = commits(&mut session).await;
     assert!(!session.is_lost());
     session.close().await;
-    let _ = sqlx::query(&format!(r#"drop database "{name}" with (force)"#))
-        .execute(&mut admin)
-        .await;
-    assert!(
-        after - before <= 3,
-        "{} transactions while the session was only pinged",
-        after - before
-    );
+    let _ = sqlx::query(&format!(r#"drop database "{name}" with (force)"#)).execute(&mut admin).await;
+    assert!(after - before <= 3, "{} transactions while the session was only pinged", after - before);
 }
 
 /// Samples which reads of the outbox the relay's connections start during `window`:
@@ -95,8 +78,7 @@ async fn outbox_reads_during(admin: &mut PgConnection, database: &str, window: D
 }
 
 #[tokio::test]
-async fn an_idle_leader_reads_the_outbox_less_and_less_often_and_still_publishes_a_new_row_at_once()
-{
+async fn an_idle_leader_reads_the_outbox_less_and_less_often_and_still_publishes_a_new_row_at_once() {
     // Arrange: the real relay leading, polling from every 200 ms up to every 1.6 s.
     let broker = Broker::start().await;
     let db = fresh_db().await;
@@ -105,19 +87,12 @@ async fn an_idle_leader_reads_the_outbox_less_and_less_often_and_still_publishes
     settings.idle_poll_max = Duration::from_millis(1600);
     let relay = RelayProcess::spawn(&settings, &[]);
     write_rows(&db.pool, 1, 1).await;
-    eventually(
-        Duration::from_secs(30),
-        "the first row published",
-        || async { (receipts(&db.pool).await.len() == 1).then_some(()) },
-    )
+    eventually(Duration::from_secs(30), "the first row published", || async {
+        (receipts(&db.pool).await.len() == 1).then_some(())
+    })
     .await;
-    let database: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let mut admin = PgConnection::connect(&testing::test_server_url())
-        .await
-        .unwrap();
+    let database: String = sqlx::query_scalar("select current_database()").fetch_one(&db.pool).await.unwrap();
+    let mut admin = PgConnection::connect(&testing::test_server_url()).await.unwrap();
 
     // Act: 6 s without a write, after 2 s for the waits to stretch.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -133,9 +108,6 @@ async fn an_idle_leader_reads_the_outbox_less_and_less_often_and_still_publishes
         (receipts(&db.pool).await.len() == 2).then_some(())
     })
     .await;
-    eprintln!(
-        "idle leader: {reads} outbox reads in 6 s; a new row published after {:?}",
-        written_at.elapsed()
-    );
+    eprintln!("idle leader: {reads} outbox reads in 6 s; a new row published after {:?}", written_at.elapsed());
     drop(relay);
 }

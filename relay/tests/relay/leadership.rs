@@ -160,7 +160,9 @@ async fn a_frozen_leader_loses_the_lead_within_15s_and_steps_down_when_it_resume
     }
     let mut last_per_key: BTreeMap<&str, i64> = BTreeMap::new();
     for row in &written {
-        let (_, first) = *first_offsets.get(row.message_id.to_string().as_str()).unwrap_or_else(|| panic!("row {} was lost", row.id));
+        let (_, first) = *first_offsets
+            .get(row.message_id.to_string().as_str())
+            .unwrap_or_else(|| panic!("row {} was lost", row.id));
         assert!(last_per_key.get(row.key.as_str()).is_none_or(|o| *o < first), "row {} out of per-key order", row.id);
         last_per_key.insert(&row.key, first);
     }

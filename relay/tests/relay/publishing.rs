@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use rskafka::client::ClientBuilder;
-use rsvp_contract::testing::Broker;
 use rsvp_contract::partitioner::partition_for_key;
+use rsvp_contract::testing::Broker;
 use rsvp_relay::{observe::Observer, StepOutcome};
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
@@ -54,7 +54,12 @@ async fn every_committed_row_reaches_the_topic_once_per_key_in_commit_order_in_i
     let seen = confluent_kafka(&["consume", &broker.address(), "rsvp-events"]).await;
     let theirs: BTreeMap<(i64, i64), (String, serde_json::Value)> = seen
         .into_iter()
-        .map(|v| ((v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()), (v["key"].as_str().unwrap().to_owned(), v["headers"].clone())))
+        .map(|v| {
+            (
+                (v["partition"].as_i64().unwrap(), v["offset"].as_i64().unwrap()),
+                (v["key"].as_str().unwrap().to_owned(), v["headers"].clone()),
+            )
+        })
         .collect();
     let ours: BTreeMap<(i64, i64), (String, serde_json::Value)> = records
         .iter()
@@ -70,9 +75,13 @@ async fn our_partitions_match_librdkafkas_murmur2_partitioner_for_the_same_keys(
     let client = ClientBuilder::new(vec![broker.address()]).build().await.unwrap();
     client.controller_client().unwrap().create_topic("partition-probe", 6, 1, 5_000).await.unwrap();
     let mut keys: Vec<String> = (0..40).map(|_| Uuid::now_v7().to_string()).collect();
-    keys.extend(["kafka", "21", "foobar", "a-little-bit-long-string", "PreAmbleWillBeRemoved,ThePrePartThatIs"].map(String::from));
+    keys.extend(
+        ["kafka", "21", "foobar", "a-little-bit-long-string", "PreAmbleWillBeRemoved,ThePrePartThatIs"]
+            .map(String::from),
+    );
     let address = broker.address();
-    let args: Vec<&str> = ["partition", &address, "partition-probe"].into_iter().chain(keys.iter().map(String::as_str)).collect();
+    let args: Vec<&str> =
+        ["partition", &address, "partition-probe"].into_iter().chain(keys.iter().map(String::as_str)).collect();
 
     // Act
     let chosen = confluent_kafka(&args).await;

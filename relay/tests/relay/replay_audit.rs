@@ -50,7 +50,10 @@ async fn replay_republishes_exactly_the_selected_rows_with_their_original_ce_id_
     for record in records.iter().filter(|r| !originals.contains(r)) {
         *copies.entry(record.ce_id().to_owned()).or_default() += 1;
         if let Some(first) = original.get(record.ce_id()) {
-            assert_eq!((&record.key, record.partition, &record.headers, &record.value), (&first.key, first.partition, &first.headers, &first.value));
+            assert_eq!(
+                (&record.key, record.partition, &record.headers, &record.value),
+                (&first.key, first.partition, &first.headers, &first.value)
+            );
         }
     }
     let mut expected: BTreeMap<String, usize> = BTreeMap::new();
@@ -95,8 +98,8 @@ async fn audit_fails_when_a_receipt_points_at_another_record_or_is_missing() {
     let settings = settings(&db, &broker.address());
     let mut worker = leader_worker(&settings).await;
     let written = write_rows(&db.pool, 1, 3).await; // one key: one partition
-    // A transaction open anywhere in the cluster (a test running beside this one) holds
-    // rows back from the relay: wait until all three are eligible, so one step takes them.
+                                                    // A transaction open anywhere in the cluster (a test running beside this one) holds
+                                                    // rows back from the relay: wait until all three are eligible, so one step takes them.
     eventually(Duration::from_secs(30), "the three rows to be below the snapshot's xmin", || async {
         let eligible: i64 =
             sqlx::query_scalar("select count(*) from outbox where xid < pg_snapshot_xmin(pg_current_snapshot())")
@@ -110,7 +113,8 @@ async fn audit_fails_when_a_receipt_points_at_another_record_or_is_missing() {
 
     // Act: swap the first two rows of their receipt and drop the third from it.
     let ids: Vec<i64> = written.iter().map(|row| row.id).collect();
-    let stored: Vec<i64> = sqlx::query_scalar("select outbox_ids from relay_receipts").fetch_one(&db.pool).await.unwrap();
+    let stored: Vec<i64> =
+        sqlx::query_scalar("select outbox_ids from relay_receipts").fetch_one(&db.pool).await.unwrap();
     assert_eq!(stored, ids, "one receipt for the one partition's batch");
     sqlx::query("update relay_receipts set outbox_ids = array[$2::bigint, $1::bigint]")
         .bind(ids[0])
@@ -163,9 +167,10 @@ async fn prune_deletes_only_rows_published_longer_ago_than_the_retention_window(
     let left: Vec<i64> = sqlx::query_scalar("select id from outbox order by id").fetch_all(&db.pool).await.unwrap();
     assert_eq!(left, vec![late.id, recent[0].id, recent[1].id, unpublished.id]);
     assert_eq!(receipts(&db.pool).await.len(), 3);
-    let old_receipts: i64 = sqlx::query_scalar("select count(*) from relay_receipts where published_at < now() - interval '7 days'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let old_receipts: i64 =
+        sqlx::query_scalar("select count(*) from relay_receipts where published_at < now() - interval '7 days'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(old_receipts, 0, "receipts of pruned rows go with them");
 }

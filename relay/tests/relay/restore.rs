@@ -103,7 +103,8 @@ impl Drop for SecondCluster {
 
 /// The next transaction id of the cluster `pool` is on.
 async fn next_xid(pool: &PgPool) -> u64 {
-    let xid: String = sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text").fetch_one(pool).await.unwrap();
+    let xid: String =
+        sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text").fetch_one(pool).await.unwrap();
     xid.parse().unwrap()
 }
 
@@ -146,7 +147,8 @@ async fn after_a_restore_into_another_cluster_every_row_reaches_the_topic_in_ord
     let first = fresh_db().await;
     let second = SecondCluster::start();
     let mut admin = sqlx::PgConnection::connect(&second.url("postgres")).await.expect("connect to the second cluster");
-    let second_start = next_xid(&PgPoolOptions::new().max_connections(1).connect(&second.url("postgres")).await.unwrap()).await;
+    let second_start =
+        next_xid(&PgPoolOptions::new().max_connections(1).connect(&second.url("postgres")).await.unwrap()).await;
     burn_xids_until(&first.pool, second_start + 20_000).await;
 
     // A published part and an unpublished part on the first cluster.
@@ -189,7 +191,11 @@ async fn after_a_restore_into_another_cluster_every_row_reaches_the_topic_in_ord
     // and while a relay runs there against the same topic.
     written.extend(write_versions(&pool, &events, 7..=8).await);
     let seen = Observer::new(pool.clone(), "rsvp-events", Duration::from_secs(5)).tick().await.unwrap();
-    assert_eq!((seen.backlog_rows, seen.earlier_cluster_rows), (20, 12), "the backlog shows the rows from before and after the move");
+    assert_eq!(
+        (seen.backlog_rows, seen.earlier_cluster_rows),
+        (20, 12),
+        "the backlog shows the rows from before and after the move"
+    );
     let relay = RunningRelay::start(settings(&moved, &broker.address())).await;
     written.extend(write_versions(&pool, &events, 9..=10).await);
     wait_until_drained(&pool, Duration::from_secs(30)).await;
@@ -246,7 +252,8 @@ async fn a_cursor_ahead_of_every_transaction_of_its_cluster_makes_the_relay_refu
     })
     .await;
     eventually(Duration::from_secs(10), "a relay_errors_total{kind=\"cursor\"}", || async {
-        let body = reqwest::get(format!("http://127.0.0.1:{}/metrics", relay.admin_port)).await.ok()?.text().await.ok()?;
+        let body =
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", relay.admin_port)).await.ok()?.text().await.ok()?;
         body.lines().any(|l| l.starts_with("relay_errors_total{kind=\"cursor\"}")).then_some(())
     })
     .await;
@@ -276,7 +283,12 @@ async fn database_before_generations() -> TestDb {
     // The migrator's fields are what sqlx::migrate! fills in; a prefix of its list is
     // the schema of an older release.
     let older = sqlx::migrate::Migrator {
-        migrations: rsvp_contract::runtime::database::MIGRATOR.migrations.iter().filter(|m| m.version < 20261201000002).cloned().collect(),
+        migrations: rsvp_contract::runtime::database::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261201000002)
+            .cloned()
+            .collect(),
         ..sqlx::migrate::Migrator::DEFAULT
     };
     older.run(&pool).await.unwrap();
@@ -290,7 +302,8 @@ async fn a_database_restored_before_the_cluster_migration_is_drained_as_a_move()
     let broker = Broker::start().await;
     let second = SecondCluster::start();
     let mut admin = sqlx::PgConnection::connect(&second.url("postgres")).await.expect("connect to the second cluster");
-    let second_start = next_xid(&PgPoolOptions::new().max_connections(1).connect(&second.url("postgres")).await.unwrap()).await;
+    let second_start =
+        next_xid(&PgPoolOptions::new().max_connections(1).connect(&second.url("postgres")).await.unwrap()).await;
     let first = database_before_generations().await;
     burn_xids_until(&first.pool, second_start + 20_000).await;
     let events: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
