@@ -15,11 +15,12 @@
 //! waits (see `ticket`); a write whose request gave up or went away first is never
 //! applied. A request that gives up on a started write answers `outcome_unknown`.
 //!
-//! A write sent with an `Idempotency-Key` carries a [`Claim`]: its transaction claims
-//! the key once the write has started and fills in the record before committing (see
+//! A write sent with an `Idempotency-Key` carries a [`Claim`]: its transaction
+//! inserts the key's record, with the write's answer, before committing (see
 //! [`crate::store::idempotency`]), whether the write commits in a batch or alone. A
-//! write whose key a committed request holds is skipped and answered
-//! `IdempotencyKeyInUse`, which its handler turns into that request's stored answer.
+//! write whose key a committed request holds is not applied (its transaction runs
+//! again without it) and is answered `IdempotencyKeyInUse`, which its handler turns
+//! into that request's stored answer.
 //!
 //! Should the batch transaction fail, nothing of it was applied (a failed `COMMIT`
 //! is first settled by asking the database, see `attempt`), and what happens next

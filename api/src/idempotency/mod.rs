@@ -6,7 +6,7 @@
 //! with the caller's bearer credential, so that two callers never share a key), a
 //! fingerprint key and a response key. The fingerprint is an HMAC of the request; the
 //! response (for a create, the rsvp's secret token) is sealed with ChaCha20-Poly1305
-//! under the response key. The record is claimed and filled in the write's own
+//! under the response key. The record is inserted, with the answer, in the write's own
 //! transaction (see `coalesce` and [`crate::store::idempotency`]).
 
 mod http;
@@ -187,7 +187,7 @@ impl IntoResponse for StoredResponse {
 /// How a route answers a write that succeeded.
 pub type Render = fn(&WriteOutcome) -> anyhow::Result<StoredResponse>;
 
-/// A keyed write as the writer queues it: the record to claim, and how to fill it in.
+/// A keyed write as the writer queues it: its key, and how to render the answer its record keeps.
 #[derive(Clone)]
 pub struct Claim {
     pub idempotency: Idempotency,

@@ -90,7 +90,7 @@ pub async fn find(db: &PgPool, lookup_id: &[u8; 32]) -> Result<Option<Record>, s
     .await
 }
 
-/// Deletes up to `limit` expired records; returns how many. Rows a claim is taking
+/// Deletes up to `limit` expired records; returns how many. Rows a write is taking
 /// over right now are skipped rather than waited for.
 #[tracing::instrument(skip(db), err)]
 pub async fn prune_expired(db: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
