@@ -214,16 +214,16 @@ impl LatencyBench {
             "| writes/s | writes | commit-to-ack p50 | p99 | commit-to-cache-invalidated p50 | p99 | probes |\n\
              |---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for r in &results {
+        for result in &results {
             table.push_str(&format!(
                 "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
-                r.rate,
-                r.written,
-                r.commit_to_ack_ms.0,
-                r.commit_to_ack_ms.1,
-                percentile_us(&r.invalidated_us, 50.0) as f64 / 1000.0,
-                percentile_us(&r.invalidated_us, 99.0) as f64 / 1000.0,
-                r.invalidated_us.len()
+                result.rate,
+                result.written,
+                result.commit_to_ack_ms.0,
+                result.commit_to_ack_ms.1,
+                percentile_us(&result.invalidated_us, 50.0) as f64 / 1000.0,
+                percentile_us(&result.invalidated_us, 99.0) as f64 / 1000.0,
+                result.invalidated_us.len()
             ));
         }
         let mut cpu_table = format!(
@@ -231,11 +231,11 @@ impl LatencyBench {
             PROCESSES.join(" | "),
             "---:|".repeat(PROCESSES.len())
         );
-        for r in &results {
-            let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / r.written.max(1) as f64;
-            let cells: Vec<String> = r.cpu.iter().map(|c| format!("{:.3}", per_thousand(*c))).collect();
-            let total: Duration = r.cpu.iter().sum();
-            cpu_table.push_str(&format!("| {} | {} | {:.3} |\n", r.rate, cells.join(" | "), per_thousand(total)));
+        for result in &results {
+            let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / result.written.max(1) as f64;
+            let cells: Vec<String> = result.cpu.iter().map(|c| format!("{:.3}", per_thousand(*c))).collect();
+            let total: Duration = result.cpu.iter().sum();
+            cpu_table.push_str(&format!("| {} | {} | {:.3} |\n", result.rate, cells.join(" | "), per_thousand(total)));
         }
         pool.close().await;
         drop((_relay, _consumers, api));

@@ -50,14 +50,14 @@ impl Progress {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                let n = done.load(Ordering::Relaxed);
-                let rate = n as f64 / started.elapsed().as_secs_f64();
+                let finished = done.load(Ordering::Relaxed);
+                let rate = finished as f64 / started.elapsed().as_secs_f64();
                 match total {
                     Some(total) => eprint!(
-                        "\r  {label}: {n}/{total} ({:.0}%), {rate:.0}/s   ",
-                        100.0 * n as f64 / total.max(1) as f64
+                        "\r  {label}: {finished}/{total} ({:.0}%), {rate:.0}/s   ",
+                        100.0 * finished as f64 / total.max(1) as f64
                     ),
-                    None => eprint!("\r  {label}: {n} done, {rate:.0}/s   "),
+                    None => eprint!("\r  {label}: {finished} done, {rate:.0}/s   "),
                 }
             }
         }))
@@ -91,10 +91,10 @@ pub(crate) async fn create_rsvps(
         let (client, events, done, base) = (client.clone(), events.clone(), done.clone(), base.to_owned());
         workers.spawn(async move {
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
-            let mut n = 0usize;
+            let mut sent_count = 0usize;
             while Instant::now() < deadline {
-                let event = events[(worker * 7919 + n) % events.len()];
-                let body = json!({"name": "Bench", "email": format!("w{worker}-{n}-{}@bench.example", Uuid::new_v4().simple()), "status": "going"});
+                let event = events[(worker * 7919 + sent_count) % events.len()];
+                let body = json!({"name": "Bench", "email": format!("w{worker}-{sent_count}-{}@bench.example", Uuid::new_v4().simple()), "status": "going"});
                 let sent = Instant::now();
                 let mut request = client.post(format!("{base}/events/{event}/rsvps")).json(&body);
                 if keys {
@@ -102,13 +102,13 @@ pub(crate) async fn create_rsvps(
                 }
                 let response = request.send().await;
                 match response {
-                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                    Ok(answer) if answer.status() == reqwest::StatusCode::CREATED => {
                         latencies.push(sent.elapsed().as_micros() as u64);
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => errors += 1,
                 }
-                n += 1;
+                sent_count += 1;
             }
             (latencies, errors)
         });

@@ -38,7 +38,7 @@ pub(crate) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     let _progress = Progress::start("preloading outbox rows".into(), done.clone(), Some(rows as u64));
     let mut written = 0;
     while written < rows {
-        let n = 10_000.min(rows - written);
+        let chunk = 10_000.min(rows - written);
         sqlx::query(
             "with g as (
                 select i, gen_random_uuid() as mid, gen_random_uuid() as rid,
@@ -54,10 +54,10 @@ pub(crate) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
                from g",
         )
         .bind(written + 1)
-        .bind(written + n)
+        .bind(written + chunk)
         .execute(pool)
         .await?;
-        written += n;
+        written += chunk;
         done.store(written as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -146,9 +146,9 @@ async fn raw_produce(pool: &PgPool, broker: &str, topic: &str, rows: i64) -> any
             let mut records = records.into_iter().peekable();
             while records.peek().is_some() {
                 let batch: Vec<Record> = records.by_ref().take(BATCH_ROWS).collect();
-                let n = batch.len() as u64;
+                let produced = batch.len() as u64;
                 producer.produce(batch, Compression::NoCompression).await?;
-                done.fetch_add(n, Ordering::Relaxed);
+                done.fetch_add(produced, Ordering::Relaxed);
             }
             Ok::<_, rskafka::client::error::Error>(())
         });

@@ -333,16 +333,16 @@ mod tests {
 
     #[test]
     fn an_unowned_partition_is_a_problem_even_without_thresholds() {
-        let s = status(vec![partition(0, true, 0, 0.0), partition(1, false, 0, 0.0)]);
-        assert_eq!(s.problems(Thresholds::default()), vec!["g partition 1: no owner".to_owned()]);
+        let one_unowned = status(vec![partition(0, true, 0, 0.0), partition(1, false, 0, 0.0)]);
+        assert_eq!(one_unowned.problems(Thresholds::default()), vec!["g partition 1: no owner".to_owned()]);
     }
 
     #[test]
     fn lag_counts_only_above_the_thresholds() {
-        let s = status(vec![partition(0, true, 10, 3.0)]);
-        assert!(s.problems(Thresholds { max_lag: Some(10), max_lag_seconds: Some(3.0) }).is_empty());
-        assert_eq!(s.problems(Thresholds { max_lag: Some(9), max_lag_seconds: None }).len(), 1);
-        assert_eq!(s.problems(Thresholds { max_lag: None, max_lag_seconds: Some(2.5) }).len(), 1);
+        let lagging = status(vec![partition(0, true, 10, 3.0)]);
+        assert!(lagging.problems(Thresholds { max_lag: Some(10), max_lag_seconds: Some(3.0) }).is_empty());
+        assert_eq!(lagging.problems(Thresholds { max_lag: Some(9), max_lag_seconds: None }).len(), 1);
+        assert_eq!(lagging.problems(Thresholds { max_lag: None, max_lag_seconds: Some(2.5) }).len(), 1);
     }
 
     #[test]

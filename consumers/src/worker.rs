@@ -333,7 +333,7 @@ impl PartitionWorker {
 
     fn note_failure(&mut self, offset: i64, error: &sqlx::Error) {
         let attempts = match &self.failing {
-            Some(f) if f.offset == offset => f.attempts + 1,
+            Some(failing) if failing.offset == offset => failing.attempts + 1,
             _ => 1,
         };
         tracing::warn!(offset, attempts, %error, "applying a record failed");

@@ -136,8 +136,8 @@ mod tests {
     #[test]
     fn keys_values_and_headers_count_with_their_varint_lengths() {
         // body: 1 + 1 + 1 + (1 + 36) + (2 + 100) + 1 + (1 + 5 + 1 + 3) = 153, plus 2 length bytes
-        let r = record(Some(36), Some(100), &[("ce_id", 3)], 0);
-        assert_eq!(record_len(&r, 0, r.timestamp), 155);
+        let keyed = record(Some(36), Some(100), &[("ce_id", 3)], 0);
+        assert_eq!(record_len(&keyed, 0, keyed.timestamp), 155);
         // A value of 63 bytes has a one-byte length, 64 bytes a two-byte one.
         let short = record(None, Some(63), &[], 0);
         let long = record(None, Some(64), &[], 0);

@@ -35,8 +35,8 @@ pub struct Kafka {
 }
 
 impl std::fmt::Debug for Kafka {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kafka").field("topic", &self.topic).field("partitions", &self.partitions.len()).finish()
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Kafka").field("topic", &self.topic).field("partitions", &self.partitions.len()).finish()
     }
 }
 

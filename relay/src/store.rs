@@ -22,9 +22,9 @@ impl Receipt {
         let mut receipts: Vec<Receipt> = Vec::new();
         for (position, offset) in rows {
             match receipts.last_mut() {
-                Some(r) if r.base_offset + r.outbox_ids.len() as i64 == offset => {
-                    r.outbox_ids.push(position.id);
-                    r.last = position;
+                Some(receipt) if receipt.base_offset + receipt.outbox_ids.len() as i64 == offset => {
+                    receipt.outbox_ids.push(position.id);
+                    receipt.last = position;
                 }
                 _ => receipts.push(Receipt {
                     partition,

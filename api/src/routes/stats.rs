@@ -87,18 +87,18 @@ pub async fn load_stats(pool: &PgPool, event_id: Uuid) -> Result<EventStats, sql
             rsvps_per_hour,
             last_event_at: None,
         },
-        Some(r) => EventStats {
+        Some(row) => EventStats {
             event_id,
-            counts: RsvpCounts { going: r.going, maybe: r.maybe, declined: r.declined, cancelled: r.cancelled },
-            guests_going: r.guests_going,
+            counts: RsvpCounts { going: row.going, maybe: row.maybe, declined: row.declined, cancelled: row.cancelled },
+            guests_going: row.guests_going,
             totals: EventTotals {
-                created: r.created_total,
-                updated: r.updated_total,
-                cancelled: r.cancelled_total,
-                deleted: r.deleted_total,
+                created: row.created_total,
+                updated: row.updated_total,
+                cancelled: row.cancelled_total,
+                deleted: row.deleted_total,
             },
             rsvps_per_hour,
-            last_event_at: r.last_event_at,
+            last_event_at: row.last_event_at,
         },
     };
     Ok(stats)

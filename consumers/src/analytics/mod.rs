@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn hours_truncate() {
-        let t: DateTime<Utc> = "2030-01-01T10:59:59.9Z".parse().unwrap();
-        assert_eq!(hour_of(t), "2030-01-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        let late_in_the_hour: DateTime<Utc> = "2030-01-01T10:59:59.9Z".parse().unwrap();
+        assert_eq!(hour_of(late_in_the_hour), "2030-01-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap());
     }
 }
