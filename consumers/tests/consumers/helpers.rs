@@ -259,7 +259,12 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) async fn spawn(env: &TestEnv) -> Self {
-        let settings = rsvp_api::config::Settings::try_parse_from([
+        Self::spawn_with(env, &[]).await
+    }
+
+    /// The real api on the test's database, with `extra` flags (coalescing settings).
+    pub(crate) async fn spawn_with(env: &TestEnv, extra: &[&str]) -> Self {
+        let mut args = vec![
             "rsvp-api",
             "--database-url",
             &env.db_url,
@@ -271,8 +276,9 @@ impl Api {
             "127.0.0.1:0",
             "--redis-url",
             "redis://127.0.0.1:6379",
-        ])
-        .unwrap();
+        ];
+        args.extend_from_slice(extra);
+        let settings = rsvp_api::config::Settings::try_parse_from(args).unwrap();
         let app = rsvp_api::startup::Application::build(&settings).await.expect("build the api");
         let url = format!("http://127.0.0.1:{}", app.api_port());
         tokio::spawn(app.run_until(std::future::pending()));

@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
 use reqwest::StatusCode;
 use rskafka::client::partition::UnknownTopicHandling;
 use rsvp_contract::CloudEvent;
@@ -24,29 +23,6 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::helpers::{wait_until, Api, TestEnv, ADMIN_TOKEN, TOPIC};
-
-/// The real api on the test's database, with `extra` flags (coalescing settings).
-async fn spawn_api(env: &TestEnv, extra: &[&str]) -> Api {
-    let mut args = vec![
-        "rsvp-api",
-        "--database-url",
-        &env.db_url,
-        "--admin-token",
-        ADMIN_TOKEN,
-        "--api-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--redis-url",
-        "redis://127.0.0.1:6379",
-    ];
-    args.extend_from_slice(extra);
-    let settings = rsvp_api::config::Settings::try_parse_from(args).unwrap();
-    let app = rsvp_api::startup::Application::build(&settings).await.expect("build the api");
-    let url = format!("http://127.0.0.1:{}", app.api_port());
-    tokio::spawn(app.run_until(std::future::pending()));
-    Api { url, http: reqwest::Client::new() }
-}
 
 /// Publishes every outbox row with the real relay's worker, stepped until each row
 /// was published. Bounded waits: another test's open transaction on the shared server
@@ -143,8 +119,8 @@ async fn an_rsvp_changed_by_a_shared_transaction_that_waited_for_a_locked_event_
     // Arrange: events E1 < E2 < E3, rsvp r in E3; an api whose one lane gathers
     // concurrent writes into one transaction, and an api without coalescing.
     let env = TestEnv::start(3).await;
-    let coalescing = spawn_api(&env, &["--write-workers", "1", "--write-batch-wait", "500ms"]).await;
-    let alone = spawn_api(&env, &["--write-coalescing", "false"]).await;
+    let coalescing = Api::spawn_with(&env, &["--write-workers", "1", "--write-batch-wait", "500ms"]).await;
+    let alone = Api::spawn_with(&env, &["--write-coalescing", "false"]).await;
     let mut events = Vec::new();
     for _ in 0..3 {
         events.push(alone.create_event(None).await);
@@ -273,8 +249,8 @@ async fn concurrent_writes_through_shared_and_own_transactions_reach_the_topic_i
     let seed = std::env::var("ORDERING_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand_seed);
     eprintln!("ORDERING_SEED={seed}");
     let env = TestEnv::start(3).await;
-    let coalescing = Arc::new(spawn_api(&env, &["--write-workers", "3", "--write-batch-wait", "5ms"]).await);
-    let alone = Arc::new(spawn_api(&env, &["--write-coalescing", "false"]).await);
+    let coalescing = Arc::new(Api::spawn_with(&env, &["--write-workers", "3", "--write-batch-wait", "5ms"]).await);
+    let alone = Arc::new(Api::spawn_with(&env, &["--write-coalescing", "false"]).await);
     let events = vec![
         alone.create_event(None).await,
         alone.create_event(Some(12)).await,
