@@ -17,7 +17,7 @@ use crate::{
     context::{GroupContext, WorkerSettings},
     dlq,
     group::{Consumer, Database, Delivery, Group},
-    metric_names,
+    metric_names, registry,
     runner::GroupRunner,
     status::{self, GroupStatus},
 };
@@ -59,7 +59,7 @@ impl Application {
             main.clone()
         };
         let mut consumers = Vec::new();
-        for registration in settings.groups() {
+        for registration in registry::selected(settings) {
             let consumer =
                 (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
             consumers.push(consumer);
