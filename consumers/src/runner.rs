@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
+use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -201,13 +202,7 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
             }
         };
         if !pause.is_zero() {
-            let waiting = async {
-                tokio::select! {
-                    _ = stop.cancelled() => true,
-                    _ = tokio::time::sleep(pause) => false,
-                }
-            };
-            match worker.role().keep_alive_while(waiting).await {
+            match worker.role().keep_alive_while(sleep_or_shutdown(pause, &stop)).await {
                 Ok(false) => {}
                 Ok(true) => break,
                 Err(error) => {

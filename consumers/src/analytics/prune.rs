@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -119,9 +120,8 @@ impl Pruner {
                     }
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+            if sleep_or_shutdown(interval, &shutdown).await {
+                return;
             }
         }
     }
