@@ -9,8 +9,8 @@ use crate::store::{
 };
 
 /// Inserts the records of `responses` (their keys distinct), sealed; returns the
-/// indices of the responses whose key a committed request holds, which were not
-/// recorded (see [`store::insert`]).
+/// positions in `responses` of those whose key a committed request holds, which
+/// were not recorded (see [`store::insert`]).
 pub async fn insert(tx: &mut Tx<'_>, responses: &[(&Idempotency, StoredResponse)]) -> anyhow::Result<Vec<usize>> {
     let mut records = Vec::with_capacity(responses.len());
     for (idempotency, response) in responses {
@@ -22,11 +22,5 @@ pub async fn insert(tx: &mut Tx<'_>, responses: &[(&Idempotency, StoredResponse)
             sealed: idempotency.seal(response)?,
         });
     }
-    let held = store::insert(tx, &records).await?;
-    Ok(responses
-        .iter()
-        .enumerate()
-        .filter(|(_, (idempotency, _))| held.contains(&&idempotency.lookup_id))
-        .map(|(index, _)| index)
-        .collect())
+    Ok(store::insert(tx, &records).await?)
 }

@@ -37,15 +37,15 @@ pub struct NewRecord<'a> {
     pub sealed: Vec<u8>,
 }
 
-/// Inserts `records` in `tx` (their keys distinct); returns the lookup ids of those
-/// it could not insert, because a live record of a committed request holds their
-/// key. An expired record is taken over.
+/// Inserts `records` in `tx` (their keys distinct); returns the positions in
+/// `records` of those it could not insert, because a live record of a committed
+/// request holds their key. An expired record is taken over.
 #[tracing::instrument(skip_all, fields(records = records.len()), err)]
-pub async fn insert<'a>(tx: &mut Tx<'_>, records: &[NewRecord<'a>]) -> Result<Vec<&'a [u8; 32]>, sqlx::Error> {
+pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<usize>, sqlx::Error> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ordered: Vec<&NewRecord<'a>> = records.iter().collect();
+    let mut ordered: Vec<&NewRecord<'_>> = records.iter().collect();
     ordered.sort_unstable_by_key(|r| r.lookup_id);
     let ids: Vec<&[u8]> = ordered.iter().map(|r| &r.lookup_id[..]).collect();
     let fingerprints: Vec<&[u8]> = ordered.iter().map(|r| &r.fingerprint[..]).collect();
@@ -72,9 +72,16 @@ pub async fn insert<'a>(tx: &mut Tx<'_>, records: &[NewRecord<'a>]) -> Result<Ve
     .fetch_all(&mut **tx)
     .await?;
     let inserted: HashSet<Vec<u8>> = inserted.into_iter().collect();
-    let held: Vec<&'a [u8; 32]> =
-        records.iter().map(|r| r.lookup_id).filter(|id| !inserted.contains(&id[..])).collect();
-    counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment((records.len() - held.len()) as u64);
+    let held: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| !inserted.contains(&record.lookup_id[..]))
+        .map(|(position, _)| position)
+        .collect();
+    // A transaction that finds a key held rolls back, its records with it.
+    if held.is_empty() {
+        counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment(records.len() as u64);
+    }
     Ok(held)
 }
 
