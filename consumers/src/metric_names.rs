@@ -14,6 +14,7 @@ pub const EVENT_AGE: &str = "consumer_event_age_seconds";
 pub const BATCH_DURATION: &str = "consumer_batch_duration_seconds";
 pub const LAG: &str = "consumer_lag_records";
 pub const OWNED_PARTITIONS: &str = "consumer_owned_partitions";
+pub const FETCHES: &str = "consumer_fetches_total";
 
 /// Registers the help texts of every consumer metric and of the role metrics.
 pub fn describe() {
@@ -43,6 +44,10 @@ pub fn describe() {
     describe_histogram!(BATCH_DURATION, Unit::Seconds, "Duration of one fetched batch's processing, by group.");
     describe_gauge!(LAG, "Records on the broker after a partition's next offset, by group and partition.");
     describe_gauge!(OWNED_PARTITIONS, "Partitions this instance owns, by group.");
+    describe_counter!(
+        FETCHES,
+        "Fetch requests sent to the broker by partition workers, by group and result (records, empty, error)."
+    );
     rsvp_contract::role_lock::describe_metrics();
 }
 

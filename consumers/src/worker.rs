@@ -89,7 +89,17 @@ pub struct PartitionWorker {
     /// The record `next_offset` was taken after, to tell a log the broker lost and
     /// refilled from the one the offset belongs to; none before the first batch.
     anchor: Option<Anchor>,
+    /// Whether the next fetch starts at the anchor rather than at `next_offset`, so
+    /// that the one request both checks the log and brings what is new. True after a
+    /// small batch, whose records then come twice; after a large one (a backlog) the
+    /// anchor is checked with a fetch of its own.
+    fetch_from_anchor: bool,
 }
+
+/// A batch this size or smaller (in record bytes, as the client estimates them) is
+/// fetched again with the next fetch, from its anchor, to check the log: one request
+/// instead of two per batch, at the price of this many bytes.
+const REFETCHED_BATCH_MAX_BYTES: usize = 64 * 1024;
 
 impl PartitionWorker {
     /// Takes the partition when no other instance holds it; a new group starts at the
@@ -141,6 +151,7 @@ impl PartitionWorker {
             high_watermark: None,
             failing: None,
             anchor,
+            fetch_from_anchor: false,
         }))
     }
 
@@ -174,7 +185,7 @@ impl PartitionWorker {
 
     /// Fetches from the stored offset and applies what came as one batch.
     pub async fn step(&mut self) -> Result<StepOutcome, WorkerError> {
-        let (records, high_watermark) = match self.fetch().await? {
+        let (mut records, high_watermark) = match self.fetch().await? {
             Fetched::Records { records, high_watermark } => (records, high_watermark),
             Fetched::Undecodable(error) => return self.skip_undecodable(&error).await,
             Fetched::OutOfRange => return self.restart_from_earliest("offset out of range").await,
@@ -182,9 +193,22 @@ impl PartitionWorker {
         if let Some(why) = self.log_mismatch(&records, high_watermark).await? {
             return self.restart_from_earliest(why).await;
         }
+        // A fetch from the anchor brings the last batch again: it was applied.
+        records.retain(|record| record.offset >= self.next_offset);
+        if records.is_empty() && high_watermark > self.next_offset && self.fetch_from_anchor {
+            // The size limit ended the answer within what was applied: fetch from
+            // the next offset at once.
+            self.fetch_from_anchor = false;
+            self.high_watermark = Some(high_watermark);
+            return Ok(StepOutcome::Processed { records: 0 });
+        }
         self.record_lag(high_watermark);
         self.high_watermark = Some(high_watermark);
         if records.is_empty() {
+            // Nothing new. From the next offset, a fetch that finds nothing costs the
+            // broker next to nothing; one from the anchor must read and send back the
+            // batch applied before. The next batch's anchor is checked on its own.
+            self.fetch_from_anchor = false;
             self.store_offset().await?;
             return Ok(StepOutcome::CaughtUp);
         }
@@ -195,11 +219,15 @@ impl PartitionWorker {
     async fn fetch(&mut self) -> Result<Fetched, WorkerError> {
         let settings = &self.ctx.settings;
         let max_wait = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
-        let mut fetched = self.kafka.fetch_records(self.next_offset, 1..settings.fetch_max_bytes, max_wait).await;
+        let from = match &self.anchor {
+            Some(anchor) if self.fetch_from_anchor => anchor.offset,
+            _ => self.next_offset,
+        };
+        let mut fetched = self.fetch_records(from, 1..settings.fetch_max_bytes, max_wait).await;
         if matches!(&fetched, Err(error) if undecodable(error)) {
             // Any batch of the answer may be the one the client cannot decode: fetch
             // the first alone, to tell whether it is.
-            fetched = self.kafka.fetch_records(self.next_offset, 1..ANCHOR_FETCH_BYTES, 0).await;
+            fetched = self.fetch_records(self.next_offset, 1..ANCHOR_FETCH_BYTES, 0).await;
             if let Err(error) = &fetched {
                 if undecodable(error) {
                     return Ok(Fetched::Undecodable(format!("{error}")));
@@ -247,12 +275,14 @@ impl PartitionWorker {
     ) -> Result<StepOutcome, WorkerError> {
         let started = Instant::now();
         let to = records.last().expect("a batch is not empty").offset + 1;
+        let bytes: usize = records.iter().map(|r| r.record.approximate_size()).sum();
         let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
         let anchor = Anchor { offset: batch[0].raw.offset, fingerprint: batch[0].raw.fingerprint() };
         let mut labels = self.apply_at_least_once(&batch).await?;
         labels.extend(self.commit_unless_deferred(&batch, to, &anchor).await?);
         self.next_offset = to;
         self.anchor = Some(anchor);
+        self.fetch_from_anchor = bytes <= REFETCHED_BATCH_MAX_BYTES;
         self.failing = None;
         self.record_batch(&batch, labels, started);
         self.record_lag(high_watermark);
@@ -340,6 +370,23 @@ impl PartitionWorker {
         self.failing = Some(Failing { offset, attempts, error: error.to_string() });
     }
 
+    /// One fetch request, counted by its result.
+    async fn fetch_records(
+        &self,
+        offset: i64,
+        bytes: std::ops::Range<i32>,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
+        let fetched = self.kafka.fetch_records(offset, bytes, max_wait_ms).await;
+        let result = match &fetched {
+            Ok((records, _)) if records.is_empty() => "empty",
+            Ok(_) => "records",
+            Err(_) => "error",
+        };
+        metrics::counter!(metric_names::FETCHES, "group" => self.ctx.group.name(), "result" => result).increment(1);
+        fetched
+    }
+
     fn record_lag(&self, high_watermark: i64) {
         let lag = (high_watermark - self.next_offset).max(0);
         metrics::gauge!(metric_names::LAG, "group" => self.ctx.group.name(), "partition" => self.key.partition.to_string())
@@ -372,7 +419,7 @@ impl PartitionWorker {
         // batch when a fetch starts inside it. The smallest size brings the first
         // batch alone; should a broker bring nothing that small, the usual size.
         for max_bytes in [ANCHOR_FETCH_BYTES, self.ctx.settings.fetch_max_bytes] {
-            let (records, high_watermark) = match self.kafka.fetch_records(anchor.offset, 1..max_bytes, 0).await {
+            let (records, high_watermark) = match self.fetch_records(anchor.offset, 1..max_bytes, 0).await {
                 Ok(fetched) => fetched,
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                     return Ok(false)
@@ -428,7 +475,7 @@ impl PartitionWorker {
         let from = self.next_offset;
         let mut probe = from + 1;
         let end = loop {
-            match self.kafka.fetch_records(probe, 1..ANCHOR_FETCH_BYTES, 0).await {
+            match self.fetch_records(probe, 1..ANCHOR_FETCH_BYTES, 0).await {
                 Ok((records, high_watermark)) => break records.first().map_or(high_watermark, |r| r.offset).max(probe),
                 Err(error) if undecodable(&error) && probe - from < MAX_UNDECODABLE_PROBES => probe += 1,
                 Err(error) => return Err(error.into()),
@@ -461,6 +508,8 @@ impl PartitionWorker {
         metrics::counter!(metric_names::PROCESSED, "group" => self.ctx.group.name(), "result" => "dead_letter")
             .increment(dead);
         (self.next_offset, self.stored_offset, self.last_stored) = (end, end, Instant::now());
+        // The batches set aside lie between the anchor and the end: fetch after them.
+        self.fetch_from_anchor = false;
         self.failing = None;
         Ok(())
     }
@@ -483,6 +532,7 @@ impl PartitionWorker {
         (self.next_offset, self.stored_offset) = (earliest, earliest);
         self.high_watermark = None;
         self.anchor = None;
+        self.fetch_from_anchor = false;
         Ok(())
     }
 }
