@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use rsvp_contract::runtime::backoff::Backoff;
 use sqlx::PgPool;
 
-use crate::group::{Consumer, Group};
+use crate::{
+    group::{Consumer, Group},
+    wakeup::Wakeups,
+};
 
 /// Fetching and retrying, as configured.
 #[derive(Debug, Clone)]
@@ -42,4 +45,6 @@ pub struct GroupContext {
     pub brokers: Vec<String>,
     pub consumer: Arc<dyn Consumer>,
     pub settings: WorkerSettings,
+    /// The relay's wake-ups, shared by every group of the process.
+    pub wakeups: Arc<Wakeups>,
 }

@@ -107,6 +107,14 @@ pub trait Consumer: Send + Sync + 'static {
     /// How often a caught-up partition fetches again.
     fn poll_interval(&self) -> Duration;
 
+    /// How soon after a fetch began the relay's wake-up (`crate::wakeup`) may start
+    /// the next one. By default the poll interval: the wake-up then only shortens the
+    /// longer pauses of an idle partition, and a busy one fetches as large batches as
+    /// polling gives it.
+    fn wake_gap(&self) -> Duration {
+        self.poll_interval()
+    }
+
     /// Applies `events`, in partition order, returning each one's outcome. An
     /// exactly-once group gets `tx`, the transaction that also advances the offset
     /// and commits after this returns; an at-least-once group gets none. Events

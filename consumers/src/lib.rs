@@ -23,4 +23,5 @@ pub mod registry;
 pub mod runner;
 pub mod startup;
 pub mod status;
+pub mod wakeup;
 pub mod worker;

@@ -5,7 +5,6 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
-use rsvp_contract::runtime::shutdown::sleep_or_shutdown;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -15,6 +14,7 @@ use crate::{
     metric_names,
     ownership::{fair_share, Membership},
     pacing::IdlePacing,
+    wakeup::pause_unless_woken,
     worker::{PartitionWorker, StepOutcome},
 };
 
@@ -152,6 +152,7 @@ impl GroupRunner {
 async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: CancellationToken) {
     let mut backoff = ctx.settings.backoff.clone();
     let mut pacing = IdlePacing::new(ctx.settings.poll_interval, ctx.settings.idle_poll_max);
+    let (signal, wake_gap) = (ctx.wakeups.signal(ctx.group, worker.partition()), ctx.consumer.wake_gap());
     loop {
         // A heartbeat when due; after a pause, the partition may be another's by now.
         if let Err(error) = worker.role().ensure_held().await {
@@ -202,7 +203,8 @@ async fn run_worker(mut worker: PartitionWorker, ctx: Arc<GroupContext>, stop: C
             }
         };
         if !pause.is_zero() {
-            match worker.role().keep_alive_while(sleep_or_shutdown(pause, &stop)).await {
+            let gap = wake_gap.saturating_sub(started.elapsed());
+            match worker.role().keep_alive_while(pause_unless_woken(pause, gap, &signal, &stop)).await {
                 Ok(false) => {}
                 Ok(true) => break,
                 Err(error) => {

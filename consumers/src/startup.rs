@@ -20,6 +20,7 @@ use crate::{
     metric_names, registry,
     runner::GroupRunner,
     status::{self, GroupStatus},
+    wakeup::{self, Wakeups},
 };
 
 /// The client id of the consumers' Kafka connections.
@@ -37,6 +38,7 @@ pub struct Application {
     consumers: Vec<Arc<dyn Consumer>>,
     admin_listener: Option<TcpListener>,
     instance_id: Uuid,
+    wakeups: Arc<Wakeups>,
 }
 
 impl Application {
@@ -64,7 +66,16 @@ impl Application {
                 (registration.build)(settings).with_context(|| format!("configuring {}", registration.group.name()))?;
             consumers.push(consumer);
         }
-        Ok(Self { settings: settings.clone(), main, analytics, consumers, admin_listener, instance_id: Uuid::new_v4() })
+        let wakeups = Wakeups::new(&settings.kafka.topic);
+        Ok(Self {
+            settings: settings.clone(),
+            main,
+            analytics,
+            consumers,
+            admin_listener,
+            instance_id: Uuid::new_v4(),
+            wakeups,
+        })
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -126,6 +137,7 @@ impl Application {
                 role_loss_timeout: self.settings.role_loss_timeout,
             },
             consumer,
+            wakeups: self.wakeups.clone(),
         }))
     }
 
@@ -162,6 +174,9 @@ impl Application {
         if let Some(kafka) = kafka {
             let kafka = Arc::new(kafka);
             let mut runners = Vec::new();
+            // The relay notifies on the database of the outbox, the main one.
+            let (wakeups, pool) = (this.wakeups.clone(), this.main.clone());
+            runners.push(tokio::spawn(wakeup::listen(wakeups, pool, this.settings.backoff(), stop.clone())));
             for consumer in &this.consumers {
                 let store = this.store(&**consumer).clone();
                 if let Some(upkeep) = consumer.clone().maintenance(store, stop.clone()) {

@@ -11,6 +11,7 @@ pub mod event;
 pub mod headers;
 pub mod outbox_record;
 pub mod partitioner;
+pub mod published;
 pub mod role_lock;
 pub mod runtime;
 #[cfg(feature = "testing")]

@@ -135,11 +135,18 @@ pub async fn commit(
         let base_offsets: Vec<i64> = receipts.iter().map(|r| r.base_offset).collect();
         let last_xids: Vec<String> = receipts.iter().map(|r| r.last.xid_text()).collect();
         let last_ids: Vec<i64> = receipts.iter().map(|r| r.last.id).collect();
+        // The same statement notifies the consumers which partitions got records
+        // (`rsvp_contract::published`), delivered when this transaction commits.
         sqlx::query!(
-            "insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
-             select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
-               from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
-                    as u(partition, base_offset, first, last, last_xid, last_id)",
+            r#"with receipted as (
+                 insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
+                 select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
+                   from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
+                        as u(partition, base_offset, first, last, last_xid, last_id)
+                 returning partition),
+               notified as (
+                 select pg_notify($9, $1 || ' ' || string_agg(distinct partition::text, ',')) from receipted)
+             select count(*) as "notifications!" from notified"#,
             topic,
             &ids,
             &partitions,
@@ -148,8 +155,9 @@ pub async fn commit(
             &last,
             &last_xids,
             &last_ids,
+            rsvp_contract::published::CHANNEL,
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
     }
     if let Some(Cursor { position, receipts_ahead }) = cursor {

@@ -1,11 +1,19 @@
-//! An idle instance: its partitions back off to a few fetches a second, and a record
-//! arriving after a quiet spell is still applied by every group.
+//! An idle instance: its partitions back off to a few fetches a second, a record
+//! arriving after a quiet spell is still applied by every group, and the relay's
+//! wake-up brings it at once.
 
 use std::time::{Duration, Instant};
 
-use rsvp_contract::testing::counting::{self, FETCH};
+use rsvp_consumers::cache;
+use rsvp_contract::{
+    published,
+    testing::{
+        counting::{self, FETCH},
+        Broker,
+    },
+};
 
-use crate::helpers::{all_groups, wait_until, Api, ConsumerProcess, TestEnv};
+use crate::helpers::{all_groups, wait_until, Api, ConsumerProcess, TestEnv, TOPIC};
 
 #[tokio::test]
 async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_applies_a_new_record() {
@@ -51,4 +59,41 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     })
     .await;
     eprintln!("idle instance: {fetches} fetches in 4 s; a new record applied after {:?}", written_at.elapsed());
+}
+
+#[tokio::test]
+async fn the_relays_wake_up_brings_a_record_to_an_idle_partition_long_before_its_next_poll() {
+    // Arrange: the cache group alone, whose caught-up partitions fetch again only after
+    // 30 s, so that nothing but the wake-up can bring a record sooner.
+    let env = TestEnv::start_with(Broker::start().await, 2).await;
+    let api = Api::spawn(&env).await;
+    let consumers =
+        ConsumerProcess::spawn(&env, &["--group", "cache", "--cache-poll-interval", "30s", "--idle-poll-max", "60s"]);
+    let owned = format!("consumer_owned_partitions{{group=\"{}\"}}", cache::GROUP.name());
+    wait_until(Duration::from_secs(20), "the instance owns both partitions", || async {
+        consumers.metric(&owned).await == Some(2.0)
+    })
+    .await;
+    // Each worker fetched on taking its partition, found nothing and now waits 30 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Act: a record reaches the topic, and the relay's notification says where.
+    let event = api.create_event(None).await;
+    api.rsvp(event, "ada@example.com", "going", 0).await;
+    assert_eq!(env.relay_outbox().await, 1);
+    let published_at = Instant::now();
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(published::CHANNEL)
+        .bind(format!("{TOPIC} 0,1"))
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    // Assert: applied within seconds, not at the next poll 29 s away.
+    let applied = format!("consumer_processed_total{{group=\"{}\",result=\"applied\"}}", cache::GROUP.name());
+    wait_until(Duration::from_secs(10), "the cache group applied the record", || async {
+        consumers.metric(&applied).await == Some(1.0)
+    })
+    .await;
+    eprintln!("woken idle partition: the record applied {:?} after the notification", published_at.elapsed());
 }

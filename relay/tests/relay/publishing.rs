@@ -215,3 +215,32 @@ async fn a_backlog_beyond_ten_thousand_rows_is_estimated_from_the_outbox_ids_and
     sqlx::query("delete from outbox where id > 20").execute(&db.pool).await.unwrap();
     assert_eq!(observer.tick().await.unwrap().backlog_rows, 20);
 }
+
+#[tokio::test]
+async fn each_step_notifies_the_consumers_which_partitions_got_records_when_its_receipts_commit() {
+    // Arrange: a listener on the consumers' wake-up channel.
+    let broker = Broker::start().await;
+    let db = fresh_db().await;
+    let settings = settings(&db, &broker.address());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen(rsvp_contract::published::CHANNEL).await.unwrap();
+    let mut worker = leader_worker(&settings).await;
+
+    // Act: rows of 12 keys, published step by step.
+    let written = write_rows(&db.pool, 12, 1).await;
+    drain(&mut worker, written.len()).await;
+
+    // Assert: every partition a receipt names was in a notification of this topic,
+    // and no other.
+    let receipted: std::collections::BTreeSet<i32> = receipts(&db.pool).await.values().map(|(p, _)| *p).collect();
+    let mut notified = std::collections::BTreeSet::new();
+    while let Ok(Some(notification)) =
+        tokio::time::timeout(Duration::from_millis(500), listener.try_recv()).await.unwrap_or(Ok(None))
+    {
+        let published = rsvp_contract::published::parse(notification.payload()).expect("a payload the consumers read");
+        assert_eq!(published.topic, "rsvp-events");
+        notified.extend(published.partitions);
+    }
+    assert!(receipted.len() > 1, "the keys spread over partitions: {receipted:?}");
+    assert_eq!(notified, receipted);
+}
