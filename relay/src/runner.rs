@@ -118,10 +118,19 @@ async fn lead(
     // the broker acknowledged is recorded before the process exits.
     while !shutdown.is_cancelled() {
         match worker.step().await {
-            Ok(StepOutcome::Published { .. }) => {
+            Ok(StepOutcome::Published { rows }) => {
                 backoff.reset();
                 recheck = Recheck::default();
                 idle.reset(Instant::now());
+                if rows < settings.batch_rows as usize && !settings.linger.is_zero() {
+                    // Caught up: let the next rows gather instead of publishing them
+                    // a row or two at a time.
+                    let lingering = sleep_or_shutdown(settings.linger, shutdown);
+                    if let Err(lost) = worker.role().keep_alive_while(lingering).await {
+                        worker.resign().await;
+                        return Err(lost.into());
+                    }
+                }
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
