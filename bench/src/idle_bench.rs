@@ -51,22 +51,7 @@ impl IdleBench {
         let (broker, counter) = counting::start_broker().await;
         let url = system::fresh_database(DATABASE).await?;
         let api = system::start_api(&url, &[]).await?;
-        let relay = system::spawn_service(
-            "rsvp-relay",
-            &[
-                ("DATABASE_URL", url.clone()),
-                ("KAFKA_BROKERS", counter.address()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-            ],
-        )?;
-        let consumers = system::spawn_service(
-            "rsvp-consumers",
-            &[
-                ("DATABASE_URL", url.clone()),
-                ("KAFKA_BROKERS", counter.address()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-            ],
-        )?;
+        let services = system::RelayAndConsumers::spawn(&url, &counter.address())?;
         let redis = fred::clients::Client::new(
             fred::types::config::Config::from_url("redis://127.0.0.1:6379")?,
             None,
@@ -95,11 +80,11 @@ impl IdleBench {
             .fetch_all(&mut admin)
             .await?;
         let ticks = ticks_per_second();
-        let pid = |child: &tokio::process::Child| child.id().context("a service exited");
+        let [relay_pid, consumers_pid] = services.pids()?;
         let mut measured = vec![
             ("rsvp-api".to_owned(), vec![api.pid()?]),
-            ("rsvp-relay".to_owned(), vec![pid(&relay)?]),
-            ("rsvp-consumers".to_owned(), vec![pid(&consumers)?]),
+            ("rsvp-relay".to_owned(), vec![relay_pid]),
+            ("rsvp-consumers".to_owned(), vec![consumers_pid]),
             ("tansu (broker)".to_owned(), vec![broker.pid().context("the broker exited")?]),
             (
                 format!("postgres: the {} backends of the database", backends.len()),
@@ -158,7 +143,7 @@ impl IdleBench {
         let ms = |us: u64| us as f64 / 1000.0;
         let arrivals_text: Vec<String> = arrivals.iter().map(|us| format!("{:.0}", ms(*us))).collect();
 
-        drop((relay, consumers, api));
+        drop((services, api));
         admin.close().await?;
         system::drop_database(DATABASE).await?;
         report.section(

@@ -74,6 +74,29 @@ struct RateResult {
     invalidated_us: Vec<u64>,
     /// CPU time of each measured process over the rate's window.
     cpu: Vec<Duration>,
+    /// Produce requests of the relay and fetch requests of the consumers over the
+    /// window, from their own metrics; none when a build does not count them.
+    produces: Option<f64>,
+    fetches: Option<f64>,
+}
+
+/// Where the relay's and the consumers' own counts of their Kafka requests are.
+struct KafkaRequests {
+    relay: String,
+    consumers: String,
+}
+
+impl KafkaRequests {
+    /// Produce requests so far (`relay_kafka_requests_total`) and fetch requests so far
+    /// (`consumer_fetches_total`, which older builds lack).
+    async fn so_far(&self, http: &reqwest::Client) -> (Option<f64>, Option<f64>) {
+        let relay = system::scrape(http, &self.relay).await.unwrap_or_default();
+        let consumers = system::scrape(http, &self.consumers).await.unwrap_or_default();
+        (
+            system::sum_of(&relay, "relay_kafka_requests_total{op=\"produce\""),
+            system::sum_of(&consumers, "consumer_fetches_total{"),
+        )
+    }
 }
 
 /// The processes whose CPU time each rate's window measures, in report order.
@@ -88,22 +111,9 @@ impl LatencyBench {
         let broker = Broker::start().await;
         let url = system::fresh_database("bench_pipeline").await?;
         let api = system::start_api(&url, &[]).await?;
-        let _relay = system::spawn_service(
-            "rsvp-relay",
-            &[
-                ("DATABASE_URL", url.clone()),
-                ("KAFKA_BROKERS", broker.address()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-            ],
-        )?;
-        let _consumers = system::spawn_service(
-            "rsvp-consumers",
-            &[
-                ("DATABASE_URL", url.clone()),
-                ("KAFKA_BROKERS", broker.address()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", system::free_port()?)),
-            ],
-        )?;
+        let services = system::RelayAndConsumers::spawn(&url, &broker.address())?;
+        let kafka_requests =
+            KafkaRequests { relay: services.relay_metrics.clone(), consumers: services.consumers_metrics.clone() };
         let pool = PgPool::connect(&url).await?;
         let redis = fred::clients::Client::new(
             fred::types::config::Config::from_url("redis://127.0.0.1:6379")?,
@@ -126,17 +136,14 @@ impl LatencyBench {
             }
         }
 
-        let id = |child: &tokio::process::Child| child.id().ok_or_else(|| anyhow::anyhow!("a service exited"));
-        let pids = [
-            api.pid()?,
-            id(&_relay)?,
-            id(&_consumers)?,
-            broker.pid().ok_or_else(|| anyhow::anyhow!("the broker exited"))?,
-        ];
+        let [relay_pid, consumers_pid] = services.pids()?;
+        let pids =
+            [api.pid()?, relay_pid, consumers_pid, broker.pid().ok_or_else(|| anyhow::anyhow!("the broker exited"))?];
         let ticks = system::ticks_per_second();
         let mut results = Vec::new();
         for &rate in &self.rates {
             let cpu_before = cpu_times(&pids, ticks);
+            let requests_before = kafka_requests.so_far(&client).await;
             eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
             let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let written = Arc::new(AtomicU64::new(0));
@@ -201,7 +208,11 @@ impl LatencyBench {
                 .zip(&cpu_before)
                 .map(|(after, before)| after.saturating_sub(*before))
                 .collect();
+            let requests_after = kafka_requests.so_far(&client).await;
+            let since = |after: Option<f64>, before: Option<f64>| Some(after? - before.unwrap_or(0.0));
             results.push(RateResult {
+                produces: since(requests_after.0, requests_before.0),
+                fetches: since(requests_after.1, requests_before.1),
                 rate,
                 written: written.load(Ordering::Relaxed),
                 commit_to_ack_ms,
@@ -227,7 +238,7 @@ impl LatencyBench {
             ));
         }
         let mut cpu_table = format!(
-            "| writes/s | {} | all four |\n|---:|{}---:|\n",
+            "| writes/s | {} | all four | Kafka requests per 1,000 events: relay produce | consumers fetch |\n|---:|{}---:|---:|---:|\n",
             PROCESSES.join(" | "),
             "---:|".repeat(PROCESSES.len())
         );
@@ -235,10 +246,20 @@ impl LatencyBench {
             let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / result.written.max(1) as f64;
             let cells: Vec<String> = result.cpu.iter().map(|c| format!("{:.3}", per_thousand(*c))).collect();
             let total: Duration = result.cpu.iter().sum();
-            cpu_table.push_str(&format!("| {} | {} | {:.3} |\n", result.rate, cells.join(" | "), per_thousand(total)));
+            let per_thousand_events = |count: Option<f64>| {
+                count.map_or("n/a".to_owned(), |count| format!("{:.0}", count * 1000.0 / result.written.max(1) as f64))
+            };
+            cpu_table.push_str(&format!(
+                "| {} | {} | {:.3} | {} | {} |\n",
+                result.rate,
+                cells.join(" | "),
+                per_thousand(total),
+                per_thousand_events(result.produces),
+                per_thousand_events(result.fetches)
+            ));
         }
         pool.close().await;
-        drop((_relay, _consumers, api));
+        drop((services, api));
         system::drop_database("bench_pipeline").await?;
         report.section(
             "Latency at a steady write rate: commit to broker ack, commit to cache invalidated",
@@ -251,7 +272,9 @@ impl LatencyBench {
                  other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n\n\
                  CPU-seconds per 1,000 events, per process, at each rate: CPU time (user + system, from \
                  `/proc/PID/stat`) from the rate's first write until the relay acknowledged its last row, \
-                 divided by the writes (each one event):\n\n{cpu_table}"
+                 divided by the writes (each one event). Kafka requests over the same window from the \
+                 processes' own metrics (`relay_kafka_requests_total{{op=\"produce\"}}`, `consumer_fetches_total`; \
+                 n/a for a build without the metric):\n\n{cpu_table}"
             ),
         );
         Ok(())

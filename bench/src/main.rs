@@ -9,6 +9,7 @@ mod keepup_bench;
 mod latency_bench;
 mod load;
 mod pgbench;
+mod pipeline_bench;
 mod relay_bench;
 mod report;
 mod system;
@@ -32,6 +33,9 @@ struct Cli {
     /// Clients of the measurement of the relay keeping up with the api at full rate.
     #[arg(long, default_value_t = 256)]
     keepup_clients: usize,
+    /// Clients of the whole pipeline's highest sustained rate, and of the api alone it is compared to.
+    #[arg(long, default_value_t = 256)]
+    pipeline_clients: usize,
     /// Steady write rates of the latency measurement.
     #[arg(long, value_delimiter = ',', default_value = "500,1000")]
     rates: Vec<u64>,
@@ -45,8 +49,8 @@ struct Cli {
     /// Writes to the idle system whose latency the idle measurement reports.
     #[arg(long, default_value_t = 10)]
     idle_probes: usize,
-    /// Which parts to run: api, relay, keepup, latency, idle, fetch-wait.
-    #[arg(long, value_delimiter = ',', default_value = "api,relay,keepup,latency,idle,fetch-wait")]
+    /// Which parts to run: api, relay, keepup, pipeline, latency, idle, fetch-wait.
+    #[arg(long, value_delimiter = ',', default_value = "api,relay,keepup,pipeline,latency,idle,fetch-wait")]
     only: Vec<String>,
     /// Where the report goes.
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
@@ -67,6 +71,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("keepup") {
         keepup_bench::KeepUpBench { clients: cli.keepup_clients, duration: cli.duration }.run(&mut report).await?;
+    }
+    if wants("pipeline") {
+        pipeline_bench::PipelineBench { clients: cli.pipeline_clients, duration: cli.duration }
+            .run(&mut report)
+            .await?;
     }
     if wants("latency") {
         latency_bench::LatencyBench { rates: cli.rates.clone(), duration: cli.duration }.run(&mut report).await?;

@@ -163,3 +163,58 @@ pub(crate) fn ticks_per_second() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// The samples of a Prometheus text page at `url`: each series (name and labels as
+/// written) with its value.
+pub(crate) async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    let text = http.get(url).send().await?.error_for_status()?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_owned(), value.parse().ok()?)))
+        .collect())
+}
+
+/// The sum of the series of `samples` that start with `prefix` (a name, or a name and
+/// the start of its labels); none when there is no such series.
+pub(crate) fn sum_of(samples: &[(String, f64)], prefix: &str) -> Option<f64> {
+    let mut matching = samples.iter().filter(|(series, _)| series.starts_with(prefix)).peekable();
+    matching.peek()?;
+    Some(matching.map(|(_, value)| value).sum())
+}
+
+/// The real rsvp-relay and rsvp-consumers (every group, their defaults) on one
+/// database and broker, killed on drop.
+pub(crate) struct RelayAndConsumers {
+    pub(crate) relay: Child,
+    pub(crate) consumers: Child,
+    /// `/metrics` of each, on its admin port.
+    pub(crate) relay_metrics: String,
+    pub(crate) consumers_metrics: String,
+}
+
+impl RelayAndConsumers {
+    pub(crate) fn spawn(database_url: &str, brokers: &str) -> anyhow::Result<Self> {
+        let (relay_admin, consumers_admin) =
+            (format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?));
+        let env = |admin: &str| {
+            [
+                ("DATABASE_URL", database_url.to_owned()),
+                ("KAFKA_BROKERS", brokers.to_owned()),
+                ("ADMIN_ADDR", admin.to_owned()),
+            ]
+        };
+        Ok(Self {
+            relay: spawn_service("rsvp-relay", &env(&relay_admin))?,
+            consumers: spawn_service("rsvp-consumers", &env(&consumers_admin))?,
+            relay_metrics: format!("http://{relay_admin}/metrics"),
+            consumers_metrics: format!("http://{consumers_admin}/metrics"),
+        })
+    }
+
+    /// The process ids of the relay and the consumers.
+    pub(crate) fn pids(&self) -> anyhow::Result<[u32; 2]> {
+        Ok([self.relay.id().context("rsvp-relay exited")?, self.consumers.id().context("rsvp-consumers exited")?])
+    }
+}
