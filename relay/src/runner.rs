@@ -117,7 +117,8 @@ async fn lead(
     // A step in progress finishes (it is bounded by the Kafka timeout) so that what
     // the broker acknowledged is recorded before the process exits.
     while !shutdown.is_cancelled() {
-        match worker.step().await {
+        // Every wait keeps the leader session busy; a session lost meanwhile ends the lead.
+        let waited = match worker.step().await {
             Ok(StepOutcome::Published { rows }) => {
                 backoff.reset();
                 recheck = Recheck::default();
@@ -125,17 +126,15 @@ async fn lead(
                 if rows < settings.batch_rows as usize && !settings.linger.is_zero() {
                     // Caught up: let the next rows gather instead of publishing them
                     // a row or two at a time.
-                    let lingering = sleep_or_shutdown(settings.linger, shutdown);
-                    if let Err(lost) = worker.role().keep_alive_while(lingering).await {
-                        worker.resign().await;
-                        return Err(lost.into());
-                    }
+                    worker.role().keep_alive_while(sleep_or_shutdown(settings.linger, shutdown)).await.map(drop)
+                } else {
+                    Ok(())
                 }
             }
             Ok(StepOutcome::Idle) => {
                 backoff.reset();
-                let waited = match recheck.next_delay() {
-                    Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(|_| ()),
+                match recheck.next_delay() {
+                    Some(delay) => worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(drop),
                     None => {
                         // Without a LISTEN connection, polling is all there is.
                         let poll =
@@ -148,10 +147,6 @@ async fn lead(
                             }
                         })
                     }
-                };
-                if let Err(lost) = waited {
-                    worker.resign().await;
-                    return Err(lost.into());
                 }
             }
             Err(error @ (RelayError::Database(_) | RelayError::LostLeadership(_) | RelayError::CursorChanged)) => {
@@ -162,11 +157,12 @@ async fn lead(
                 error.record();
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "publishing failed; the cursor stays");
-                if let Err(lost) = worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await {
-                    worker.resign().await;
-                    return Err(lost.into());
-                }
+                worker.role().keep_alive_while(sleep_or_shutdown(delay, shutdown)).await.map(drop)
             }
+        };
+        if let Err(lost) = waited {
+            worker.resign().await;
+            return Err(lost.into());
         }
     }
     worker.resign().await;
