@@ -5,10 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -26,12 +23,11 @@ use crate::group::Group;
 pub struct Wakeups {
     topic: String,
     signals: Mutex<HashMap<(&'static str, i32), Arc<Notify>>>,
-    listening: AtomicBool,
 }
 
 impl Wakeups {
     pub fn new(topic: &str) -> Arc<Self> {
-        Arc::new(Self { topic: topic.to_owned(), signals: Mutex::default(), listening: AtomicBool::new(false) })
+        Arc::new(Self { topic: topic.to_owned(), signals: Mutex::default() })
     }
 
     /// The signal of `group`'s worker on `partition`: notified after the relay
@@ -40,11 +36,6 @@ impl Wakeups {
     pub fn signal(&self, group: Group, partition: i32) -> Arc<Notify> {
         let mut signals = self.signals.lock().expect("wake-up signals");
         signals.entry((group.name(), partition)).or_default().clone()
-    }
-
-    /// Whether the LISTEN connection is up.
-    pub fn listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
     }
 
     fn wake(&self, partitions: &[i32]) {
@@ -79,7 +70,6 @@ pub async fn listen(wakeups: Arc<Wakeups>, pool: PgPool, mut backoff: Backoff, s
             }
             Err(error) => Some(error),
         };
-        wakeups.listening.store(false, Ordering::Relaxed);
         let Some(error) = error else { return };
         let delay = backoff.next_delay();
         tracing::warn!(%error, retry_in = ?delay, "cannot LISTEN for the relay's wake-ups; partitions only poll until it works");
@@ -97,7 +87,6 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 
 /// Wakes workers until shutdown (`None`) or until the connection fails.
 async fn receive(wakeups: &Wakeups, mut listener: PgListener, shutdown: &CancellationToken) -> Option<sqlx::Error> {
-    wakeups.listening.store(true, Ordering::Relaxed);
     // Records may have been published while nobody listened.
     wakeups.wake_all();
     loop {

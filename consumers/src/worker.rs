@@ -195,15 +195,14 @@ impl PartitionWorker {
         }
         // A fetch from the anchor brings the last batch again: it was applied.
         records.retain(|record| record.offset >= self.next_offset);
+        self.high_watermark = Some(high_watermark);
         if records.is_empty() && high_watermark > self.next_offset && self.fetch_from_anchor {
             // The size limit ended the answer within what was applied: fetch from
             // the next offset at once.
             self.fetch_from_anchor = false;
-            self.high_watermark = Some(high_watermark);
             return Ok(StepOutcome::Processed { records: 0 });
         }
         self.record_lag(high_watermark);
-        self.high_watermark = Some(high_watermark);
         if records.is_empty() {
             // Nothing new. From the next offset, a fetch that finds nothing costs the
             // broker next to nothing; one from the anchor must read and send back the
