@@ -80,23 +80,16 @@ struct RateResult {
     fetches: Option<f64>,
 }
 
-/// Where the relay's and the consumers' own counts of their Kafka requests are.
-struct KafkaRequests {
-    relay: String,
-    consumers: String,
-}
-
-impl KafkaRequests {
-    /// Produce requests so far (`relay_kafka_requests_total`) and fetch requests so far
-    /// (`consumer_fetches_total`, which older builds lack).
-    async fn so_far(&self, http: &reqwest::Client) -> (Option<f64>, Option<f64>) {
-        let relay = system::scrape(http, &self.relay).await.unwrap_or_default();
-        let consumers = system::scrape(http, &self.consumers).await.unwrap_or_default();
-        (
-            system::sum_of(&relay, "relay_kafka_requests_total{op=\"produce\""),
-            system::sum_of(&consumers, "consumer_fetches_total{"),
-        )
-    }
+/// The relay's produce requests so far (`relay_kafka_requests_total`) and the
+/// consumers' fetch requests so far (`consumer_fetches_total`, which older builds lack),
+/// from their own metrics.
+async fn kafka_requests(services: &system::RelayAndConsumers, http: &reqwest::Client) -> (Option<f64>, Option<f64>) {
+    let relay = system::scrape(http, &services.relay_metrics).await.unwrap_or_default();
+    let consumers = system::scrape(http, &services.consumers_metrics).await.unwrap_or_default();
+    (
+        system::sum_of(&relay, "relay_kafka_requests_total{op=\"produce\""),
+        system::sum_of(&consumers, "consumer_fetches_total{"),
+    )
 }
 
 /// The processes whose CPU time each rate's window measures, in report order.
@@ -112,8 +105,6 @@ impl LatencyBench {
         let url = system::fresh_database("bench_pipeline").await?;
         let api = system::start_api(&url, &[]).await?;
         let services = system::RelayAndConsumers::spawn(&url, &broker.address())?;
-        let kafka_requests =
-            KafkaRequests { relay: services.relay_metrics.clone(), consumers: services.consumers_metrics.clone() };
         let pool = PgPool::connect(&url).await?;
         let redis = fred::clients::Client::new(
             fred::types::config::Config::from_url("redis://127.0.0.1:6379")?,
@@ -143,7 +134,7 @@ impl LatencyBench {
         let mut results = Vec::new();
         for &rate in &self.rates {
             let cpu_before = cpu_times(&pids, ticks);
-            let requests_before = kafka_requests.so_far(&client).await;
+            let requests_before = kafka_requests(&services, &client).await;
             eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
             let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let written = Arc::new(AtomicU64::new(0));
@@ -208,7 +199,7 @@ impl LatencyBench {
                 .zip(&cpu_before)
                 .map(|(after, before)| after.saturating_sub(*before))
                 .collect();
-            let requests_after = kafka_requests.so_far(&client).await;
+            let requests_after = kafka_requests(&services, &client).await;
             let since = |after: Option<f64>, before: Option<f64>| Some(after? - before.unwrap_or(0.0));
             results.push(RateResult {
                 produces: since(requests_after.0, requests_before.0),

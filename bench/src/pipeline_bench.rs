@@ -68,10 +68,10 @@ struct Pipeline {
     api: system::Api,
     pool: PgPool,
     events: Arc<Vec<Uuid>>,
-    consumers_metrics: String,
     pids: Vec<u32>,
-    /// What runs while the pipeline does: stopped on drop.
-    _running: (Broker, system::RelayAndConsumers),
+    services: system::RelayAndConsumers,
+    /// Stopped on drop.
+    _broker: Broker,
 }
 
 impl Pipeline {
@@ -85,7 +85,7 @@ impl Pipeline {
     /// A group that has handled nothing yet has no such series but owns partitions
     /// (`consumer_owned_partitions`): it counts as having handled none.
     async fn slowest_group_processed(&self, http: &reqwest::Client) -> anyhow::Result<i64> {
-        let samples = system::scrape(http, &self.consumers_metrics).await?;
+        let samples = system::scrape(http, &self.services.consumers_metrics).await?;
         let group_of = |series: &str| {
             series.split("group=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
         };
@@ -287,14 +287,7 @@ impl PipelineBench {
         let events = Arc::new(system::create_events(&api.base, EVENTS, "Pipeline").await?);
         let [relay_pid, consumers_pid] = services.pids()?;
         let pids = vec![api.pid()?, relay_pid, consumers_pid, broker.pid().context("the broker exited")?];
-        let pipeline = Pipeline {
-            api,
-            pool,
-            events,
-            consumers_metrics: services.consumers_metrics.clone(),
-            pids,
-            _running: (broker, services),
-        };
+        let pipeline = Pipeline { api, pool, events, pids, services, _broker: broker };
         // Warm up until every group has handled every record: the relay created the
         // topic and the consumers own its partitions.
         let (written, _) = open_loop(&pipeline.api.base, &pipeline.events, 50.0, Duration::from_secs(1)).await;
