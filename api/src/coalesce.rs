@@ -18,9 +18,11 @@
 //! A write sent with an `Idempotency-Key` carries a [`Claim`]: its transaction
 //! inserts the key's record, with the write's answer, before committing (see
 //! [`crate::store::idempotency`]), whether the write commits in a batch or alone. A
-//! write whose key a committed request holds is not applied (its transaction runs
-//! again without it) and is answered `IdempotencyKeyInUse`, which its handler turns
-//! into that request's stored answer.
+//! write whose key another request holds is not applied (its transaction runs again
+//! without it). When that request has committed, the write is answered
+//! `IdempotencyKeyInUse`, which its handler turns into that request's stored answer;
+//! when it is still running, the write waits for it outside the batch and runs
+//! again, so that one request's slow commit never holds up another's batch.
 //!
 //! Should the batch transaction fail, nothing of it was applied (a failed `COMMIT`
 //! is first settled by asking the database, see `attempt`), and what happens next
@@ -47,7 +49,7 @@ use crate::{
     deadline,
     error::{ApiError, Unavailable},
     idempotency::Claim,
-    store::transactions::TxTimeouts,
+    store::{idempotency::wait_until_key_free, transactions::TxTimeouts},
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -110,17 +112,66 @@ impl Writer {
         Self { db, settings, lanes }
     }
 
+    /// The lock and statement timeouts of every write transaction.
+    pub fn timeouts(&self) -> TxTimeouts {
+        self.settings.timeouts
+    }
+
     /// Applies `op` and answers once its transaction has committed, or at the
     /// request's deadline with `request_timeout` (the write was not applied and never
     /// will be) or `outcome_unknown` (it had started). Dropping the future gives the
     /// write up the same way: a write whose client went away does not start.
+    ///
+    /// A keyed write whose key another request holds while still running was not
+    /// applied: it waits here, outside any batch, until that request has finished (up
+    /// to the lock timeout: then `lock_timeout`), and runs again, to be answered from
+    /// that request's record, or applied if it rolled back.
     pub async fn run(
         &self,
-        op: WriteOp,
+        mut op: WriteOp,
         claim: Option<Claim>,
         traceparent: Option<&str>,
     ) -> Result<WriteOutcome, ApiError> {
         let deadline = deadline::current().unwrap_or_else(|| Instant::now() + self.settings.request_timeout);
+        let answer = loop {
+            let lookup_id = claim.as_ref().map(|claim| claim.idempotency.lookup_id);
+            // A keyed write may have to run again; only those keep a copy.
+            let again = lookup_id.map(|_| op.clone());
+            let answer = self.run_once(op, claim.clone(), traceparent, deadline).await;
+            let (Err(ApiError::IdempotencyKeyInFlight), Some(lookup_id), Some(again)) = (&answer, lookup_id, again)
+            else {
+                break answer;
+            };
+            counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
+            let waited =
+                tokio::time::timeout_at(deadline, wait_until_key_free(&self.db, self.settings.timeouts, &lookup_id))
+                    .await;
+            match waited {
+                Ok(Ok(())) => op = again,
+                Ok(Err(error)) => break Err(error.into()),
+                Err(_) => break Err(Unavailable::RequestTimeout.into()),
+            }
+        };
+        match &answer {
+            Err(ApiError::Unavailable(Unavailable::RequestTimeout)) => {
+                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "not_applied").increment(1);
+            }
+            Err(ApiError::Unavailable(Unavailable::OutcomeUnknown)) => {
+                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "unknown").increment(1);
+            }
+            _ => {}
+        }
+        answer
+    }
+
+    /// One pass of `op` through its lane (or its own transaction).
+    async fn run_once(
+        &self,
+        op: WriteOp,
+        claim: Option<Claim>,
+        traceparent: Option<&str>,
+        deadline: Instant,
+    ) -> Result<WriteOutcome, ApiError> {
         let ticket = Ticket::default();
         let _give_up_when_dropped = GiveUpOnDrop(ticket.clone());
         let (reply, answer) = oneshot::channel();
@@ -136,23 +187,13 @@ impl Writer {
             }
             answer.await.map_err(|_| anyhow::anyhow!("a write worker dropped a request"))?
         };
-        let answer = match tokio::time::timeout_at(deadline, queued).await {
+        match tokio::time::timeout_at(deadline, queued).await {
             Ok(answer) => answer,
             Err(_) => Err(match ticket.give_up() {
                 GaveUp::BeforeStart => Unavailable::RequestTimeout.into(),
                 GaveUp::WhileRunning => Unavailable::OutcomeUnknown.into(),
             }),
-        };
-        match &answer {
-            Err(ApiError::Unavailable(Unavailable::RequestTimeout)) => {
-                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "not_applied").increment(1);
-            }
-            Err(ApiError::Unavailable(Unavailable::OutcomeUnknown)) => {
-                counter!(metric_names::WRITE_DEADLINES_MISSED, "outcome" => "unknown").increment(1);
-            }
-            _ => {}
         }
-        answer
     }
 }
 

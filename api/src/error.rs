@@ -54,6 +54,11 @@ pub enum ApiError {
     /// The request holding this `Idempotency-Key` has no answer to replay yet.
     #[error("a request with this Idempotency-Key has not finished; retry with the same key")]
     IdempotencyKeyInUse,
+    /// A request with this `Idempotency-Key` is still running. The writer waits for
+    /// it and runs the write again (see `coalesce`); should it reach a client, it is
+    /// answered as `IdempotencyKeyInUse`.
+    #[error("a request with this Idempotency-Key has not finished; retry with the same key")]
+    IdempotencyKeyInFlight,
     /// The request could not be served in time, or its outcome is not known: 503.
     #[error("{0}")]
     Unavailable(#[from] Unavailable),
@@ -152,7 +157,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -171,7 +176,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyInFlight => "idempotency_key_in_use",
             ApiError::Unavailable(reason) => reason.code(),
             ApiError::Unexpected(_) => "internal_error",
         }

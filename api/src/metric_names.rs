@@ -41,7 +41,7 @@ pub fn describe() {
     describe_counter!(CACHE_REQUESTS, "Read-through cache lookups, by result (hit, miss, error).");
     describe_counter!(
         IDEMPOTENT_REQUESTS,
-        "Writes with an Idempotency-Key, by outcome (recorded, replayed, in_use, mismatch)."
+        "Writes with an Idempotency-Key, by outcome (recorded, replayed, in_use, mismatch, waited: for a request with the same key still running)."
     );
     describe_counter!(IDEMPOTENCY_KEYS_PRUNED, "Expired idempotency keys deleted.");
 }

@@ -12,6 +12,7 @@ use crate::{
     idempotency::records,
     store::{
         events,
+        idempotency::KeyTaken,
         transactions::{self, Settled, TxTimeouts},
         Tx,
     },
@@ -44,11 +45,11 @@ pub(super) async fn attempt(
         return Ok(batch.iter().map(|_| Err(Unavailable::RequestTimeout.into())).collect());
     }
     let mut started = vec![false; batch.len()];
-    // The writes whose keys committed requests turned out to hold: each run that
+    // The writes whose keys turned out to be taken by other requests: each run that
     // finds more rolls back and runs again without them, at most once per write.
-    let mut held_keys = vec![false; batch.len()];
+    let mut taken_keys: Vec<Option<KeyTaken>> = vec![None; batch.len()];
     loop {
-        let result = run(db, timeouts, batch, locking, deadline, &mut started, &held_keys).await;
+        let result = run(db, timeouts, batch, locking, deadline, &mut started, &taken_keys).await;
         if !matches!(result, Ok(Ran::Answered(_))) {
             for (pending, started) in batch.iter().zip(&mut started).filter(|(_, started)| **started) {
                 pending.ticket.requeue();
@@ -57,7 +58,7 @@ pub(super) async fn attempt(
         }
         match result? {
             Ran::Answered(answers) => return Ok(answers),
-            Ran::KeysHeld(indices) => indices.into_iter().for_each(|index| held_keys[index] = true),
+            Ran::KeysTaken(taken) => taken.into_iter().for_each(|(index, taken)| taken_keys[index] = Some(taken)),
         }
     }
 }
@@ -66,8 +67,8 @@ pub(super) async fn attempt(
 enum Ran {
     /// Committed (or its fate settled): each write's answer.
     Answered(Vec<Answer>),
-    /// Rolled back: committed requests hold the keys of these writes.
-    KeysHeld(Vec<usize>),
+    /// Rolled back: other requests hold the keys of these writes.
+    KeysTaken(Vec<(usize, KeyTaken)>),
 }
 
 /// Runs one write in its own transaction.
@@ -85,15 +86,15 @@ async fn run(
     locking: Locking,
     deadline: Instant,
     started: &mut [bool],
-    held_keys: &[bool],
+    taken_keys: &[Option<KeyTaken>],
 ) -> Result<Ran, ApiError> {
     // Past the deadline every request has had its answer: a transaction still not
     // ready to commit by then (a server that stopped answering, which no server-side
     // timeout catches) is dropped, uncommitted, and frees the lane.
-    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started, held_keys)).await;
+    let prepared = tokio::time::timeout_at(deadline, prepare(db, timeouts, batch, locking, started, taken_keys)).await;
     let (tx, mut answers, xid) = match prepared.unwrap_or(Err(Unavailable::RequestTimeout.into()))? {
         Prepared::Ready { tx, answers, xid } => (tx, answers, xid),
-        Prepared::KeysHeld(indices) => return Ok(Ran::KeysHeld(indices)),
+        Prepared::KeysTaken(taken) => return Ok(Ran::KeysTaken(taken)),
     };
 
     let error = match tokio::time::timeout_at(deadline, tx.commit()).await {
@@ -126,19 +127,20 @@ async fn run(
 enum Prepared {
     /// The transaction, each write's answer, and its xid (to settle a failed `COMMIT` by).
     Ready { tx: Tx<'static>, answers: Vec<Answer>, xid: Option<String> },
-    /// Committed requests hold the keys of these writes: the transaction is dropped.
-    KeysHeld(Vec<usize>),
+    /// Other requests hold the keys of these writes: the transaction is dropped.
+    KeysTaken(Vec<(usize, KeyTaken)>),
 }
 
-/// Everything up to `COMMIT`. The writes in `held_keys` are not applied (a committed
-/// request holds their keys): their handlers answer from that request's record.
+/// Everything up to `COMMIT`. The writes in `taken_keys` are not applied: their
+/// requests answer from the record of the request that holds their key, once it has
+/// committed.
 async fn prepare(
     db: &sqlx::PgPool,
     timeouts: TxTimeouts,
     batch: &[Pending],
     locking: Locking,
     started: &mut [bool],
-    held_keys: &[bool],
+    taken_keys: &[Option<KeyTaken>],
 ) -> Result<Prepared, ApiError> {
     let mut tx = transactions::begin(db, timeouts).await?;
     let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
@@ -153,15 +155,19 @@ async fn prepare(
             }
         }
     }
-    // A started write with a key is applied unless a committed request holds its key
+    // A started write with a key is applied unless another request holds its key
     // (learnt by an earlier run) or an earlier write of this batch has the same key:
-    // its handler then answers from that request's record.
+    // its request then answers from that request's record, waiting for it first if
+    // it is still in flight.
     let mut keys_in_batch = HashSet::new();
     for (index, pending) in batch.iter().enumerate() {
         if let Some(claim) = pending.claim.as_ref().filter(|_| started[index] && answers[index].is_none()) {
-            if held_keys[index] || !keys_in_batch.insert(claim.idempotency.lookup_id) {
-                answers[index] = Some(Err(ApiError::IdempotencyKeyInUse));
-            }
+            answers[index] = match taken_keys[index] {
+                Some(KeyTaken::InFlight) => Some(Err(ApiError::IdempotencyKeyInFlight)),
+                Some(KeyTaken::ByCommittedRequest) => Some(Err(ApiError::IdempotencyKeyInUse)),
+                None if !keys_in_batch.insert(claim.idempotency.lookup_id) => Some(Err(ApiError::IdempotencyKeyInUse)),
+                None => None,
+            };
         }
     }
     let (creates, others): (Vec<_>, Vec<_>) = batch
@@ -196,7 +202,7 @@ async fn prepare(
     let mut responses = Vec::new();
     for (index, (pending, answer)) in batch.iter().zip(&answers).enumerate() {
         let Some(claim) = pending.claim.as_ref().filter(|_| started[index]) else { continue };
-        if matches!(answer, Err(ApiError::IdempotencyKeyInUse)) {
+        if matches!(answer, Err(ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyInFlight)) {
             continue;
         }
         if let Some(response) = claim.response(answer)? {
@@ -204,9 +210,11 @@ async fn prepare(
             responses.push((&claim.idempotency, response));
         }
     }
-    let held = records::insert(&mut tx, &responses).await?;
-    if !held.is_empty() {
-        return Ok(Prepared::KeysHeld(held.into_iter().map(|position| recorded[position]).collect()));
+    let taken = records::insert(&mut tx, &responses).await?;
+    if !taken.is_empty() {
+        return Ok(Prepared::KeysTaken(
+            taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
+        ));
     }
     let xid = transactions::current_xid(&mut tx).await?;
     Ok(Prepared::Ready { tx, answers, xid })

@@ -85,7 +85,7 @@ pub struct CreateRsvpRequest {
     pub guests: Option<i64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewRsvp {
     pub name: PersonName,
     pub email: Email,
@@ -119,7 +119,7 @@ pub struct UpdateRsvpRequest {
 }
 
 /// The fields a `PATCH` sets; at least one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RsvpChanges {
     pub status: Option<RsvpStatus>,
     pub name: Option<PersonName>,

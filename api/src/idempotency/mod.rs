@@ -168,7 +168,10 @@ impl StoredResponse {
     pub fn of_error(error: &ApiError) -> Option<Self> {
         match error {
             // A 503 says nothing about the write: its retry must run it.
-            ApiError::Unexpected(_) | ApiError::IdempotencyKeyInUse | ApiError::Unavailable(_) => None,
+            ApiError::Unexpected(_)
+            | ApiError::IdempotencyKeyInUse
+            | ApiError::IdempotencyKeyInFlight
+            | ApiError::Unavailable(_) => None,
             refused => Some(Self { status: refused.status_code().as_u16(), body: refused.body_json() }),
         }
     }

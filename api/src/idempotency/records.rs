@@ -4,14 +4,17 @@
 
 use super::{Idempotency, StoredResponse};
 use crate::store::{
-    idempotency::{self as store, NewRecord},
+    idempotency::{self as store, KeyTaken, NewRecord},
     Tx,
 };
 
 /// Inserts the records of `responses` (their keys distinct), sealed; returns the
-/// positions in `responses` of those whose key a committed request holds, which
-/// were not recorded (see [`store::insert`]).
-pub async fn insert(tx: &mut Tx<'_>, responses: &[(&Idempotency, StoredResponse)]) -> anyhow::Result<Vec<usize>> {
+/// position in `responses` of each whose key was taken, which was not recorded, with
+/// what holds it (see [`store::insert`]).
+pub async fn insert(
+    tx: &mut Tx<'_>,
+    responses: &[(&Idempotency, StoredResponse)],
+) -> anyhow::Result<Vec<(usize, KeyTaken)>> {
     let mut records = Vec::with_capacity(responses.len());
     for (idempotency, response) in responses {
         records.push(NewRecord {

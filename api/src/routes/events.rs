@@ -8,6 +8,7 @@ use axum::{
     routing::{get, post},
     Extension, Router,
 };
+use metrics::counter;
 use rsvp_contract::cache_keys;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -24,8 +25,13 @@ use crate::{
     domain::{CreateEventRequest, CreateRsvpRequest, NewEvent, NewRsvp},
     error::{ApiError, ErrorBody},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
+    metric_names,
     state::AppState,
-    store::{events, rsvps},
+    store::{
+        events,
+        idempotency::{wait_until_key_free, KeyTaken},
+        rsvps, transactions,
+    },
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -57,19 +63,32 @@ pub async fn create_event(
 ) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
     let event = NewEvent::parse(request, chrono::Utc::now())?;
-    // The event and its idempotency record commit together, as every write does.
-    let mut tx = state.db.begin().await?;
-    let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
-    let response = StoredResponse::json(StatusCode::CREATED, &created)?;
-    if let Some(Extension(idempotency)) = &idempotency {
-        if !records::insert(&mut tx, &[(idempotency, response.clone())]).await?.is_empty() {
-            // A committed request holds the key: this one's event is not kept.
-            drop(tx);
-            return idempotency::replay(&state.db, idempotency).await;
+    // The event and its idempotency record commit together, as every write does,
+    // with the lock and statement timeouts of every write.
+    loop {
+        let mut tx = transactions::begin(&state.db, state.writer.timeouts()).await?;
+        let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
+        let response = StoredResponse::json(StatusCode::CREATED, &created)?;
+        let Some(Extension(idempotency)) = &idempotency else {
+            tx.commit().await?;
+            return Ok(response.into_response());
+        };
+        // Another request holds the key: this one's event is not kept.
+        match records::insert(&mut tx, &[(idempotency, response.clone())]).await?.first() {
+            None => {
+                tx.commit().await?;
+                return Ok(response.into_response());
+            }
+            Some((_, KeyTaken::ByCommittedRequest)) => return idempotency::replay(&state.db, idempotency).await,
+            // Still running: once it has finished, its record answers (or, should it
+            // have rolled back, this request runs again).
+            Some((_, KeyTaken::InFlight)) => {
+                drop(tx);
+                counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
+                wait_until_key_free(&state.db, state.writer.timeouts(), &idempotency.lookup_id).await?;
+            }
         }
     }
-    tx.commit().await?;
-    Ok(response.into_response())
 }
 
 /// An event with its rsvp counts by status and the guests going.

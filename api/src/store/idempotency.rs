@@ -2,21 +2,24 @@
 //! and with their answers, so that a write and its record commit together or not at
 //! all.
 //!
-//! A record is inserted once, whole: a second transaction inserting the same key
-//! waits on the first one's uncommitted row, and finds it taken once the first
-//! commits (or inserts it, should the first roll back). A transaction that finds a
-//! key taken rolls back and runs again without that write, whose request then
-//! answers from the record. So concurrent requests with one key write once, and the
-//! later ones wait for the first. Records are inserted in lookup-id order, after the
-//! transaction's event locks and writes: two transactions never wait for each
-//! other's keys in a cycle.
+//! A record is inserted once, whole, by the transaction that holds its key's
+//! advisory lock, taken in the same statement without waiting. A key whose lock
+//! another transaction holds is in flight: that request has not committed yet, and
+//! this transaction leaves it alone instead of waiting on the other's uncommitted
+//! row, which would hold up every write of its batch. A key whose lock was free but
+//! whose live record is there is held by a committed request. Either way the
+//! transaction rolls back and runs again without that write; its request waits for
+//! the key outside any batch ([`wait_until_key_free`]) or answers from the record.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use metrics::counter;
 use sqlx::PgPool;
 
-use super::Tx;
+use super::{
+    transactions::{self, TxTimeouts},
+    Tx,
+};
 use crate::metric_names;
 
 /// A record as a retry reads it.
@@ -37,33 +40,57 @@ pub struct NewRecord<'a> {
     pub sealed: Vec<u8>,
 }
 
-/// Inserts `records` in `tx` (their keys distinct); returns the positions in
-/// `records` of those it could not insert, because a live record of a committed
-/// request holds their key. An expired record is taken over.
+/// Why a record could not be inserted: its key was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTaken {
+    /// A live record of a committed request holds it.
+    ByCommittedRequest,
+    /// A transaction still running holds it: its request has not finished.
+    InFlight,
+}
+
+/// The advisory lock of a key: the first 64 bits of its lookup id, which is already
+/// a hash. (Event locks share the space; a clash costs one write a wait, 2^-64.)
+fn lock_key(lookup_id: &[u8; 32]) -> i64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&lookup_id[..8]);
+    i64::from_be_bytes(prefix)
+}
+
+/// Inserts `records` in `tx` (their keys distinct); returns the position in
+/// `records` of each it could not insert, with what holds its key. An expired
+/// record is taken over. Never waits for another request's key.
 #[tracing::instrument(skip_all, fields(records = records.len()), err)]
-pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<usize>, sqlx::Error> {
+pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(usize, KeyTaken)>, sqlx::Error> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ordered: Vec<&NewRecord<'_>> = records.iter().collect();
-    ordered.sort_unstable_by_key(|r| r.lookup_id);
-    let ids: Vec<&[u8]> = ordered.iter().map(|r| &r.lookup_id[..]).collect();
-    let fingerprints: Vec<&[u8]> = ordered.iter().map(|r| &r.fingerprint[..]).collect();
-    let ttls: Vec<f64> = ordered.iter().map(|r| r.ttl.as_secs_f64()).collect();
-    let statuses: Vec<i16> = ordered.iter().map(|r| r.status).collect();
-    let sealed: Vec<&[u8]> = ordered.iter().map(|r| &r.sealed[..]).collect();
-    let inserted: Vec<Vec<u8>> = sqlx::query_scalar!(
-        "insert into idempotency_keys (lookup_id, fingerprint, expires_at, status, response)
-         select id, f, now() + make_interval(secs => s), st, r
-         from unnest($1::bytea[], $2::bytea[], $3::float8[], $4::int2[], $5::bytea[])
-              with ordinality as x(id, f, s, st, r, n)
-         order by n
-         on conflict (lookup_id) do update
-            set fingerprint = excluded.fingerprint, expires_at = excluded.expires_at,
-                status = excluded.status, response = excluded.response, created_at = now()
-            where idempotency_keys.expires_at <= now()
-         returning lookup_id",
+    let ids: Vec<&[u8]> = records.iter().map(|r| &r.lookup_id[..]).collect();
+    let locks: Vec<i64> = records.iter().map(|r| lock_key(r.lookup_id)).collect();
+    let fingerprints: Vec<&[u8]> = records.iter().map(|r| &r.fingerprint[..]).collect();
+    let ttls: Vec<f64> = records.iter().map(|r| r.ttl.as_secs_f64()).collect();
+    let statuses: Vec<i16> = records.iter().map(|r| r.status).collect();
+    let sealed: Vec<&[u8]> = records.iter().map(|r| &r.sealed[..]).collect();
+    // `claimed` is materialized: each lock is tried once, and only the keys this
+    // transaction holds are inserted.
+    let outcomes = sqlx::query!(
+        r#"with claimed as materialized (
+             select id, f, s, st, r, n, pg_try_advisory_xact_lock(k) as locked
+             from unnest($1::bytea[], $2::int8[], $3::bytea[], $4::float8[], $5::int2[], $6::bytea[])
+                  with ordinality as x(id, k, f, s, st, r, n)
+         ), inserted as (
+             insert into idempotency_keys (lookup_id, fingerprint, expires_at, status, response)
+             select id, f, now() + make_interval(secs => s), st, r from claimed where locked
+             on conflict (lookup_id) do update
+                set fingerprint = excluded.fingerprint, expires_at = excluded.expires_at,
+                    status = excluded.status, response = excluded.response, created_at = now()
+                where idempotency_keys.expires_at <= now()
+             returning lookup_id
+         )
+         select claimed.n as "position!", claimed.locked as "locked!", inserted.lookup_id is not null as "inserted!"
+         from claimed left join inserted on inserted.lookup_id = claimed.id"#,
         &ids as &[&[u8]],
+        &locks,
         &fingerprints as &[&[u8]],
         &ttls,
         &statuses,
@@ -71,18 +98,30 @@ pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<us
     )
     .fetch_all(&mut **tx)
     .await?;
-    let inserted: HashSet<Vec<u8>> = inserted.into_iter().collect();
-    let held: Vec<usize> = records
-        .iter()
-        .enumerate()
-        .filter(|(_, record)| !inserted.contains(&record.lookup_id[..]))
-        .map(|(position, _)| position)
+    let mut taken: Vec<(usize, KeyTaken)> = outcomes
+        .into_iter()
+        .filter(|outcome| !outcome.inserted)
+        .map(|outcome| {
+            // `with ordinality` counts from 1.
+            let position = usize::try_from(outcome.position - 1).unwrap_or(usize::MAX);
+            (position, if outcome.locked { KeyTaken::ByCommittedRequest } else { KeyTaken::InFlight })
+        })
         .collect();
-    // A transaction that finds a key held rolls back, its records with it.
-    if held.is_empty() {
+    taken.sort_unstable_by_key(|(position, _)| *position);
+    // A transaction that finds a key taken rolls back, its records with it.
+    if taken.is_empty() {
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment(records.len() as u64);
     }
-    Ok(held)
+    Ok(taken)
+}
+
+/// Waits, up to the lock timeout of `timeouts`, until no transaction holds the key
+/// of `lookup_id`: the request in flight with it has committed or rolled back.
+#[tracing::instrument(skip_all, err)]
+pub async fn wait_until_key_free(db: &PgPool, timeouts: TxTimeouts, lookup_id: &[u8; 32]) -> Result<(), sqlx::Error> {
+    let mut tx = transactions::begin(db, timeouts).await?;
+    sqlx::query!("select pg_advisory_xact_lock($1)", lock_key(lookup_id)).execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// The record of `lookup_id`, expired or not.

@@ -99,7 +99,7 @@ pub async fn delete_rsvp(tx: &mut Tx<'_>, id: Uuid, traceparent: Option<&str>) -
 }
 
 /// One write, as the coalescer queues it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     Create { event_id: Uuid, rsvp: NewRsvp },
     Update { id: Uuid, token: String, changes: RsvpChanges },

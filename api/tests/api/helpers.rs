@@ -19,6 +19,7 @@ pub struct TestApp {
     pub db: PgPool,
     pub cache: Cache,
     pub client: reqwest::Client,
+    database_url: String,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -34,8 +35,16 @@ pub async fn spawn_app_with_redis(redis_url: &str) -> TestApp {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     rsvp_contract::runtime::logging::init_logging();
     let (db, database_url) = fresh_database(&MIGRATOR).await;
+    spawn_app_on(db, database_url, configure).await
+}
+
+/// The api on `database_url`, whose pool the test keeps as `db`.
+async fn spawn_app_on(db: PgPool, database_url: String, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings {
-        common: CommonSettings { database_url: database_url.into(), admin_addr: "127.0.0.1:0".parse().unwrap() },
+        common: CommonSettings {
+            database_url: database_url.clone().into(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+        },
         analytics_database_url: None,
         redis_url: REDIS_URL.into(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
@@ -60,10 +69,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
     let cache = app.state().cache.clone();
     tokio::spawn(app.run_until(std::future::pending()));
-    TestApp { address, admin_address, db, cache, client: reqwest::Client::new() }
+    TestApp { address, admin_address, db, cache, client: reqwest::Client::new(), database_url }
 }
 
 impl TestApp {
+    /// A second api process on this app's database, as behind a load balancer.
+    pub async fn another_instance(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        spawn_app_on(self.db.clone(), self.database_url.clone(), configure).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
+use rsvp_api::config::Settings;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -186,18 +187,7 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
     // Each request alone, so that the two hold two transactions side by side.
     let app = spawn_app_with(|settings| settings.write_coalescing = false).await;
     let event_id = app.create_event(None).await;
-    // A deferred trigger that waits for a lock we hold: the first commit blocks.
-    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
-    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
-    sqlx::raw_sql(
-        "create function wait_at_commit() returns trigger language plpgsql as
-           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
-         create constraint trigger wait_at_commit after insert on outbox
-           deferrable initially deferred for each row execute function wait_at_commit();",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let mut holder = block_commits_inserting(&app, "outbox", "true").await;
     let spawn_request = || {
         let request = app
             .client
@@ -227,7 +217,7 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
     };
 
     let first = spawn_request();
-    tokio::time::timeout(Duration::from_secs(10), waiting_locks(1)).await.expect("the first commit never blocked");
+    until_a_commit_is_blocked(&app).await;
     let retry = spawn_request();
     tokio::time::timeout(Duration::from_secs(10), waiting_locks(2)).await.expect("the retry never waited");
     assert!(!retry.is_finished(), "the retry answered while the first was still committing");
@@ -237,6 +227,138 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
     assert_eq!(first.0, StatusCode::CREATED);
     assert_eq!(retry, first, "the retry gets the first answer");
     assert_eq!(app.written_rows().await, (1, 1, 2));
+}
+
+/// Blocks the `COMMIT` of every transaction that inserts a row of `table` matching
+/// `condition` (on `new`), until the test unlocks advisory lock 4242 on the
+/// connection returned: a deferred trigger waits for it.
+async fn block_commits_inserting(app: &TestApp, table: &str, condition: &str) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "create function wait_at_commit() returns trigger language plpgsql as
+           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
+         create constraint trigger wait_at_commit after insert on {table}
+           deferrable initially deferred for each row
+           when ({condition}) execute function wait_at_commit();"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    holder
+}
+
+/// Waits until some session waits for advisory lock 4242.
+async fn until_a_commit_is_blocked(app: &TestApp) {
+    let blocked = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks where locktype = 'advisory' and objid = 4242 and not granted",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("the first commit never blocked");
+}
+
+#[tokio::test]
+async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_nor_the_neighbours_of_its_reuse() {
+    // Lock waits far longer than the test gives the neighbour: a batch waiting on the
+    // key shows, and the first request's blocked commit outlasts it.
+    let patient = |settings: &mut Settings| {
+        settings.database_lock_timeout = Duration::from_secs(30);
+        settings.database_statement_timeout = Duration::from_secs(40);
+        settings.request_timeout = Duration::from_secs(50);
+    };
+    let first_instance = spawn_app_with(|settings| {
+        patient(settings);
+        settings.write_coalescing = false;
+    })
+    .await;
+    // One lane that gathers both requests below into one batch.
+    let second_instance = first_instance
+        .another_instance(|settings| {
+            patient(settings);
+            settings.write_workers = 1;
+            settings.write_batch_wait = Duration::from_millis(400);
+        })
+        .await;
+    let (slow_event, other_event) = (first_instance.create_event(None).await, first_instance.create_event(None).await);
+    let mut holder =
+        block_commits_inserting(&first_instance, "outbox", &format!("new.kafka_key = '{slow_event}'")).await;
+    let post = |app: &TestApp, event_id: Uuid, key: Option<&str>, email: &str| {
+        let mut request = app.client.post(app.url(&format!("/events/{event_id}/rsvps"))).json(&rsvp_body(email));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        })
+    };
+
+    let first = post(&first_instance, slow_event, Some("busy-key"), "ada@example.com");
+    until_a_commit_is_blocked(&first_instance).await;
+    // The same key for another write, and a neighbour without a key, in one batch.
+    let reuse = post(&second_instance, other_event, Some("busy-key"), "bob@example.com");
+    let neighbour = post(&second_instance, other_event, None, "carol@example.com");
+    let neighbour = tokio::time::timeout(Duration::from_secs(10), neighbour)
+        .await
+        .expect("the neighbour waited for another request's key")
+        .unwrap();
+
+    assert_eq!(neighbour.0, StatusCode::CREATED, "{neighbour:?}");
+    assert!(!first.is_finished(), "the first committed while blocked");
+    assert!(!reuse.is_finished(), "the reuse answered {:?}", reuse.await);
+    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    let (first, reuse) = (first.await.unwrap(), reuse.await.unwrap());
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(reuse.0, StatusCode::UNPROCESSABLE_ENTITY, "{reuse:?}");
+    assert_eq!(reuse.1["error"]["code"], "idempotency_key_reused", "{reuse:?}");
+    assert_eq!(records(&first_instance).await, 1);
+    assert_eq!(first_instance.written_rows().await, (2, 2, 4), "the first and the neighbour");
+}
+
+#[tokio::test]
+async fn a_retried_event_create_sent_while_the_first_is_still_committing_waits_and_gets_the_same_event() {
+    let app = spawn_app_with(|settings| settings.database_lock_timeout = Duration::from_secs(20)).await;
+    let mut holder = block_commits_inserting(&app, "events", "new.title = 'Slow meetup'").await;
+    let body = json!({"title": "Slow meetup", "starts_at": in_a_year(), "capacity": 10});
+    let post = || {
+        let request = app
+            .client
+            .post(app.url("/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", "slow-event-key")
+            .json(&body);
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let replayed = replayed(&response);
+            (response.status(), replayed, response.json::<Value>().await.unwrap())
+        })
+    };
+
+    let first = post();
+    until_a_commit_is_blocked(&app).await;
+    let retry = post();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!retry.is_finished(), "the retry answered while the first was still committing: {:?}", retry.await);
+    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
+
+    assert_eq!((first.0, first.1), (StatusCode::CREATED, false));
+    assert_eq!((retry.0, retry.1), (StatusCode::CREATED, true), "{retry:?}");
+    assert_eq!(retry.2, first.2, "the same event");
+    let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(events, 1);
+    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"api_idempotent_requests_total{outcome="waited"} 1"#), "{metrics}");
 }
 
 #[tokio::test]
