@@ -45,10 +45,12 @@ async fn an_idle_instance_fetches_each_partition_about_twice_a_second_and_still_
     // Assert: about 2 fetches a second per worker at the default 500 ms (3 allowed);
     // polling every 10 ms or so would be hundreds.
     assert!(fetches <= workers * 4 * 3, "{fetches} fetches by {workers} workers in 4 idle seconds");
+    let event = api.create_event(None).await;
     let written_at = Instant::now();
-    api.create_event(None).await;
-    env.relay_outbox().await;
+    api.rsvp(event, "ada@example.com", "going", 0).await;
+    assert_eq!(env.relay_outbox().await, 1, "the rsvp's outbox row");
     let on_topic = env.records_on_topic().await;
+    assert_eq!(on_topic, 1);
     wait_until(Duration::from_secs(10), "every group applied the new record", || async {
         for &group in &groups {
             if env.stored_offsets(group).await != on_topic {
