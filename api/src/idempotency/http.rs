@@ -72,12 +72,35 @@ pub async fn respond(
 /// The stored answer of the request that holds `idempotency`'s key: 422 when that
 /// request was another one, 409 when the record is gone or not filled in (it can only
 /// have expired meanwhile: records are filled in before they commit).
-#[tracing::instrument(skip_all, err)]
 pub async fn replay(db: &PgPool, idempotency: &Idempotency) -> Result<Response, ApiError> {
+    match replay_recorded(db, idempotency).await? {
+        Some(response) => Ok(response),
+        None => {
+            counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "in_use").increment(1);
+            Err(ApiError::IdempotencyKeyInUse)
+        }
+    }
+}
+
+/// The answer of a request refused before its write for a reason that changes with
+/// time (an event's start has passed): a retry of a request accepted before gets the
+/// stored answer; without a record, `refusal` stands.
+pub async fn replay_or_refuse(
+    db: &PgPool,
+    idempotency: Option<&Idempotency>,
+    refusal: ApiError,
+) -> Result<Response, ApiError> {
+    let Some(idempotency) = idempotency else { return Err(refusal) };
+    replay_recorded(db, idempotency).await?.ok_or(refusal)
+}
+
+/// The stored answer of `idempotency`'s key, if a record has one; 422 when the record
+/// is of another request.
+#[tracing::instrument(skip_all, err)]
+async fn replay_recorded(db: &PgPool, idempotency: &Idempotency) -> Result<Option<Response>, ApiError> {
     let record = store::find(db, &idempotency.lookup_id).await?;
     let Some(Record { fingerprint, status: Some(status), response: Some(sealed) }) = record else {
-        counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "in_use").increment(1);
-        return Err(ApiError::IdempotencyKeyInUse);
+        return Ok(None);
     };
     if fingerprint != idempotency.fingerprint {
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "mismatch").increment(1);
@@ -88,5 +111,5 @@ pub async fn replay(db: &PgPool, idempotency: &Idempotency) -> Result<Response, 
     counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "replayed").increment(1);
     let mut response = stored.into_response();
     response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    Ok(response)
+    Ok(Some(response))
 }

@@ -29,7 +29,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-pub use http::{layer, replay, respond, IdempotencySettings};
+pub use http::{layer, replay, replay_or_refuse, respond, IdempotencySettings};
 
 use crate::{error::ApiError, writes::WriteOutcome};
 

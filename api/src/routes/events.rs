@@ -62,14 +62,19 @@ pub async fn create_event(
     ApiJson(request): ApiJson<CreateEventRequest>,
 ) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
-    let event = NewEvent::parse(request, chrono::Utc::now())?;
+    let idempotency = idempotency.map(|Extension(idempotency)| idempotency);
+    let event = match NewEvent::parse(request, chrono::Utc::now()) {
+        Ok(event) => event,
+        // A retry of a create accepted before its start passed gets that answer.
+        Err(refusal) => return idempotency::replay_or_refuse(&state.db, idempotency.as_ref(), refusal).await,
+    };
     // The event and its idempotency record commit together, as every write does,
     // with the lock and statement timeouts of every write.
     loop {
         let mut tx = transactions::begin(&state.db, state.writer.timeouts()).await?;
         let created = EventView::from(events::insert_event(&mut *tx, &event).await?);
         let response = StoredResponse::json(StatusCode::CREATED, &created)?;
-        let Some(Extension(idempotency)) = &idempotency else {
+        let Some(idempotency) = &idempotency else {
             tx.commit().await?;
             return Ok(response.into_response());
         };

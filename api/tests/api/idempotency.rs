@@ -97,6 +97,28 @@ async fn a_retried_event_create_returns_the_same_event_and_creates_one() {
 }
 
 #[tokio::test]
+async fn a_retried_event_create_whose_start_has_passed_since_gets_the_first_answer_and_a_new_request_422() {
+    let app = spawn_app().await;
+    let starts_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let body = json!({"title": "Starting soon", "starts_at": starts_at, "capacity": 10});
+    let first = send(&app, Method::POST, "/events", "soon-key", Some(ADMIN_TOKEN), Some(&body)).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let retry = send(&app, Method::POST, "/events", "soon-key", Some(ADMIN_TOKEN), Some(&body)).await;
+    let new_request = send(&app, Method::POST, "/events", "other-key", Some(ADMIN_TOKEN), Some(&body)).await;
+
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert!(replayed(&retry));
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    let fields = assert_error(new_request, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert!(fields["starts_at"].is_string(), "{fields}");
+    let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(events, 1);
+}
+
+#[tokio::test]
 async fn retried_changes_cancels_and_deletes_answer_as_the_first_time_and_write_once() {
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
