@@ -59,6 +59,7 @@ impl ApiBench {
             let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
             let label = format!("coalescing {coalescing}{}", if keys { ", Idempotency-Key" } else { "" });
             eprintln!("api, {label}, {concurrency} clients, {:?}", self.duration);
+            system::checkpoint().await?;
             let result = load::create_rsvps(&api.base, events, concurrency, self.duration, keys).await;
             rows.push((label, concurrency, result));
             drop(api);
@@ -74,6 +75,7 @@ impl ApiBench {
             pgbench::prepare(&db, EVENTS).await?;
             db.close().await;
             eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
+            system::checkpoint().await?;
             let rate = pgbench::rsvps_per_second("bench_api", shape, 32, self.duration, EVENTS, &payload).await?;
             baselines.push((label, rate));
             system::drop_database("bench_api").await?;
@@ -111,7 +113,8 @@ impl ApiBench {
             "API: durable rsvp creates through HTTP vs pgbench",
             &format!(
                 "{table}\nEach row starts from a fresh database holding {EVENTS} events (so later rows do not \
-                 pay for the tables earlier rows grew); the load spreads rsvps over them. Going rsvps with \
+                 pay for the tables earlier rows grew), right after a checkpoint (so that none pays for the \
+                 WAL of the rows before it); the load spreads rsvps over them. Going rsvps with \
                  unique emails, synchronous_commit on. pgbench runs the same rows: the rsvp insert, the \
                  event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n\n\
                  With an `Idempotency-Key` on every request (a new key each, as a client sends before \

@@ -31,6 +31,19 @@ pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Has the server write a checkpoint, so that the measurement that follows starts
+/// right after one, as every other does. Without it each starts wherever the WAL of
+/// the runs before left off, and a checkpoint that falls inside a run makes it write
+/// a full image of every page it touches next: a cost of its own for each run. A
+/// role that may not checkpoint gets a warning, and the runs go on without.
+pub(crate) async fn checkpoint() -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(&server_url()).await.context("connecting to postgres")?;
+    if let Err(error) = sqlx::query("checkpoint").execute(&mut admin).await {
+        eprintln!("warning: no checkpoint before the measurement: {error}");
+    }
+    Ok(())
+}
+
 /// Applies the migrations with `rsvp-api migrate`.
 pub(crate) async fn migrate(database_url: &str) -> anyhow::Result<()> {
     let status = Command::new(sibling_binary("rsvp-api")?)
