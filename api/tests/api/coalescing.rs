@@ -2,10 +2,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{block_commits_inserting, spawn_app_with, unblock_commits, until_advisory_lock_waiters, TestApp};
 
 /// One worker that waits long enough for every request of a test to join its batch.
 async fn spawn_app_with_one_wide_batch() -> TestApp {
@@ -64,43 +63,20 @@ async fn writes_sharing_one_transaction_keep_their_own_outcomes() {
 async fn no_request_is_answered_before_its_transaction_commits() {
     let app = spawn_app_with(|_| {}).await;
     let event_id = app.create_event(None).await;
-    // Hold a lock that a deferred trigger needs at commit time: the write's commit blocks.
-    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
-    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
-    sqlx::raw_sql(
-        "create function wait_at_commit() returns trigger language plpgsql as
-           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
-         create constraint trigger wait_at_commit after insert on outbox
-           deferrable initially deferred for each row execute function wait_at_commit();",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    // A deferred trigger waits for a lock we hold: the write's commit blocks.
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
 
     let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
     let request = tokio::spawn(async move {
         let body = json!({"name": "Ada", "email": "ada@example.com", "status": "going"});
         client.post(url).json(&body).send().await.unwrap().status()
     });
-    let blocked_at_commit = async {
-        loop {
-            let waiting: i64 =
-                sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
-                    .fetch_one(&app.db)
-                    .await
-                    .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), blocked_at_commit).await.expect("the commit never blocked");
+    until_advisory_lock_waiters(&app.db, 1, "the commit blocks").await;
 
     assert!(!request.is_finished(), "answered while its commit was still pending");
     let (committed,): (i64,) = sqlx::query_as("select count(*) from outbox").fetch_one(&app.db).await.unwrap();
     assert_eq!(committed, 0);
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     assert_eq!(request.await.unwrap(), StatusCode::CREATED);
     let (committed,): (i64,) = sqlx::query_as("select count(*) from outbox").fetch_one(&app.db).await.unwrap();
     assert_eq!(committed, 1, "visible to others by the time the client had its answer");

@@ -13,7 +13,7 @@ use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, block_commits_inserting, spawn_app_with, unblock_commits, TestApp};
 
 fn going(email: &str) -> Value {
     json!({"name": "Ada", "email": email, "status": "going"})
@@ -58,23 +58,6 @@ async fn emails(db: &PgPool) -> Vec<String> {
 
 async fn outbox_rows(db: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from outbox").fetch_one(db).await.unwrap()
-}
-
-/// Makes every COMMIT that wrote an outbox row wait for the advisory lock 4242, which
-/// the returned connection holds until it unlocks it.
-async fn block_commits(db: &PgPool) -> PgConnection {
-    let mut holder = PgConnection::connect_with(&db.connect_options()).await.unwrap();
-    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
-    sqlx::raw_sql(
-        "create function wait_at_commit() returns trigger language plpgsql as
-           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
-         create constraint trigger wait_at_commit after insert on outbox
-           deferrable initially deferred for each row execute function wait_at_commit();",
-    )
-    .execute(db)
-    .await
-    .unwrap();
-    holder
 }
 
 /// The api with its database behind `proxy`, so that a test can cut it.
@@ -165,7 +148,7 @@ async fn a_write_still_committing_at_the_deadline_answers_outcome_unknown_with_a
     })
     .await;
     let event_id = app.create_event(None).await;
-    let mut holder = block_commits(&app.db).await;
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
 
     // Act
     let response = app.create_rsvp_with(event_id, &going("maybe@example.com")).await;
@@ -175,7 +158,7 @@ async fn a_write_still_committing_at_the_deadline_answers_outcome_unknown_with_a
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     wait_for("the write committed", async || outbox_rows(&app.db).await == 1).await;
     assert_eq!(emails(&app.db).await, vec!["maybe@example.com"]);
     let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
@@ -193,17 +176,7 @@ async fn a_commit_that_hangs_past_every_deadline_frees_its_lane_for_the_next_wri
     })
     .await;
     let (stuck, other) = (app.create_event(None).await, app.create_event(None).await);
-    let mut holder = PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
-    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
-    sqlx::raw_sql(&format!(
-        "create function wait_at_commit() returns trigger language plpgsql as
-           $$ begin if new.kafka_key = '{stuck}' then perform pg_advisory_xact_lock(4242); end if; return null; end; $$;
-         create constraint trigger wait_at_commit after insert on outbox
-           deferrable initially deferred for each row execute function wait_at_commit();"
-    ))
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let mut holder = block_commits_inserting(&app.db, "outbox", &format!("new.kafka_key = '{stuck}'")).await;
 
     // Act
     let first = app.create_rsvp_with(stuck, &going("stuck@example.com")).await;
@@ -212,7 +185,7 @@ async fn a_commit_that_hangs_past_every_deadline_frees_its_lane_for_the_next_wri
     // Assert: the first may still commit and says so; the lane moved on to the second.
     assert_error(first, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown").await;
     assert_eq!(second.status(), StatusCode::CREATED);
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     wait_for("the first write committed", async || outbox_rows(&app.db).await == 2).await;
     assert_eq!(emails(&app.db).await, vec!["next@example.com", "stuck@example.com"]);
 }
@@ -224,7 +197,7 @@ async fn a_commit_whose_connection_broke_but_that_committed_is_answered_201_and_
     let proxy = postgres_proxy().await;
     let app = spawn_app_behind(&proxy, one_patient_lane).await;
     let event_id = app.create_event(Some(10)).await;
-    let mut holder = block_commits(&app.db).await;
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
     let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
     let request = tokio::spawn(async move { client.post(url).json(&going("once@example.com")).send().await });
     wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
@@ -233,7 +206,7 @@ async fn a_commit_whose_connection_broke_but_that_committed_is_answered_201_and_
     proxy.cut();
     proxy.restore();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
 
     // Assert: the write is answered as the success it was, with a working token, and
     // was applied once.

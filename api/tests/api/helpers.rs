@@ -7,7 +7,7 @@ use rsvp_api::{cache::Cache, config::Settings, startup::Application};
 use rsvp_contract::runtime::{database::MIGRATOR, settings::CommonSettings};
 use rsvp_contract::testing::fresh_database;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -177,4 +177,46 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     body["error"]["fields"].clone()
+}
+
+/// Makes the `COMMIT` of every transaction that inserted a row of `table` matching
+/// `condition` (on `new`; `true` for all) wait, in a deferred trigger, for advisory
+/// lock 4242, which the returned connection holds until [`unblock_commits`].
+pub async fn block_commits_inserting(db: &PgPool, table: &str, condition: &str) -> PgConnection {
+    let mut holder = PgConnection::connect_with(&db.connect_options()).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "create function wait_at_commit() returns trigger language plpgsql as
+           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
+         create constraint trigger wait_at_commit after insert on {table}
+           deferrable initially deferred for each row
+           when ({condition}) execute function wait_at_commit();"
+    ))
+    .execute(db)
+    .await
+    .unwrap();
+    holder
+}
+
+/// Lets the commits [`block_commits_inserting`] holds go through.
+pub async fn unblock_commits(holder: &mut PgConnection) {
+    sqlx::query("select pg_advisory_unlock(4242)").execute(holder).await.unwrap();
+}
+
+/// Sessions waiting for an advisory lock.
+pub async fn advisory_lock_waiters(db: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Waits, up to 10 s, until `count` sessions wait for an advisory lock.
+pub async fn until_advisory_lock_waiters(db: &PgPool, count: i64, what: &str) {
+    let waiting = async {
+        while advisory_lock_waiters(db).await < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap_or_else(|_| panic!("timed out: {what}"));
 }

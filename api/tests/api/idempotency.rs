@@ -6,10 +6,12 @@ use std::time::Duration;
 use reqwest::{Method, Response, StatusCode};
 use rsvp_api::config::Settings;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, id_of, in_a_year, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    assert_error, block_commits_inserting, id_of, in_a_year, spawn_app, spawn_app_with, unblock_commits,
+    until_advisory_lock_waiters, TestApp, ADMIN_TOKEN,
+};
 
 /// One request with an `Idempotency-Key` (and a bearer token, a JSON body if given).
 async fn send(
@@ -209,7 +211,7 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
     // Each request alone, so that the two hold two transactions side by side.
     let app = spawn_app_with(|settings| settings.write_coalescing = false).await;
     let event_id = app.create_event(None).await;
-    let mut holder = block_commits_inserting(&app, "outbox", "true").await;
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
     let spawn_request = || {
         let request = app
             .client
@@ -221,72 +223,18 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
             (response.status(), response.json::<Value>().await.unwrap())
         })
     };
-    let waiting_locks = |count: i64| {
-        let db = app.db.clone();
-        async move {
-            loop {
-                let waiting: i64 =
-                    sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
-                        .fetch_one(&db)
-                        .await
-                        .unwrap();
-                if waiting >= count {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
 
     let first = spawn_request();
-    until_a_commit_is_blocked(&app).await;
+    until_advisory_lock_waiters(&app.db, 1, "the first commit blocks").await;
     let retry = spawn_request();
-    tokio::time::timeout(Duration::from_secs(10), waiting_locks(2)).await.expect("the retry never waited");
+    until_advisory_lock_waiters(&app.db, 2, "the retry waits").await;
     assert!(!retry.is_finished(), "the retry answered while the first was still committing");
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
 
     assert_eq!(first.0, StatusCode::CREATED);
     assert_eq!(retry, first, "the retry gets the first answer");
     assert_eq!(app.written_rows().await, (1, 1, 2));
-}
-
-/// Blocks the `COMMIT` of every transaction that inserts a row of `table` matching
-/// `condition` (on `new`), until the test unlocks advisory lock 4242 on the
-/// connection returned: a deferred trigger waits for it.
-async fn block_commits_inserting(app: &TestApp, table: &str, condition: &str) -> sqlx::PgConnection {
-    let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
-    sqlx::query("select pg_advisory_lock(4242)").execute(&mut holder).await.unwrap();
-    sqlx::raw_sql(&format!(
-        "create function wait_at_commit() returns trigger language plpgsql as
-           $$ begin perform pg_advisory_xact_lock(4242); return null; end; $$;
-         create constraint trigger wait_at_commit after insert on {table}
-           deferrable initially deferred for each row
-           when ({condition}) execute function wait_at_commit();"
-    ))
-    .execute(&app.db)
-    .await
-    .unwrap();
-    holder
-}
-
-/// Waits until some session waits for advisory lock 4242.
-async fn until_a_commit_is_blocked(app: &TestApp) {
-    let blocked = async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_locks where locktype = 'advisory' and objid = 4242 and not granted",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), blocked).await.expect("the first commit never blocked");
 }
 
 #[tokio::test]
@@ -313,7 +261,7 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
         .await;
     let (slow_event, other_event) = (first_instance.create_event(None).await, first_instance.create_event(None).await);
     let mut holder =
-        block_commits_inserting(&first_instance, "outbox", &format!("new.kafka_key = '{slow_event}'")).await;
+        block_commits_inserting(&first_instance.db, "outbox", &format!("new.kafka_key = '{slow_event}'")).await;
     let post = |app: &TestApp, event_id: Uuid, key: Option<&str>, email: &str| {
         let mut request = app.client.post(app.url(&format!("/events/{event_id}/rsvps"))).json(&rsvp_body(email));
         if let Some(key) = key {
@@ -326,7 +274,7 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
     };
 
     let first = post(&first_instance, slow_event, Some("busy-key"), "ada@example.com");
-    until_a_commit_is_blocked(&first_instance).await;
+    until_advisory_lock_waiters(&first_instance.db, 1, "the first commit blocks").await;
     // The same key for another write, and a neighbour without a key, in one batch.
     let reuse = post(&second_instance, other_event, Some("busy-key"), "bob@example.com");
     let neighbour = post(&second_instance, other_event, None, "carol@example.com");
@@ -338,7 +286,7 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
     assert_eq!(neighbour.0, StatusCode::CREATED, "{neighbour:?}");
     assert!(!first.is_finished(), "the first committed while blocked");
     assert!(!reuse.is_finished(), "the reuse answered {:?}", reuse.await);
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     let (first, reuse) = (first.await.unwrap(), reuse.await.unwrap());
     assert_eq!(first.0, StatusCode::CREATED);
     assert_eq!(reuse.0, StatusCode::UNPROCESSABLE_ENTITY, "{reuse:?}");
@@ -350,7 +298,7 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
 #[tokio::test]
 async fn a_retried_event_create_sent_while_the_first_is_still_committing_waits_and_gets_the_same_event() {
     let app = spawn_app_with(|settings| settings.database_lock_timeout = Duration::from_secs(20)).await;
-    let mut holder = block_commits_inserting(&app, "events", "new.title = 'Slow meetup'").await;
+    let mut holder = block_commits_inserting(&app.db, "events", "new.title = 'Slow meetup'").await;
     let body = json!({"title": "Slow meetup", "starts_at": in_a_year(), "capacity": 10});
     let post = || {
         let request = app
@@ -367,11 +315,11 @@ async fn a_retried_event_create_sent_while_the_first_is_still_committing_waits_a
     };
 
     let first = post();
-    until_a_commit_is_blocked(&app).await;
+    until_advisory_lock_waiters(&app.db, 1, "the first commit blocks").await;
     let retry = post();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!retry.is_finished(), "the retry answered while the first was still committing: {:?}", retry.await);
-    sqlx::query("select pg_advisory_unlock(4242)").execute(&mut holder).await.unwrap();
+    unblock_commits(&mut holder).await;
     let (first, retry) = (first.await.unwrap(), retry.await.unwrap());
 
     assert_eq!((first.0, first.1), (StatusCode::CREATED, false));
