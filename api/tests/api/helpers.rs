@@ -203,12 +203,17 @@ pub async fn unblock_commits(holder: &mut PgConnection) {
     sqlx::query("select pg_advisory_unlock(4242)").execute(holder).await.unwrap();
 }
 
-/// Sessions waiting for an advisory lock.
+/// Sessions waiting for an advisory lock of this test's database (`pg_locks` shows
+/// every database's: the tests running beside this one have their own).
 pub async fn advisory_lock_waiters(db: &PgPool) -> i64 {
-    sqlx::query_scalar("select count(*) from pg_locks where locktype = 'advisory' and not granted")
-        .fetch_one(db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "select count(*) from pg_locks
+         where locktype = 'advisory' and not granted
+           and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
 }
 
 /// Waits, up to 10 s, until `count` sessions wait for an advisory lock.
