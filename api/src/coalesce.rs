@@ -147,7 +147,8 @@ impl Writer {
                 tokio::time::timeout_at(deadline, wait_until_key_free(&self.db, self.settings.timeouts, &lookup_id))
                     .await;
             match waited {
-                Ok(Ok(())) => op = again,
+                Ok(Ok(true)) => op = again,
+                Ok(Ok(false)) => break Err(Unavailable::LockTimeout.into()),
                 Ok(Err(error)) => break Err(error.into()),
                 Err(_) => break Err(Unavailable::RequestTimeout.into()),
             }

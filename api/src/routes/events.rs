@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     domain::{CreateEventRequest, CreateRsvpRequest, NewEvent, NewRsvp},
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, Unavailable},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
     metric_names,
     state::AppState,
@@ -90,7 +90,9 @@ pub async fn create_event(
             Some((_, KeyTaken::InFlight)) => {
                 drop(tx);
                 counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
-                wait_until_key_free(&state.db, state.writer.timeouts(), &idempotency.lookup_id).await?;
+                if !wait_until_key_free(&state.db, state.writer.timeouts(), &idempotency.lookup_id).await? {
+                    return Err(Unavailable::LockTimeout.into());
+                }
             }
         }
     }

@@ -16,10 +16,9 @@ use std::time::Duration;
 use metrics::counter;
 use sqlx::PgPool;
 
-use super::{
-    transactions::{self, TxTimeouts},
-    Tx,
-};
+use tokio::time::Instant;
+
+use super::{transactions::TxTimeouts, Tx};
 use crate::metric_names;
 
 /// A record as a retry reads it.
@@ -115,14 +114,30 @@ pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(u
     Ok(taken)
 }
 
-/// Waits, up to the lock timeout of `timeouts`, until no transaction holds the key
-/// of `lookup_id`: the request in flight with it has committed or rolled back.
+/// Waits until no transaction holds the key of `lookup_id` (the request in flight
+/// with it has committed or rolled back): `true`, or `false` once the lock timeout
+/// of `timeouts` has passed. It asks every few milliseconds whether the lock is free
+/// (taking it, and letting it go with the statement) rather than waiting for it on a
+/// connection: a burst of such retries must not hold the pool the writes need.
 #[tracing::instrument(skip_all, err)]
-pub async fn wait_until_key_free(db: &PgPool, timeouts: TxTimeouts, lookup_id: &[u8; 32]) -> Result<(), sqlx::Error> {
-    let mut tx = transactions::begin(db, timeouts).await?;
-    sqlx::query!("select pg_advisory_xact_lock($1)", lock_key(lookup_id)).execute(&mut *tx).await?;
-    tx.commit().await
+pub async fn wait_until_key_free(db: &PgPool, timeouts: TxTimeouts, lookup_id: &[u8; 32]) -> Result<bool, sqlx::Error> {
+    let give_up = Instant::now() + timeouts.lock;
+    loop {
+        let free = sqlx::query_scalar!(r#"select pg_try_advisory_xact_lock($1) as "free!""#, lock_key(lookup_id))
+            .fetch_one(db)
+            .await?;
+        if free {
+            return Ok(true);
+        }
+        if Instant::now() >= give_up {
+            return Ok(false);
+        }
+        tokio::time::sleep(KEY_POLL_INTERVAL.min(give_up - Instant::now())).await;
+    }
 }
+
+/// How often a request waiting for a key asks whether it is free.
+const KEY_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The record of `lookup_id`, expired or not.
 #[tracing::instrument(skip_all, err)]

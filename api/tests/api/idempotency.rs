@@ -259,6 +259,13 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
             settings.write_batch_wait = Duration::from_millis(400);
         })
         .await;
+    // A third that waits for a lock at most a second.
+    let impatient_instance = first_instance
+        .another_instance(|settings| {
+            patient(settings);
+            settings.database_lock_timeout = Duration::from_secs(1);
+        })
+        .await;
     let (slow_event, other_event) = (first_instance.create_event(None).await, first_instance.create_event(None).await);
     let mut holder =
         block_commits_inserting(&first_instance.db, "outbox", &format!("new.kafka_key = '{slow_event}'")).await;
@@ -286,6 +293,12 @@ async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_n
     assert_eq!(neighbour.0, StatusCode::CREATED, "{neighbour:?}");
     assert!(!first.is_finished(), "the first committed while blocked");
     assert!(!reuse.is_finished(), "the reuse answered {:?}", reuse.await);
+    // Its wait for the key is bounded by the lock timeout; its write was not applied.
+    let impatient = post(&impatient_instance, other_event, Some("busy-key"), "dan@example.com");
+    let impatient = tokio::time::timeout(Duration::from_secs(10), impatient).await.expect("an unbounded wait").unwrap();
+    assert_eq!(impatient.0, StatusCode::SERVICE_UNAVAILABLE, "{impatient:?}");
+    assert_eq!(impatient.1["error"]["code"], "lock_timeout", "{impatient:?}");
+    assert!(!first.is_finished(), "the first committed while blocked");
     unblock_commits(&mut holder).await;
     let (first, reuse) = (first.await.unwrap(), reuse.await.unwrap());
     assert_eq!(first.0, StatusCode::CREATED);
