@@ -48,8 +48,8 @@ use tokio::{
 use crate::{
     deadline,
     error::{ApiError, Unavailable},
-    idempotency::Claim,
-    store::{idempotency::wait_until_key_free, transactions::TxTimeouts},
+    idempotency::{records, Claim},
+    store::transactions::TxTimeouts,
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -134,22 +134,20 @@ impl Writer {
     ) -> Result<WriteOutcome, ApiError> {
         let deadline = deadline::current().unwrap_or_else(|| Instant::now() + self.settings.request_timeout);
         let answer = loop {
-            let lookup_id = claim.as_ref().map(|claim| claim.idempotency.lookup_id);
             // A keyed write may have to run again; only those keep a copy.
-            let again = lookup_id.map(|_| op.clone());
+            let again = claim.as_ref().map(|_| op.clone());
             let answer = self.run_once(op, claim.clone(), traceparent, deadline).await;
-            let (Err(ApiError::IdempotencyKeyInFlight), Some(lookup_id), Some(again)) = (&answer, lookup_id, again)
-            else {
+            let (Err(ApiError::IdempotencyKeyInFlight), Some(claim), Some(again)) = (&answer, &claim, again) else {
                 break answer;
             };
-            counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
-            let waited =
-                tokio::time::timeout_at(deadline, wait_until_key_free(&self.db, self.settings.timeouts, &lookup_id))
-                    .await;
+            let waited = tokio::time::timeout_at(
+                deadline,
+                records::wait_for_key(&self.db, self.settings.timeouts, &claim.idempotency),
+            )
+            .await;
             match waited {
-                Ok(Ok(true)) => op = again,
-                Ok(Ok(false)) => break Err(Unavailable::LockTimeout.into()),
-                Ok(Err(error)) => break Err(error.into()),
+                Ok(Ok(())) => op = again,
+                Ok(Err(error)) => break Err(error),
                 Err(_) => break Err(Unavailable::RequestTimeout.into()),
             }
         };

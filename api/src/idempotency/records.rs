@@ -2,10 +2,18 @@
 //! sealed answer, before the commit (the SQL is in [`crate::store::idempotency`],
 //! which sees only what is derived from the key).
 
+use metrics::counter;
+use sqlx::PgPool;
+
 use super::{Idempotency, StoredResponse};
-use crate::store::{
-    idempotency::{self as store, KeyTaken, NewRecord},
-    Tx,
+use crate::{
+    error::{ApiError, Unavailable},
+    metric_names,
+    store::{
+        idempotency::{self as store, KeyTaken, NewRecord},
+        transactions::TxTimeouts,
+        Tx,
+    },
 };
 
 /// Inserts the records of `responses` (their keys distinct), sealed; returns the
@@ -26,4 +34,14 @@ pub async fn insert(
         });
     }
     Ok(store::insert(tx, &records).await?)
+}
+
+/// Waits until the request in flight with `idempotency`'s key has finished, up to the
+/// lock timeout of `timeouts` (then `lock_timeout`: this request wrote nothing).
+pub async fn wait_for_key(db: &PgPool, timeouts: TxTimeouts, idempotency: &Idempotency) -> Result<(), ApiError> {
+    counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
+    match store::wait_until_key_free(db, timeouts, &idempotency.lookup_id).await? {
+        true => Ok(()),
+        false => Err(Unavailable::LockTimeout.into()),
+    }
 }

@@ -8,7 +8,6 @@ use axum::{
     routing::{get, post},
     Extension, Router,
 };
-use metrics::counter;
 use rsvp_contract::cache_keys;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -23,15 +22,10 @@ use super::{
 };
 use crate::{
     domain::{CreateEventRequest, CreateRsvpRequest, NewEvent, NewRsvp},
-    error::{ApiError, ErrorBody, Unavailable},
+    error::{ApiError, ErrorBody},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
-    metric_names,
     state::AppState,
-    store::{
-        events,
-        idempotency::{wait_until_key_free, KeyTaken},
-        rsvps, transactions,
-    },
+    store::{events, idempotency::KeyTaken, rsvps, transactions},
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -78,21 +72,18 @@ pub async fn create_event(
             tx.commit().await?;
             return Ok(response.into_response());
         };
-        // Another request holds the key: this one's event is not kept.
         match records::insert(&mut tx, &[(idempotency, response.clone())]).await?.first() {
             None => {
                 tx.commit().await?;
                 return Ok(response.into_response());
             }
+            // Another request holds the key: this one's event is not kept.
             Some((_, KeyTaken::ByCommittedRequest)) => return idempotency::replay(&state.db, idempotency).await,
             // Still running: once it has finished, its record answers (or, should it
             // have rolled back, this request runs again).
             Some((_, KeyTaken::InFlight)) => {
                 drop(tx);
-                counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "waited").increment(1);
-                if !wait_until_key_free(&state.db, state.writer.timeouts(), &idempotency.lookup_id).await? {
-                    return Err(Unavailable::LockTimeout.into());
-                }
+                records::wait_for_key(&state.db, state.writer.timeouts(), idempotency).await?;
             }
         }
     }
