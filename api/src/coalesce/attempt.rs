@@ -2,16 +2,20 @@
 //! wait, applies them, commits, and, should `COMMIT` fail, asks the database whether
 //! it committed before anyone retries anything.
 
-use std::{collections::HashSet, slice};
+use std::{
+    collections::{HashMap, HashSet},
+    slice,
+};
 
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::{Answer, Pending};
 use crate::{
     error::{ApiError, Unavailable},
     idempotency::records,
     store::{
-        events,
+        events::{self, Seats},
         idempotency::KeyTaken,
         transactions::{self, Settled, TxTimeouts},
         Tx,
@@ -144,7 +148,7 @@ async fn prepare(
 ) -> Result<Prepared, ApiError> {
     let mut tx = transactions::begin(db, timeouts).await?;
     let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
-    lock_events(&mut tx, batch, locking, &mut answers).await?;
+    let mut seats = lock_events(&mut tx, batch, locking, &mut answers).await?;
 
     // The writes start here, after their locks were taken, if their requests still wait.
     for (index, pending) in batch.iter().enumerate() {
@@ -185,7 +189,7 @@ async fn prepare(
         })
         .collect();
     if !requests.is_empty() {
-        let created = create_rsvps(&mut tx, &requests).await?;
+        let created = create_rsvps(&mut tx, &requests, &mut seats).await?;
         for ((index, _), outcome) in creates.iter().zip(created) {
             answers[*index] = Some(outcome.map(|(written, token)| super::WriteOutcome { written, token: Some(token) }));
         }
@@ -210,42 +214,48 @@ async fn prepare(
             responses.push((&claim.idempotency, response));
         }
     }
-    let taken = records::insert(&mut tx, &responses).await?;
-    if !taken.is_empty() {
+    let inserted = records::insert(&mut tx, &responses).await?;
+    if !inserted.taken.is_empty() {
         return Ok(Prepared::KeysTaken(
-            taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
+            inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
         ));
     }
-    let xid = transactions::current_xid(&mut tx).await?;
+    // The records' statement returned the xid when it ran: one round trip fewer.
+    let xid = match inserted.xid {
+        Some(xid) => Some(xid),
+        None => transactions::current_xid(&mut tx).await?,
+    };
     Ok(Prepared::Ready { tx, answers, xid })
 }
 
 /// Locks every event the batch writes to before any write: first their advisory
 /// locks (see [`lock_writers`]: before the transaction has an xid, which keeps each
 /// key's `(xid, id)` order its commit order), then their rows in id order, as the
-/// seat counts need. With [`Locking::SkipHeld`], the writes to events another
+/// seat counts need; returns the seats of the events it locked, which the creates
+/// check capacity against. With [`Locking::SkipHeld`], the writes to events another
 /// transaction holds get their answer here and are not run.
 async fn lock_events(
     tx: &mut Tx<'_>,
     batch: &[Pending],
     locking: Locking,
     answers: &mut [Option<Answer>],
-) -> Result<(), sqlx::Error> {
+) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
     let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
     match locking {
         Locking::Wait => {
             let event_ids = lock_writers(tx, ops).await?;
-            events::lock(tx, &event_ids).await?;
+            events::lock(tx, &event_ids).await
         }
         Locking::SkipHeld => {
             let mut tried = try_lock_writers(tx, &ops).await?;
-            tried.held.extend(events::try_lock(tx, &tried.locked).await?);
+            let rows = events::try_lock(tx, &tried.locked).await?;
+            tried.held.extend(rows.held);
             for (answer, event) in answers.iter_mut().zip(&tried.events) {
                 if event.is_some_and(|event| tried.held.contains(&event)) {
                     *answer = Some(Err(Unavailable::LockTimeout.into()));
                 }
             }
+            Ok(rows.locked)
         }
     }
-    Ok(())
 }

@@ -10,19 +10,16 @@ use crate::{
     error::{ApiError, Unavailable},
     metric_names,
     store::{
-        idempotency::{self as store, KeyTaken, NewRecord},
+        idempotency::{self as store, Inserted, NewRecord},
         transactions::TxTimeouts,
         Tx,
     },
 };
 
-/// Inserts the records of `responses` (their keys distinct), sealed; returns the
+/// Inserts the records of `responses` (their keys distinct), sealed; says the
 /// position in `responses` of each whose key was taken, which was not recorded, with
 /// what holds it (see [`store::insert`]).
-pub async fn insert(
-    tx: &mut Tx<'_>,
-    responses: &[(&Idempotency, StoredResponse)],
-) -> anyhow::Result<Vec<(usize, KeyTaken)>> {
+pub async fn insert(tx: &mut Tx<'_>, responses: &[(&Idempotency, StoredResponse)]) -> anyhow::Result<Inserted> {
     let mut records = Vec::with_capacity(responses.len());
     for (idempotency, response) in responses {
         records.push(NewRecord {

@@ -72,7 +72,7 @@ pub async fn create_event(
             tx.commit().await?;
             return Ok(response.into_response());
         };
-        match records::insert(&mut tx, &[(idempotency, response.clone())]).await?.first() {
+        match records::insert(&mut tx, &[(idempotency, response.clone())]).await?.taken.first() {
             None => {
                 tx.commit().await?;
                 return Ok(response.into_response());

@@ -88,10 +88,11 @@ pub struct Seats {
     pub taken: i32,
 }
 
-/// Locks the events (in id order, so that concurrent writers cannot deadlock) and
-/// returns their seats; unknown ids are absent.
+/// Locks the rows of the events (in id order, so that concurrent writers cannot
+/// deadlock) until the transaction ends, and returns their seats as of now; unknown
+/// ids lock nothing and are absent.
 #[tracing::instrument(skip_all, fields(events = ids.len()), err)]
-pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
+pub async fn lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
     let rows = sqlx::query!(
         "select id, capacity, seats_taken from events where id = any($1) order by id for no key update",
         ids,
@@ -101,29 +102,30 @@ pub async fn lock_seats(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, S
     Ok(rows.into_iter().map(|row| (row.id, Seats { capacity: row.capacity, taken: row.seats_taken })).collect())
 }
 
-/// Locks the rows of the events (in id order, so that concurrent writers cannot
-/// deadlock) until the transaction ends; unknown ids lock nothing.
-#[tracing::instrument(skip_all, fields(events = ids.len()), err)]
-pub async fn lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query_scalar!("select id from events where id = any($1) order by id for no key update", ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(())
+/// The events [`try_lock`] locked, with their seats, and those it left to others.
+pub struct TriedEvents {
+    pub locked: HashMap<Uuid, Seats>,
+    /// Held by another transaction: not locked here.
+    pub held: Vec<Uuid>,
 }
 
 /// Locks the rows of the events that no other transaction has locked, without
-/// waiting, and returns the ids of those held elsewhere (unknown ids are neither).
+/// waiting, and returns their seats and the ids of those held elsewhere (unknown ids
+/// are neither).
 #[tracing::instrument(skip_all, fields(events = ids.len()), err)]
-pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<TriedEvents, sqlx::Error> {
     let existing: Vec<Uuid> =
         sqlx::query_scalar!("select id from events where id = any($1)", ids).fetch_all(&mut **tx).await?;
-    let locked: Vec<Uuid> = sqlx::query_scalar!(
-        "select id from events where id = any($1) order by id for no key update skip locked",
+    let rows = sqlx::query!(
+        "select id, capacity, seats_taken from events where id = any($1) order by id for no key update skip locked",
         &existing
     )
     .fetch_all(&mut **tx)
     .await?;
-    Ok(existing.into_iter().filter(|id| !locked.contains(id)).collect())
+    let locked: HashMap<Uuid, Seats> =
+        rows.into_iter().map(|row| (row.id, Seats { capacity: row.capacity, taken: row.seats_taken })).collect();
+    let held = existing.into_iter().filter(|id| !locked.contains_key(id)).collect();
+    Ok(TriedEvents { locked, held })
 }
 
 /// Adds seats to events whose capacity the caller already checked under lock.

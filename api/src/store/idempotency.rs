@@ -56,13 +56,23 @@ fn lock_key(lookup_id: &[u8; 32]) -> i64 {
     i64::from_be_bytes(prefix)
 }
 
-/// Inserts `records` in `tx` (their keys distinct); returns the position in
-/// `records` of each it could not insert, with what holds its key. An expired
-/// record is taken over. Never waits for another request's key.
+/// What [`insert`] did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// The position in the records of each that could not be inserted, with what
+    /// holds its key.
+    pub taken: Vec<(usize, KeyTaken)>,
+    /// The transaction's xid (`pg_current_xact_id`) when the statement ran, so that
+    /// the caller need not ask for it before `COMMIT` in another round trip.
+    pub xid: Option<String>,
+}
+
+/// Inserts `records` in `tx` (their keys distinct). An expired record is taken over.
+/// Never waits for another request's key.
 #[tracing::instrument(skip_all, fields(records = records.len()), err)]
-pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(usize, KeyTaken)>, sqlx::Error> {
+pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Inserted, sqlx::Error> {
     if records.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Inserted::default());
     }
     let ids: Vec<&[u8]> = records.iter().map(|r| &r.lookup_id[..]).collect();
     let locks: Vec<i64> = records.iter().map(|r| lock_key(r.lookup_id)).collect();
@@ -86,7 +96,8 @@ pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(u
                 where idempotency_keys.expires_at <= now()
              returning lookup_id
          )
-         select claimed.n as "position!", claimed.locked as "locked!", inserted.lookup_id is not null as "inserted!"
+         select claimed.n as "position!", claimed.locked as "locked!", inserted.lookup_id is not null as "inserted!",
+                pg_current_xact_id()::text as "xid!"
          from claimed left join inserted on inserted.lookup_id = claimed.id"#,
         &ids as &[&[u8]],
         &locks,
@@ -97,6 +108,8 @@ pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(u
     )
     .fetch_all(&mut **tx)
     .await?;
+    // The insert gives the transaction an xid if nothing before it did.
+    let xid = outcomes.first().map(|outcome| outcome.xid.clone());
     let mut taken: Vec<(usize, KeyTaken)> = outcomes
         .into_iter()
         .filter(|outcome| !outcome.inserted)
@@ -111,7 +124,7 @@ pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Vec<(u
     if taken.is_empty() {
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment(records.len() as u64);
     }
-    Ok(taken)
+    Ok(Inserted { taken, xid })
 }
 
 /// Waits until no transaction holds the key of `lookup_id` (the request in flight

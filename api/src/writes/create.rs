@@ -11,7 +11,12 @@ use crate::{
     auth::new_rsvp_token,
     domain::NewRsvp,
     error::ApiError,
-    store::{events, outbox, rsvps, rsvps::NewRow, Tx},
+    store::{
+        events::{self, Seats},
+        outbox, rsvps,
+        rsvps::NewRow,
+        Tx,
+    },
 };
 
 pub struct CreateRequest<'a> {
@@ -22,15 +27,14 @@ pub struct CreateRequest<'a> {
 
 /// The outcome of each request, in request order: the rsvp with its token (the only
 /// time the token is seen), or why it was refused. Refused requests write nothing.
+/// `seats` holds the requests' events as this transaction locked them
+/// ([`events::lock`]), kept up to date here; a request whose event is absent is
+/// answered 404.
 pub async fn create_rsvps(
     tx: &mut Tx<'_>,
     requests: &[CreateRequest<'_>],
+    seats: &mut HashMap<Uuid, Seats>,
 ) -> Result<Vec<Result<(Written, String), ApiError>>, sqlx::Error> {
-    let mut event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
-    event_ids.sort_unstable();
-    event_ids.dedup();
-    let mut seats = events::lock_seats(tx, &event_ids).await?;
-
     let mut outcomes: Vec<Option<Result<(Written, String), ApiError>>> = requests.iter().map(|_| None).collect();
     let mut rows = Vec::with_capacity(requests.len());
     let mut tokens = Vec::with_capacity(requests.len());
@@ -53,7 +57,7 @@ pub async fn create_rsvps(
             outcomes[index] = Some(Err(ApiError::Conflict("this email has already answered this event".into())));
             continue;
         };
-        let event = seats.get_mut(&row.event_id).expect("locked above");
+        let event = seats.get_mut(&row.event_id).expect("present: checked above");
         let needed = written.seats();
         if event.capacity.is_some_and(|capacity| event.taken + needed > capacity) {
             refused.push(written.id);

@@ -121,7 +121,8 @@ pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> 
     let (written, token) = match op {
         WriteOp::Create { event_id, rsvp } => {
             let request = CreateRequest { event_id: *event_id, rsvp, traceparent };
-            let created = create_rsvps(tx, &[request]).await?.pop();
+            let mut seats = events::lock(tx, &[*event_id]).await?;
+            let created = create_rsvps(tx, &[request], &mut seats).await?.pop();
             let (written, token) = created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))??;
             (written, Some(token))
         }

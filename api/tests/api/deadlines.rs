@@ -192,14 +192,33 @@ async fn a_commit_that_hangs_past_every_deadline_frees_its_lane_for_the_next_wri
 
 #[tokio::test]
 async fn a_commit_whose_connection_broke_but_that_committed_is_answered_201_and_never_run_again() {
+    a_commit_whose_connection_broke_but_that_committed(None).await;
+}
+
+#[tokio::test]
+async fn a_keyed_commit_whose_connection_broke_but_that_committed_is_answered_201_and_replayed_to_its_retry() {
+    // The keyed batch learns its xid from the statement that inserts the records, not
+    // from a query of its own: the settling must find the same transaction.
+    a_commit_whose_connection_broke_but_that_committed(Some("broken-commit-key")).await;
+}
+
+/// A create whose `COMMIT` broke on the wire but committed: answered as the success it
+/// was, applied once; with `key`, a retry gets the same answer from its record.
+async fn a_commit_whose_connection_broke_but_that_committed(key: Option<&str>) {
     // Arrange: the api reaches Postgres through a proxy; COMMIT blocks in a deferred
     // trigger until the test lets it through.
     let proxy = postgres_proxy().await;
     let app = spawn_app_behind(&proxy, one_patient_lane).await;
     let event_id = app.create_event(Some(10)).await;
     let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
-    let (client, url) = (app.client.clone(), app.url(&format!("/events/{event_id}/rsvps")));
-    let request = tokio::spawn(async move { client.post(url).json(&going("once@example.com")).send().await });
+    let post = || {
+        let request = app.client.post(app.url(&format!("/events/{event_id}/rsvps"))).json(&going("once@example.com"));
+        match key {
+            Some(key) => request.header("idempotency-key", key),
+            None => request,
+        }
+    };
+    let request = tokio::spawn(post().send());
     wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
 
     // Act: the api's connection breaks during COMMIT; then the commit goes through.
@@ -218,6 +237,13 @@ async fn a_commit_whose_connection_broke_but_that_committed_is_answered_201_and_
     let seats: i32 = sqlx::query_scalar("select seats_taken from events").fetch_one(&app.db).await.unwrap();
     assert_eq!(seats, 1);
     sqlx::raw_sql("drop trigger wait_at_commit on outbox").execute(&app.db).await.unwrap();
+    if key.is_some() {
+        let retried = post().send().await.unwrap();
+        assert_eq!(retried.status(), StatusCode::CREATED);
+        assert_eq!(retried.headers()["idempotent-replayed"], "true");
+        assert_eq!(retried.json::<Value>().await.unwrap(), created);
+        assert_eq!(outbox_rows(&app.db).await, 1);
+    }
     let cancelled = app.cancel_rsvp(created["token"].as_str().unwrap()).await;
     assert_eq!(cancelled.status(), StatusCode::OK);
 }
