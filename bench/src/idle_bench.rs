@@ -135,7 +135,7 @@ impl IdleBench {
             // 53 ms more each time: gaps that are all a multiple of the consumers'
             // 500 ms idle poll would find the poll at the same phase every time.
             tokio::time::sleep(self.settle.min(Duration::from_secs(5)) + Duration::from_millis(53) * n as u32).await;
-            if let Some(latency) = probe(&client, &redis, &api.base, events[0]).await {
+            if let Some(latency) = probe(&client, &redis, &api.base, events[0]).await.map(|p| p.invalidated_us) {
                 arrivals.push(latency);
             }
         }

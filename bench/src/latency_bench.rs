@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use fred::interfaces::{ClientLike, KeysInterface};
 use rsvp_contract::{cache_keys, testing::Broker};
 use serde_json::json;
@@ -35,11 +36,24 @@ pub(crate) struct LatencyBench {
     pub(crate) duration: Duration,
 }
 
-async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> bool {
+/// Creates an rsvp to `event`: its id, once the api answered 201.
+async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> Option<Uuid> {
     let body =
         json!({"name": "Bench", "email": format!("{}@latency.example", Uuid::new_v4().simple()), "status": "going"});
-    let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await;
-    response.is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
+    let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await.ok()?;
+    if response.status() != reqwest::StatusCode::CREATED {
+        return None;
+    }
+    let created: serde_json::Value = response.json().await.ok()?;
+    created["id"].as_str()?.parse().ok()
+}
+
+/// One probe write, measured from the api's answer to its event's cache generation
+/// changing.
+pub(crate) struct Probe {
+    pub(crate) rsvp: Uuid,
+    pub(crate) answered_at: DateTime<Utc>,
+    pub(crate) invalidated_us: u64,
 }
 
 /// One probe: write to `event`, then watch its cache generation until it changes.
@@ -48,17 +62,15 @@ pub(crate) async fn probe(
     redis: &fred::clients::Client,
     base: &str,
     event: Uuid,
-) -> Option<u64> {
+) -> Option<Probe> {
     let key = cache_keys::event_generation(event);
     let before: Option<String> = redis.get(&key).await.ok()?;
-    if !create_rsvp(client, base, event).await {
-        return None;
-    }
-    let answered = Instant::now();
+    let rsvp = create_rsvp(client, base, event).await?;
+    let (answered, answered_at) = (Instant::now(), Utc::now());
     while answered.elapsed() < Duration::from_secs(10) {
         let now: Option<String> = redis.get(&key).await.ok()?;
         if now != before {
-            return Some(answered.elapsed().as_micros() as u64);
+            return Some(Probe { rsvp, answered_at, invalidated_us: answered.elapsed().as_micros() as u64 });
         }
         // 1 ms steps: finer polling costs the system being measured CPU (about 3000
         // Redis reads a second at 250 µs) for a resolution the 50 ms target does not need.
@@ -67,29 +79,97 @@ pub(crate) async fn probe(
     None
 }
 
+/// Where the probes' time went: from the api's answer to the broker's ack of the
+/// probe's row (the relay's receipt; negative when the relay was faster than the
+/// answer's way back), and from that ack to the cache generation changing (the
+/// consumer), each as (p50, p99) in milliseconds.
+struct ProbeStages {
+    answer_to_ack_ms: (f64, f64),
+    ack_to_cache_ms: (f64, f64),
+}
+
+async fn probe_stages(pool: &PgPool, probes: &[Probe], first_id: i64, last_id: i64) -> anyhow::Result<ProbeStages> {
+    let ids: Vec<Uuid> = probes.iter().map(|p| p.rsvp).collect();
+    let acked: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "select (o.payload->'data'->>'id')::uuid, r.published_at
+           from outbox o join relay_row_receipts r on r.outbox_id = o.id
+          where o.id > $1 and o.id <= $2 and (o.payload->'data'->>'id')::uuid = any($3)",
+    )
+    .bind(first_id)
+    .bind(last_id)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let acked: std::collections::HashMap<Uuid, DateTime<Utc>> = acked.into_iter().collect();
+    let (mut answer_to_ack, mut ack_to_cache) = (Vec::new(), Vec::new());
+    for probe in probes {
+        let Some(acked_at) = acked.get(&probe.rsvp) else { continue };
+        let invalidated_at = probe.answered_at + chrono::Duration::microseconds(probe.invalidated_us as i64);
+        answer_to_ack.push((*acked_at - probe.answered_at).num_microseconds().unwrap_or_default() as f64 / 1000.0);
+        ack_to_cache.push((invalidated_at - *acked_at).num_microseconds().unwrap_or_default() as f64 / 1000.0);
+    }
+    let p50_p99 = |mut values: Vec<f64>| {
+        values.sort_unstable_by(f64::total_cmp);
+        let at = |p: f64| values.get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1))).copied();
+        (at(0.5).unwrap_or(f64::NAN), at(0.99).unwrap_or(f64::NAN))
+    };
+    Ok(ProbeStages { answer_to_ack_ms: p50_p99(answer_to_ack), ack_to_cache_ms: p50_p99(ack_to_cache) })
+}
+
 struct RateResult {
     rate: u64,
     written: u64,
     commit_to_ack_ms: (f64, f64),
     invalidated_us: Vec<u64>,
+    stages: ProbeStages,
     /// CPU time of each measured process over the rate's window.
     cpu: Vec<Duration>,
     /// Produce requests of the relay and fetch requests of the consumers over the
     /// window, from their own metrics; none when a build does not count them.
     produces: Option<f64>,
     fetches: Option<f64>,
+    /// See [`slow_requests`].
+    slow: [Option<f64>; 4],
 }
 
-/// The relay's produce requests so far (`relay_kafka_requests_total`) and the
-/// consumers' fetch requests so far (`consumer_fetches_total`, which older builds lack),
-/// from their own metrics.
-async fn kafka_requests(services: &system::RelayAndConsumers, http: &reqwest::Client) -> (Option<f64>, Option<f64>) {
-    let relay = system::scrape(http, &services.relay_metrics).await.unwrap_or_default();
-    let consumers = system::scrape(http, &services.consumers_metrics).await.unwrap_or_default();
-    (
-        system::sum_of(&relay, "relay_kafka_requests_total{op=\"produce\""),
-        system::sum_of(&consumers, "consumer_fetches_total{"),
-    )
+/// The relay's and the consumers' metrics at one moment.
+struct Scraped {
+    relay: Vec<(String, f64)>,
+    consumers: Vec<(String, f64)>,
+}
+
+impl Scraped {
+    async fn now(services: &system::RelayAndConsumers, http: &reqwest::Client) -> Self {
+        let relay = system::scrape(http, &services.relay_metrics).await.unwrap_or_default();
+        let consumers = system::scrape(http, &services.consumers_metrics).await.unwrap_or_default();
+        Self { relay, consumers }
+    }
+
+    /// The relay's produce requests so far (`relay_kafka_requests_total`) and the
+    /// consumers' fetch requests so far (`consumer_fetches_total`, which older builds
+    /// lack).
+    fn kafka_requests(&self) -> (Option<f64>, Option<f64>) {
+        (
+            system::sum_of(&self.relay, "relay_kafka_requests_total{op=\"produce\""),
+            system::sum_of(&self.consumers, "consumer_fetches_total{"),
+        )
+    }
+}
+
+/// The relay's produce requests, and the cache group's fetches that brought records.
+const PRODUCE_BUCKETS: &str = "relay_kafka_request_duration_seconds_bucket{op=\"produce\"";
+const CACHE_FETCH_BUCKETS: &str =
+    "consumer_fetch_duration_seconds_bucket{group=\"cache-invalidation-group\",result=\"records\"";
+/// The bucket bounds the slow-request shares are read at.
+const SLOW_BOUNDS: [&str; 2] = ["0.005", "0.01"];
+
+/// Of the window's broker requests, the share slower than each of [`SLOW_BOUNDS`]: the
+/// relay's produces, then the cache group's fetches with records (none for a build
+/// without `consumer_fetch_duration_seconds`).
+fn slow_requests(before: &Scraped, after: &Scraped) -> [Option<f64>; 4] {
+    let produce = |le| system::share_above(&before.relay, &after.relay, PRODUCE_BUCKETS, le);
+    let fetch = |le| system::share_above(&before.consumers, &after.consumers, CACHE_FETCH_BUCKETS, le);
+    [produce(SLOW_BOUNDS[0]), produce(SLOW_BOUNDS[1]), fetch(SLOW_BOUNDS[0]), fetch(SLOW_BOUNDS[1])]
 }
 
 /// The processes whose CPU time each rate's window measures, in report order.
@@ -134,7 +214,7 @@ impl LatencyBench {
         let mut results = Vec::new();
         for &rate in &self.rates {
             let cpu_before = cpu_times(&pids, ticks);
-            let requests_before = kafka_requests(&services, &client).await;
+            let scraped_before = Scraped::now(&services, &client).await;
             eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
             let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
             let written = Arc::new(AtomicU64::new(0));
@@ -159,14 +239,15 @@ impl LatencyBench {
                 } else {
                     let event = load[n as usize % LOAD_EVENTS];
                     tasks.spawn(async move {
-                        if create_rsvp(&client, &base, event).await {
+                        if create_rsvp(&client, &base, event).await.is_some() {
                             written.fetch_add(1, Ordering::Relaxed);
                         }
                     });
                 }
             }
             tasks.join_all().await;
-            let mut invalidated_us: Vec<u64> = probe_tasks.join_all().await.into_iter().flatten().collect();
+            let probed: Vec<Probe> = probe_tasks.join_all().await.into_iter().flatten().collect();
+            let mut invalidated_us: Vec<u64> = probed.iter().map(|p| p.invalidated_us).collect();
             invalidated_us.sort_unstable();
             drop(progress);
             // Every row of the window acknowledged, then the receipts give commit-to-ack.
@@ -194,38 +275,48 @@ impl LatencyBench {
             .bind(last_id)
             .fetch_one(&pool)
             .await?;
+            let stages = probe_stages(&pool, &probed, first_id, last_id).await?;
             let cpu = cpu_times(&pids, ticks)
                 .iter()
                 .zip(&cpu_before)
                 .map(|(after, before)| after.saturating_sub(*before))
                 .collect();
-            let requests_after = kafka_requests(&services, &client).await;
+            let scraped_after = Scraped::now(&services, &client).await;
+            let (requests_before, requests_after) = (scraped_before.kafka_requests(), scraped_after.kafka_requests());
             let since = |after: Option<f64>, before: Option<f64>| Some(after? - before.unwrap_or(0.0));
             results.push(RateResult {
                 produces: since(requests_after.0, requests_before.0),
                 fetches: since(requests_after.1, requests_before.1),
+                slow: slow_requests(&scraped_before, &scraped_after),
                 rate,
                 written: written.load(Ordering::Relaxed),
                 commit_to_ack_ms,
                 invalidated_us,
+                stages,
                 cpu,
             });
         }
 
         let mut table = String::from(
-            "| writes/s | writes | commit-to-ack p50 | p99 | commit-to-cache-invalidated p50 | p99 | probes |\n\
-             |---:|---:|---:|---:|---:|---:|---:|\n",
+            "| writes/s | writes | commit-to-ack p50 | p99 | commit-to-cache-invalidated p50 | p99 | probes | \
+             probes' answer-to-ack p50 | p99 | probes' ack-to-cache p50 | p99 |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for result in &results {
+            let stages = &result.stages;
             table.push_str(&format!(
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |\n",
                 result.rate,
                 result.written,
                 result.commit_to_ack_ms.0,
                 result.commit_to_ack_ms.1,
                 percentile_us(&result.invalidated_us, 50.0) as f64 / 1000.0,
                 percentile_us(&result.invalidated_us, 99.0) as f64 / 1000.0,
-                result.invalidated_us.len()
+                result.invalidated_us.len(),
+                stages.answer_to_ack_ms.0,
+                stages.answer_to_ack_ms.1,
+                stages.ack_to_cache_ms.0,
+                stages.ack_to_cache_ms.1,
             ));
         }
         let mut cpu_table = format!(
@@ -249,6 +340,18 @@ impl LatencyBench {
                 per_thousand_events(result.fetches)
             ));
         }
+        let mut slow_table = String::from(
+            "| writes/s | relay produces over 5 ms | over 10 ms | cache group's fetches with records over 5 ms | over 10 ms |\n\
+             |---:|---:|---:|---:|---:|\n",
+        );
+        for result in &results {
+            let cells: Vec<String> = result
+                .slow
+                .iter()
+                .map(|share| share.map_or("n/a".to_owned(), |s| format!("{:.1}%", s * 100.0)))
+                .collect();
+            slow_table.push_str(&format!("| {} | {} |\n", result.rate, cells.join(" | ")));
+        }
         pool.close().await;
         drop((services, api));
         system::drop_database("bench_pipeline").await?;
@@ -260,12 +363,18 @@ impl LatencyBench {
                  upper bound. Commit-to-cache-invalidated: from the api's 201 (sent after the commit) to the \
                  event's cache generation changing in Redis, measured on {PROBES_PER_SECOND} probe writes a second \
                  (polling Redis every millisecond, so up to 1 ms high) to {PROBE_EVENTS} events that take no other writes; the rest of the rate goes to {LOAD_EVENTS} \
-                 other events. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n\n\
+                 other events. Each probe's time is also split where the broker acknowledged its row (its \
+                 receipt's `published_at`, same clock): answer-to-ack is the relay's share (negative when the \
+                 relay was faster than the 201's way back), ack-to-cache the cache consumer's. Real binaries: rsvp-api, rsvp-relay, rsvp-consumers (every group), Tansu in memory.\n\n\
                  CPU-seconds per 1,000 events, per process, at each rate: CPU time (user + system, from \
                  `/proc/PID/stat`) from the rate's first write until the relay acknowledged its last row, \
                  divided by the writes (each one event). Kafka requests over the same window from the \
                  processes' own metrics (`relay_kafka_requests_total{{op=\"produce\"}}`, `consumer_fetches_total`; \
-                 n/a for a build without the metric):\n\n{cpu_table}"
+                 n/a for a build without the metric):\n\n{cpu_table}\n\
+                 The broker's answers over the same window, from the processes' histograms \
+                 (`relay_kafka_request_duration_seconds{{op=\"produce\"}}`, \
+                 `consumer_fetch_duration_seconds{{group=\"cache-invalidation-group\",result=\"records\"}}`): \
+                 the share of requests slower than 5 and 10 ms (n/a for a build without the metric):\n\n{slow_table}"
             ),
         );
         Ok(())

@@ -197,6 +197,23 @@ pub(crate) fn sum_of(samples: &[(String, f64)], prefix: &str) -> Option<f64> {
     Some(matching.map(|(_, value)| value).sum())
 }
 
+/// Of the observations a histogram made between two scrapes, the share that took longer
+/// than `le` seconds (one of its bucket bounds, as the exporter writes it): over every
+/// series of `prefix` (`NAME_bucket{` and the start of its labels). None without
+/// observations.
+pub(crate) fn share_above(before: &[(String, f64)], after: &[(String, f64)], prefix: &str, le: &str) -> Option<f64> {
+    let bucket = |samples: &[(String, f64)], le: &str| -> f64 {
+        let bound = format!("le=\"{le}\"}}");
+        samples
+            .iter()
+            .filter(|(series, _)| series.starts_with(prefix) && series.ends_with(&bound))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let total = bucket(after, "+Inf") - bucket(before, "+Inf");
+    (total > 0.0).then(|| (total - (bucket(after, le) - bucket(before, le))) / total)
+}
+
 /// The real rsvp-relay and rsvp-consumers (every group, their defaults) on one
 /// database and broker, killed on drop.
 pub(crate) struct RelayAndConsumers {

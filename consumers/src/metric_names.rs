@@ -15,6 +15,7 @@ pub const BATCH_DURATION: &str = "consumer_batch_duration_seconds";
 pub const LAG: &str = "consumer_lag_records";
 pub const OWNED_PARTITIONS: &str = "consumer_owned_partitions";
 pub const FETCHES: &str = "consumer_fetches_total";
+pub const FETCH_DURATION: &str = "consumer_fetch_duration_seconds";
 
 /// Registers the help texts of every consumer metric and of the role metrics.
 pub fn describe() {
@@ -47,6 +48,11 @@ pub fn describe() {
     describe_counter!(
         FETCHES,
         "Fetch requests sent to the broker by partition workers, by group and result (records, empty, error)."
+    );
+    describe_histogram!(
+        FETCH_DURATION,
+        Unit::Seconds,
+        "From sending a partition worker's fetch request to its answer, by group and result (records, empty, error)."
     );
     rsvp_contract::role_lock::describe_metrics();
 }

@@ -369,20 +369,24 @@ impl PartitionWorker {
         self.failing = Some(Failing { offset, attempts, error: error.to_string() });
     }
 
-    /// One fetch request, counted by its result.
+    /// One fetch request, counted and timed by its result.
     async fn fetch_records(
         &self,
         offset: i64,
         bytes: std::ops::Range<i32>,
         max_wait_ms: i32,
     ) -> Result<(Vec<RecordAndOffset>, i64), KafkaError> {
+        let started = Instant::now();
         let fetched = self.kafka.fetch_records(offset, bytes, max_wait_ms).await;
         let result = match &fetched {
             Ok((records, _)) if records.is_empty() => "empty",
             Ok(_) => "records",
             Err(_) => "error",
         };
-        metrics::counter!(metric_names::FETCHES, "group" => self.ctx.group.name(), "result" => result).increment(1);
+        let group = self.ctx.group.name();
+        metrics::counter!(metric_names::FETCHES, "group" => group, "result" => result).increment(1);
+        metrics::histogram!(metric_names::FETCH_DURATION, "group" => group, "result" => result)
+            .record(started.elapsed());
         fetched
     }
 

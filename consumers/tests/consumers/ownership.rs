@@ -86,6 +86,7 @@ async fn two_instances_split_the_partitions_and_the_survivor_owns_all_within_5s_
         "consumer_processed_total{group=\"cache-invalidation-group\",result=\"applied\"}",
         "consumer_lag_records{group=\"analytics-group\",partition=\"0\"}",
         "consumer_batch_duration_seconds_count{group=\"analytics-group\"}",
+        "consumer_fetch_duration_seconds_count{group=\"analytics-group\",result=\"records\"}",
         "consumer_event_age_seconds_count{group=\"cache-invalidation-group\"}",
     ] {
         assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
