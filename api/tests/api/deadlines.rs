@@ -13,7 +13,9 @@ use sqlx::{postgres::PgConnectOptions, Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, block_commits_inserting, spawn_app_with, unblock_commits, TestApp};
+use crate::helpers::{
+    assert_error, block_commits_inserting, lock_waiters, spawn_app_with, unblock_commits, wait_for, TestApp,
+};
 
 fn going(email: &str) -> Value {
     json!({"name": "Ada", "email": email, "status": "going"})
@@ -24,24 +26,6 @@ fn one_patient_lane(settings: &mut Settings) {
     settings.write_workers = 1;
     settings.database_lock_timeout = Duration::from_secs(60);
     settings.database_statement_timeout = Duration::from_secs(60);
-}
-
-async fn wait_for(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Backends of the test database waiting for a lock.
-async fn lock_waiters(db: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-    )
-    .fetch_one(db)
-    .await
-    .unwrap()
 }
 
 /// A connection that holds `event_id`'s row lock until its transaction ends.

@@ -225,3 +225,22 @@ pub async fn until_advisory_lock_waiters(db: &PgPool, count: i64, what: &str) {
     };
     tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap_or_else(|_| panic!("timed out: {what}"));
 }
+
+/// Sessions of this test's database waiting for any lock (a row, an advisory lock).
+pub async fn lock_waiters(db: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Waits, up to 10 s, until `condition` holds.
+pub async fn wait_for(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -11,27 +11,10 @@ use rsvp_api::{
     writes::WriteOp,
 };
 use serde_json::json;
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::helpers::spawn_app_with;
-
-async fn lock_waiters(db: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-    )
-    .fetch_one(db)
-    .await
-    .unwrap()
-}
-
-async fn wait_for(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::helpers::{lock_waiters, spawn_app_with, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change_of_an_rsvp_before_a_later_commit() {
