@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    load::{percentile_us, Progress},
+    load::{percentile, percentile_us, Progress},
     report::Report,
     system,
 };
@@ -108,10 +108,11 @@ async fn probe_stages(pool: &PgPool, probes: &[Probe], first_id: i64, last_id: i
         answer_to_ack.push((*acked_at - probe.answered_at).num_microseconds().unwrap_or_default() as f64 / 1000.0);
         ack_to_cache.push((invalidated_at - *acked_at).num_microseconds().unwrap_or_default() as f64 / 1000.0);
     }
+    // The same percentiles as every other column of the table.
     let p50_p99 = |mut values: Vec<f64>| {
         values.sort_unstable_by(f64::total_cmp);
-        let at = |p: f64| values.get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1))).copied();
-        (at(0.5).unwrap_or(f64::NAN), at(0.99).unwrap_or(f64::NAN))
+        let at = |p: f64| percentile(&values, p).unwrap_or(f64::NAN);
+        (at(50.0), at(99.0))
     };
     Ok(ProbeStages { answer_to_ack_ms: p50_p99(answer_to_ack), ack_to_cache_ms: p50_p99(ack_to_cache) })
 }

@@ -30,13 +30,16 @@ impl LoadResult {
     }
 }
 
-/// The `p`th percentile (0..=100) of sorted values.
+/// The `p`th percentile (0..=100) of sorted microseconds; 0 for none.
 pub(crate) fn percentile_us(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    percentile(sorted, p).unwrap_or(0)
+}
+
+/// The `p`th percentile (0..=100) of sorted values, by the nearest rank; none for none.
+pub(crate) fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = ((p / 100.0) * last as f64).round() as usize;
+    Some(sorted[rank.min(last)])
 }
 
 /// Prints `label: N done, R/s` every second until dropped.
