@@ -105,10 +105,17 @@ pub async fn load_cursor(db: impl PgExecutor<'_>, name: &str) -> Result<Option<C
     Ok(Some(Cursor { position, receipts_ahead }))
 }
 
-/// Stores `receipts` and the new `cursor` (when it changed), in one transaction on
-/// the leader's session. The cursor's position only ever moves forward. The guard
-/// compares positions inside the stored generation: only the leader session moves
-/// the cursor, and it leaves a generation only through [`crate::generation::enter`].
+/// Stores `receipts` and the new `cursor` (when it changed) in one statement, so in
+/// one transaction and one round trip, on the leader's session. The cursor's position
+/// only ever moves forward. The guard compares positions inside the stored
+/// generation: only the leader session moves the cursor, and it leaves a generation
+/// only through [`crate::generation::enter`].
+///
+/// The leader's session commits without waiting for the WAL flush
+/// ([`relax_durability`]): a Postgres crash can then lose only the last receipts and
+/// cursor moves, whose rows are published again (at-least-once, as after a relay
+/// crash). Anything that acts on the cursor (pruning) commits durably later in the
+/// same WAL, which makes the moves it saw durable first.
 #[tracing::instrument(skip_all, fields(receipts = receipts.len(), cursor_id = cursor.map(|c| c.position.id)), err)]
 pub async fn commit(
     conn: &mut PgConnection,
@@ -116,66 +123,70 @@ pub async fn commit(
     receipts: &[Receipt],
     cursor: Option<Cursor>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    // Without waiting for the WAL flush: a Postgres crash can then lose only the last
-    // receipts and cursor moves, whose rows are published again (at-least-once, as
-    // after a relay crash). Anything that acts on the cursor (pruning) commits
-    // durably later in the same WAL, which makes the moves it saw durable first.
-    sqlx::query!("set local synchronous_commit = off").execute(&mut *tx).await?;
-    if !receipts.is_empty() {
-        // All receipts' ids in one array; each receipt takes its slice [first, last].
-        let mut ids = Vec::new();
-        let (mut first, mut last) = (Vec::new(), Vec::new());
-        for receipt in receipts {
-            first.push(ids.len() as i32 + 1);
-            ids.extend_from_slice(&receipt.outbox_ids);
-            last.push(ids.len() as i32);
-        }
-        let partitions: Vec<i32> = receipts.iter().map(|r| r.partition).collect();
-        let base_offsets: Vec<i64> = receipts.iter().map(|r| r.base_offset).collect();
-        let last_xids: Vec<String> = receipts.iter().map(|r| r.last.xid_text()).collect();
-        let last_ids: Vec<i64> = receipts.iter().map(|r| r.last.id).collect();
-        // The same statement notifies the consumers which partitions got records
-        // (`rsvp_contract::published`), delivered when this transaction commits.
-        sqlx::query!(
-            r#"with receipted as (
-                 insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
-                 select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
-                   from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
-                        as u(partition, base_offset, first, last, last_xid, last_id)
-                 returning partition),
-               notified as (
-                 select pg_notify($9, $1 || ' ' || string_agg(distinct partition::text, ',')) from receipted)
-             select count(*) as "notifications!" from notified"#,
-            topic,
-            &ids,
-            &partitions,
-            &base_offsets,
-            &first,
-            &last,
-            &last_xids,
-            &last_ids,
-            rsvp_contract::published::CHANNEL,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+    if receipts.is_empty() && cursor.is_none() {
+        return Ok(());
     }
-    if let Some(Cursor { position, receipts_ahead }) = cursor {
-        sqlx::query!(
-            "update relay_cursors
-                set xid = $2::text::xid8, id = $3, receipts_ahead_xid = $4::text::xid8, receipts_ahead_id = $5,
+    // All receipts' ids in one array; each receipt takes its slice [first, last].
+    let mut ids = Vec::new();
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    for receipt in receipts {
+        first.push(ids.len() as i32 + 1);
+        ids.extend_from_slice(&receipt.outbox_ids);
+        last.push(ids.len() as i32);
+    }
+    let partitions: Vec<i32> = receipts.iter().map(|r| r.partition).collect();
+    let base_offsets: Vec<i64> = receipts.iter().map(|r| r.base_offset).collect();
+    let last_xids: Vec<String> = receipts.iter().map(|r| r.last.xid_text()).collect();
+    let last_ids: Vec<i64> = receipts.iter().map(|r| r.last.id).collect();
+    let position = cursor.map(|c| c.position);
+    let receipts_ahead = cursor.and_then(|c| c.receipts_ahead);
+    // The same statement notifies the consumers which partitions got records
+    // (`rsvp_contract::published`), delivered when it commits; `notified` is
+    // evaluated because the last select reads it.
+    sqlx::query!(
+        r#"with receipted as (
+             insert into relay_receipts (topic, partition, base_offset, outbox_ids, last_xid, last_id)
+             select $1, u.partition, u.base_offset, ($2::bigint[])[u.first:u.last], u.last_xid::xid8, u.last_id
+               from unnest($3::int[], $4::bigint[], $5::int[], $6::int[], $7::text[], $8::bigint[])
+                    as u(partition, base_offset, first, last, last_xid, last_id)
+             returning partition),
+           notified as (
+             select pg_notify($9, $1 || ' ' || string_agg(distinct partition::text, ','))
+               from receipted having count(*) > 0),
+           moved as (
+             update relay_cursors
+                set xid = $10::text::xid8, id = $11, receipts_ahead_xid = $12::text::xid8, receipts_ahead_id = $13,
                     updated_at = now()
-              where name = $1 and (xid, id) <= ($2::text::xid8, $3)",
-            topic,
-            position.xid_text(),
-            position.id,
-            receipts_ahead.map(|p| p.xid_text()),
-            receipts_ahead.map(|p| p.id),
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await
+              where name = $1 and $11::bigint is not null and (xid, id) <= ($10::text::xid8, $11)
+             returning 1)
+         select (select count(*) from notified) as "notifications!", (select count(*) from moved) as "moved!""#,
+        topic,
+        &ids,
+        &partitions,
+        &base_offsets,
+        &first,
+        &last,
+        &last_xids,
+        &last_ids,
+        rsvp_contract::published::CHANNEL,
+        position.map(|p| p.xid_text()),
+        position.map(|p| p.id),
+        receipts_ahead.map(|p| p.xid_text()),
+        receipts_ahead.map(|p| p.id),
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the leader's session commit without waiting for the WAL flush; see [`commit`].
+/// The session's other writes (creating the cursor, entering a generation) are redone
+/// by the next leader when a crash loses them.
+pub async fn relax_durability(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // A runtime query: Postgres cannot prepare a utility statement, which the query
+    // macros need to check it.
+    sqlx::query("set synchronous_commit = off").execute(conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]

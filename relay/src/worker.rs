@@ -106,6 +106,7 @@ impl Worker {
         let (cursor, problem, stored, cluster) = leader
             .session
             .run(async |conn| -> Result<_, sqlx::Error> {
+                store::relax_durability(&mut *conn).await?;
                 let cursor = store::ensure_cursor(&mut *conn, topic).await?;
                 let problem = generation::cursor_problem(&mut *conn, topic).await?;
                 let stored = store::load_generation(&mut *conn, topic).await?.flatten();
