@@ -1,5 +1,5 @@
 //! The cost of the whole system doing nothing: rsvp-api, rsvp-relay and
-//! rsvp-consumers (both groups) running against Tansu with no writes at all. Over a
+//! rsvp-consumers (every group) running against Tansu with no writes at all. Over a
 //! fixed window it reads each process's CPU time from `/proc/PID/stat`, the
 //! PostgreSQL transactions of the benchmark database from `pg_stat_database`, and
 //! the Kafka requests every process sends, counted by a proxy the broker advertises
@@ -155,7 +155,7 @@ impl IdleBench {
                  consumer replacing the event's cache generation), {} writes each after {:?} of nothing \
                  (and 53 ms more for each write, to meet the idle polls at different phases): \
                  median {:.0} ms, max {:.0} ms ({} ms).\n\n\
-                 rsvp-api, rsvp-relay and rsvp-consumers (both groups) with their defaults and Tansu in \
+                 rsvp-api, rsvp-relay and rsvp-consumers (every group) with their defaults and Tansu in \
                  memory, after one write and {:?} of nothing, measured over {elapsed:.0} s: CPU time from \
                  `/proc/PID/stat` (user + system), transactions from `pg_stat_database` \
                  (`xact_commit + xact_rollback` of the benchmark's database; each backend publishes its \

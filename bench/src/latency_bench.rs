@@ -4,6 +4,7 @@
 //! consumer replacing the event's cache generation, watched in Redis).
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use fred::interfaces::{ClientLike, KeysInterface};
 use rsvp_contract::{cache_keys, testing::Broker};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{postgres::PgConnectOptions, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -125,6 +126,10 @@ struct RateResult {
     stages: ProbeStages,
     /// CPU time of each measured process over the rate's window.
     cpu: Vec<Duration>,
+    /// CPU time of PostgreSQL's processes over the window, by [`POSTGRES_WORK`].
+    postgres: [Duration; 4],
+    /// The whole machine's CPU over the window.
+    machine: system::MachineCpu,
     /// Produce requests of the relay and fetch requests of the consumers over the
     /// window, from their own metrics; none when a build does not count them.
     produces: Option<f64>,
@@ -176,8 +181,79 @@ fn slow_requests(before: &Scraped, after: &Scraped) -> [Option<f64>; 4] {
 /// The processes whose CPU time each rate's window measures, in report order.
 const PROCESSES: [&str; 4] = ["rsvp-api", "rsvp-relay", "rsvp-consumers", "tansu"];
 
+/// What PostgreSQL's processes work for, in report order: the backends of each of our
+/// processes (the relay and the consumers name their connections, the api does not),
+/// then everything else (its own background processes, this benchmark's connections).
+const POSTGRES_WORK: [&str; 4] = ["rsvp-api", "rsvp-relay", "rsvp-consumers", "the rest"];
+
+/// The `application_name` of this benchmark's own connections.
+const BENCH_APPLICATION: &str = "rsvp-bench";
+
+/// CPU time so far of each PostgreSQL process, with the index in [`POSTGRES_WORK`]
+/// of what it works for.
+async fn postgres_cpu(pool: &PgPool, ticks: f64) -> anyhow::Result<HashMap<i32, (usize, Duration)>> {
+    let backends: Vec<(i32, String, String)> =
+        sqlx::query_as("select pid, coalesce(application_name, ''), coalesce(backend_type, '') from pg_stat_activity")
+            .fetch_all(pool)
+            .await?;
+    let work = |application: &str, backend_type: &str| match application {
+        "rsvp-relay" => 1,
+        consumers if consumers.starts_with("rsvp-consumers/") => 2,
+        "" if backend_type == "client backend" => 0,
+        _ => 3,
+    };
+    Ok(backends
+        .into_iter()
+        .filter_map(|(pid, application, backend_type)| {
+            let cpu = system::cpu_time(u32::try_from(pid).ok()?, ticks)?;
+            Some((pid, (work(&application, &backend_type), cpu)))
+        })
+        .collect())
+}
+
+/// PostgreSQL's CPU time since `before`, by [`POSTGRES_WORK`]. A backend that
+/// started meanwhile counts whole; one that exited meanwhile is not counted.
+async fn postgres_cpu_since(
+    pool: &PgPool,
+    ticks: f64,
+    before: &HashMap<i32, (usize, Duration)>,
+) -> anyhow::Result<[Duration; 4]> {
+    let mut spent = [Duration::ZERO; 4];
+    for (pid, (work, cpu)) in postgres_cpu(pool, ticks).await? {
+        let earlier = before.get(&pid).map_or(Duration::ZERO, |(_, cpu)| *cpu);
+        spent[work] += cpu.saturating_sub(earlier);
+    }
+    Ok(spent)
+}
+
 fn cpu_times(pids: &[u32], ticks: f64) -> Vec<Duration> {
     pids.iter().map(|pid| system::cpu_time(*pid, ticks).unwrap_or_default()).collect()
+}
+
+/// The machine's load in each rate's window: how busy the cores were, and who besides
+/// the four measured processes kept them busy.
+fn machine_table(results: &[RateResult]) -> String {
+    let mut table = format!(
+        "| writes/s | cores busy | steal | PostgreSQL for {} | everything else |\n|---:|---:|---:|{}---:|\n",
+        POSTGRES_WORK.join(" | "),
+        "---:|".repeat(POSTGRES_WORK.len())
+    );
+    for result in results {
+        let machine = result.machine;
+        let share = |part: Duration| 100.0 * part.as_secs_f64() / machine.total.as_secs_f64().max(f64::MIN_POSITIVE);
+        let per_thousand = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / result.written.max(1) as f64;
+        let measured: Duration = result.cpu.iter().chain(&result.postgres).sum();
+        let postgres: Vec<String> = result.postgres.iter().map(|cpu| format!("{:.3}", per_thousand(*cpu))).collect();
+        table.push_str(&format!(
+            "| {} | {:.1}% | {:.1}% | {} | {:.3} |\n",
+            result.rate,
+            share(machine.busy),
+            share(machine.steal),
+            postgres.join(" | "),
+            per_thousand(machine.busy.saturating_sub(measured)),
+        ));
+    }
+    table
 }
 
 impl LatencyBench {
@@ -186,7 +262,9 @@ impl LatencyBench {
         let url = system::fresh_database("bench_pipeline").await?;
         let api = system::start_api(&url, &[]).await?;
         let services = system::RelayAndConsumers::spawn(&url, &broker.address())?;
-        let pool = PgPool::connect(&url).await?;
+        // Named, so that its backends are not counted as the api's.
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPool::connect_with(options.application_name(BENCH_APPLICATION)).await?;
         let redis = fred::clients::Client::new(
             fred::types::config::Config::from_url("redis://127.0.0.1:6379")?,
             None,
@@ -215,6 +293,8 @@ impl LatencyBench {
         let mut results = Vec::new();
         for &rate in &self.rates {
             let cpu_before = cpu_times(&pids, ticks);
+            let postgres_before = postgres_cpu(&pool, ticks).await?;
+            let machine_before = system::MachineCpu::now(ticks).unwrap_or_default();
             let scraped_before = Scraped::now(&services, &client).await;
             eprintln!("pipeline at {rate} writes/s for {:?}", self.duration);
             let first_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from outbox").fetch_one(&pool).await?;
@@ -282,6 +362,8 @@ impl LatencyBench {
                 .zip(&cpu_before)
                 .map(|(after, before)| after.saturating_sub(*before))
                 .collect();
+            let postgres = postgres_cpu_since(&pool, ticks, &postgres_before).await?;
+            let machine = system::MachineCpu::now(ticks).unwrap_or_default().since(machine_before);
             let scraped_after = Scraped::now(&services, &client).await;
             let (requests_before, requests_after) = (scraped_before.kafka_requests(), scraped_after.kafka_requests());
             let since = |after: Option<f64>, before: Option<f64>| Some(after? - before.unwrap_or(0.0));
@@ -295,6 +377,8 @@ impl LatencyBench {
                 invalidated_us,
                 stages,
                 cpu,
+                postgres,
+                machine,
             });
         }
 
@@ -353,6 +437,7 @@ impl LatencyBench {
                 .collect();
             slow_table.push_str(&format!("| {} | {} |\n", result.rate, cells.join(" | ")));
         }
+        let machine_table = machine_table(&results);
         pool.close().await;
         drop((services, api));
         system::drop_database("bench_pipeline").await?;
@@ -375,7 +460,14 @@ impl LatencyBench {
                  The broker's answers over the same window, from the processes' histograms \
                  (`relay_kafka_request_duration_seconds{{op=\"produce\"}}`, \
                  `consumer_fetch_duration_seconds{{group=\"cache-invalidation-group\",result=\"records\"}}`): \
-                 the share of requests slower than 5 and 10 ms (n/a for a build without the metric):\n\n{slow_table}"
+                 the share of requests slower than 5 and 10 ms (n/a for a build without the metric):\n\n{slow_table}\n\
+                 The whole machine over the same window, from `/proc/stat`: the share of all cores' time that \
+                 ran something and the share the hypervisor gave to other guests (steal). Then CPU-seconds per \
+                 1,000 events: PostgreSQL's, by whom its processes served (the backends in `pg_stat_activity` by \
+                 `application_name`: the relay's and the consumers' name themselves, unnamed client backends are \
+                 the api's; the rest is PostgreSQL's own background processes and this benchmark's connections; \
+                 a backend that exited within the window is not counted), and the rest of the machine's busy \
+                 time (this benchmark's clients and probes, Redis, the kernel, anything else running):\n\n{machine_table}"
             ),
         );
         Ok(())

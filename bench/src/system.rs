@@ -167,6 +167,44 @@ pub(crate) fn cpu_time(pid: u32, ticks_per_second: f64) -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second))
 }
 
+/// The machine's CPU time so far, all cores together, from the first line of
+/// `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MachineCpu {
+    /// Running anything: user, nice, system, irq and softirq time.
+    pub(crate) busy: Duration,
+    /// Time the hypervisor gave to other guests while this one had work to run.
+    pub(crate) steal: Duration,
+    /// Busy, steal, idle and iowait together.
+    pub(crate) total: Duration,
+}
+
+impl MachineCpu {
+    pub(crate) fn now(ticks_per_second: f64) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?, ticks_per_second)
+    }
+
+    fn parse(stat: &str, ticks_per_second: f64) -> Option<Self> {
+        let totals = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = totals.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest time is in user already)
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+        let (idle, steal) = (field(3) + field(4), field(7));
+        let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / ticks_per_second);
+        Some(Self { busy: time(busy), steal: time(steal), total: time(busy + steal + idle) })
+    }
+
+    /// What was spent between `before` and `self`.
+    pub(crate) fn since(self, before: Self) -> Self {
+        Self {
+            busy: self.busy.saturating_sub(before.busy),
+            steal: self.steal.saturating_sub(before.steal),
+            total: self.total.saturating_sub(before.total),
+        }
+    }
+}
+
 pub(crate) fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -246,5 +284,28 @@ impl RelayAndConsumers {
     /// The process ids of the relay and the consumers.
     pub(crate) fn pids(&self) -> anyhow::Result<[u32; 2]> {
         Ok([self.relay.id().context("rsvp-relay exited")?, self.consumers.id().context("rsvp-consumers exited")?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_cpu_counts_steal_apart_from_busy_and_iowait_as_idle() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  700 100 200 900 50 20 30 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let cpu = MachineCpu::parse(stat, 100.0).unwrap();
+        assert_eq!(cpu.busy, Duration::from_secs_f64(10.5));
+        assert_eq!(cpu.steal, Duration::from_secs_f64(0.4));
+        assert_eq!(cpu.total, Duration::from_secs_f64(20.4));
+        let later = MachineCpu::parse("cpu  800 100 200 1000 50 20 30 40 0 0\n", 100.0).unwrap();
+        let spent = later.since(cpu);
+        assert_eq!(
+            (spent.busy, spent.steal, spent.total),
+            (Duration::from_secs(1), Duration::ZERO, Duration::from_secs(2))
+        );
+        assert!(MachineCpu::parse("intr 1 2 3\n", 100.0).is_none());
+        assert!(MachineCpu::parse("", 100.0).is_none());
     }
 }
