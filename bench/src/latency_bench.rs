@@ -37,16 +37,13 @@ pub(crate) struct LatencyBench {
     pub(crate) duration: Duration,
 }
 
-/// Creates an rsvp to `event`: its id, once the api answered 201.
-async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> Option<Uuid> {
+/// Creates an rsvp to `event`: the api's response when it answered 201, its body
+/// still to read.
+async fn create_rsvp(client: &reqwest::Client, base: &str, event: Uuid) -> Option<reqwest::Response> {
     let body =
         json!({"name": "Bench", "email": format!("{}@latency.example", Uuid::new_v4().simple()), "status": "going"});
     let response = client.post(format!("{base}/events/{event}/rsvps")).json(&body).send().await.ok()?;
-    if response.status() != reqwest::StatusCode::CREATED {
-        return None;
-    }
-    let created: serde_json::Value = response.json().await.ok()?;
-    created["id"].as_str()?.parse().ok()
+    (response.status() == reqwest::StatusCode::CREATED).then_some(response)
 }
 
 /// One probe write, measured from the api's answer to its event's cache generation
@@ -66,7 +63,8 @@ pub(crate) async fn probe(
 ) -> Option<Probe> {
     let key = cache_keys::event_generation(event);
     let before: Option<String> = redis.get(&key).await.ok()?;
-    let rsvp = create_rsvp(client, base, event).await?;
+    let created: serde_json::Value = create_rsvp(client, base, event).await?.json().await.ok()?;
+    let rsvp = created["id"].as_str()?.parse().ok()?;
     let (answered, answered_at) = (Instant::now(), Utc::now());
     while answered.elapsed() < Duration::from_secs(10) {
         let now: Option<String> = redis.get(&key).await.ok()?;
@@ -101,7 +99,7 @@ async fn probe_stages(pool: &PgPool, probes: &[Probe], first_id: i64, last_id: i
     .bind(&ids)
     .fetch_all(pool)
     .await?;
-    let acked: std::collections::HashMap<Uuid, DateTime<Utc>> = acked.into_iter().collect();
+    let acked: HashMap<Uuid, DateTime<Utc>> = acked.into_iter().collect();
     let (mut answer_to_ack, mut ack_to_cache) = (Vec::new(), Vec::new());
     for probe in probes {
         let Some(acked_at) = acked.get(&probe.rsvp) else { continue };
@@ -320,7 +318,9 @@ impl LatencyBench {
                 } else {
                     let event = load[n as usize % LOAD_EVENTS];
                     tasks.spawn(async move {
-                        if create_rsvp(&client, &base, event).await.is_some() {
+                        // Read, so that the connection is reused, but not parsed.
+                        let Some(created) = create_rsvp(&client, &base, event).await else { return };
+                        if created.bytes().await.is_ok() {
                             written.fetch_add(1, Ordering::Relaxed);
                         }
                     });
