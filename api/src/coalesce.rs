@@ -48,7 +48,7 @@ use tokio::{
 use crate::{
     deadline,
     error::{ApiError, Unavailable},
-    idempotency::{records, Claim},
+    idempotency::{records, Applied, Claim},
     store::transactions::TxTimeouts,
     writes::{WriteOp, WriteOutcome},
 };
@@ -75,7 +75,7 @@ pub struct CoalescingSettings {
     pub request_timeout: Duration,
 }
 
-type Answer = Result<WriteOutcome, ApiError>;
+type Answer = Result<Applied, ApiError>;
 
 struct Pending {
     op: WriteOp,
@@ -131,7 +131,7 @@ impl Writer {
         mut op: WriteOp,
         claim: Option<Claim>,
         traceparent: Option<&str>,
-    ) -> Result<WriteOutcome, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let deadline = deadline::current().unwrap_or_else(|| Instant::now() + self.settings.request_timeout);
         let answer = loop {
             // A keyed write may have to run again; only those keep a copy.
@@ -170,7 +170,7 @@ impl Writer {
         claim: Option<Claim>,
         traceparent: Option<&str>,
         deadline: Instant,
-    ) -> Result<WriteOutcome, ApiError> {
+    ) -> Result<Applied, ApiError> {
         let ticket = Ticket::default();
         let _give_up_when_dropped = GiveUpOnDrop(ticket.clone());
         let (reply, answer) = oneshot::channel();
@@ -264,8 +264,8 @@ async fn run_batch(db: PgPool, timeouts: TxTimeouts, batch: Vec<Pending>) {
         }
     };
     for (pending, answer) in batch.into_iter().zip(answers) {
-        if let Ok(outcome) = &answer {
-            count_outbox_row(outcome);
+        if let Ok(applied) = &answer {
+            count_outbox_row(&applied.outcome);
         }
         let _ = pending.reply.send(answer);
     }

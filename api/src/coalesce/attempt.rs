@@ -13,15 +13,18 @@ use uuid::Uuid;
 use super::{Answer, Pending};
 use crate::{
     error::{ApiError, Unavailable},
-    idempotency::records,
+    idempotency::{records, Applied, StoredResponse},
     store::{
         events::{self, Seats},
         idempotency::KeyTaken,
         transactions::{self, Settled, TxTimeouts},
         Tx,
     },
-    writes::{apply, create_rsvps, lock_writers, try_lock_writers, CreateRequest, WriteOp},
+    writes::{apply, create_rsvps, lock_writers, try_lock_writers, CreateRequest, WriteOp, WriteOutcome},
 };
+
+/// A write's outcome before its answer is rendered for its record.
+type Outcome = Result<WriteOutcome, ApiError>;
 
 /// How a try takes its events' locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +150,7 @@ async fn prepare(
     taken_keys: &[Option<KeyTaken>],
 ) -> Result<Prepared, ApiError> {
     let mut tx = transactions::begin(db, timeouts).await?;
-    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    let mut answers: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
     let mut seats = lock_events(&mut tx, batch, locking, &mut answers).await?;
 
     // The writes start here, after their locks were taken, if their requests still wait.
@@ -191,7 +194,7 @@ async fn prepare(
     if !requests.is_empty() {
         let created = create_rsvps(&mut tx, &requests, &mut seats).await?;
         for ((index, _), outcome) in creates.iter().zip(created) {
-            answers[*index] = Some(outcome.map(|(written, token)| super::WriteOutcome { written, token: Some(token) }));
+            answers[*index] = Some(outcome.map(|(written, token)| WriteOutcome { written, token: Some(token) }));
         }
     }
     for (index, pending) in others {
@@ -200,11 +203,11 @@ async fn prepare(
             answer => answers[index] = Some(answer),
         }
     }
-    let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
+    let outcomes: Vec<Outcome> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
     // Each applied keyed write's record, with its answer.
     let mut recorded = Vec::new();
     let mut responses = Vec::new();
-    for (index, (pending, answer)) in batch.iter().zip(&answers).enumerate() {
+    for (index, (pending, answer)) in batch.iter().zip(&outcomes).enumerate() {
         let Some(claim) = pending.claim.as_ref().filter(|_| started[index]) else { continue };
         if matches!(answer, Err(ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyInFlight)) {
             continue;
@@ -225,6 +228,16 @@ async fn prepare(
         Some(xid) => Some(xid),
         None => transactions::current_xid(&mut tx).await?,
     };
+    // A recorded answer is rendered once: its request answers with it.
+    let mut rendered: Vec<Option<StoredResponse>> = batch.iter().map(|_| None).collect();
+    for (index, (_, response)) in recorded.into_iter().zip(responses) {
+        rendered[index] = Some(response);
+    }
+    let answers = outcomes
+        .into_iter()
+        .zip(rendered)
+        .map(|(outcome, recorded)| outcome.map(|outcome| Applied { outcome, recorded }))
+        .collect();
     Ok(Prepared::Ready { tx, answers, xid })
 }
 
@@ -238,7 +251,7 @@ async fn lock_events(
     tx: &mut Tx<'_>,
     batch: &[Pending],
     locking: Locking,
-    answers: &mut [Option<Answer>],
+    answers: &mut [Option<Outcome>],
 ) -> Result<HashMap<Uuid, Seats>, sqlx::Error> {
     let ops: Vec<&WriteOp> = batch.iter().map(|p| &p.op).collect();
     match locking {

@@ -13,13 +13,12 @@ use axum::{
 use metrics::counter;
 use sqlx::PgPool;
 
-use super::{Caller, Idempotency, IdempotencyKey, Render, REPLAYED_HEADER};
+use super::{Applied, Caller, Idempotency, IdempotencyKey, Render, REPLAYED_HEADER};
 use crate::metric_names;
 use crate::{
     auth::bearer_token,
     error::{ApiError, MAX_BODY_BYTES},
     store::idempotency::{self as store, Record},
-    writes::WriteOutcome,
 };
 
 /// What the middleware needs to know.
@@ -54,16 +53,18 @@ pub async fn layer(State(settings): State<IdempotencySettings>, request: Request
     next.run(request).await
 }
 
-/// The answer to a write: `render` of its outcome, or, when a committed request held
-/// its key (the writer answered `IdempotencyKeyInUse`), that request's answer.
+/// The answer to a write: the answer its record keeps (a keyed write), else `render`
+/// of its outcome; or, when a committed request held its key (the writer answered
+/// `IdempotencyKeyInUse`), that request's answer.
 pub async fn respond(
     db: &PgPool,
     idempotency: Option<&Idempotency>,
-    outcome: Result<WriteOutcome, ApiError>,
+    outcome: Result<Applied, ApiError>,
     render: Render,
 ) -> Result<Response, ApiError> {
     match (outcome, idempotency) {
-        (Ok(outcome), _) => Ok(render(&outcome)?.into_response()),
+        (Ok(Applied { recorded: Some(response), .. }), _) => Ok(response.into_response()),
+        (Ok(Applied { outcome, recorded: None }), _) => Ok(render(&outcome)?.into_response()),
         (Err(ApiError::IdempotencyKeyInUse), Some(idempotency)) => replay(db, idempotency).await,
         (Err(error), _) => Err(error),
     }

@@ -187,6 +187,15 @@ impl IntoResponse for StoredResponse {
     }
 }
 
+/// A write that succeeded, as the writer answers it: its outcome and, for a keyed
+/// write, the answer its record keeps, so that the request answers with the very
+/// bytes a retry gets, rendered once.
+#[derive(Debug)]
+pub struct Applied {
+    pub outcome: WriteOutcome,
+    pub recorded: Option<StoredResponse>,
+}
+
 /// How a route answers a write that succeeded.
 pub type Render = fn(&WriteOutcome) -> anyhow::Result<StoredResponse>;
 

@@ -1,6 +1,7 @@
 //! Appending outbox rows inside the writing transaction.
 
 use rsvp_contract::{event::AGGREGATE_RSVP, CloudEvent};
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::Tx;
@@ -10,10 +11,8 @@ use super::Tx;
 /// the transaction commits.
 #[tracing::instrument(skip_all, fields(rows = events.len()), err)]
 pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> Result<(), sqlx::Error> {
-    let mut payloads = Vec::with_capacity(events.len());
-    for (event, _) in events {
-        payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-    }
+    // Each event is serialized once, straight into the statement's buffer.
+    let payloads: Vec<Json<&CloudEvent>> = events.iter().map(|(event, _)| Json(event)).collect();
     let aggregate_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.data.id).collect();
     let keys: Vec<String> = events.iter().map(|(e, _)| e.kafka_key()).collect();
     let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
@@ -34,7 +33,7 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
         &types as &[&str],
         &message_ids,
         &versions,
-        &payloads,
+        &payloads as &[Json<&CloudEvent>],
         &traceparents as &[Option<&str>],
     )
     .execute(&mut **tx)
