@@ -1,7 +1,7 @@
 //! The CloudEvents 1.0 envelope of every outbox row and Kafka record.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
 /// CloudEvents `source` of everything the api writes.
@@ -83,7 +83,9 @@ pub struct RsvpData {
     pub status: RsvpStatus,
     pub guests: i16,
     pub version: i64,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// Set on `RSVP_UPDATED` and `RSVP_CANCELLED`: the status before the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +100,7 @@ pub struct CloudEvent {
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub subject: String,
+    #[serde(serialize_with = "rfc3339")]
     pub time: DateTime<Utc>,
     pub datacontenttype: String,
     pub data: RsvpData,
@@ -125,9 +128,33 @@ impl CloudEvent {
     }
 }
 
+/// Serializes a timestamp as chrono's own `Serialize` does (RFC 3339 in UTC with `Z`,
+/// as many fraction digits as it needs), for `#[serde(serialize_with)]`. Chrono hands
+/// its text to serde one character at a time, and serde_json escapes each as a
+/// string of its own; this formats it first and escapes it once.
+pub fn rfc3339<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_serialize_as_chronos_own_serialize_does() {
+        #[derive(Serialize)]
+        struct Ours(#[serde(serialize_with = "rfc3339")] DateTime<Utc>);
+        for text in [
+            "2026-12-06T07:00:00Z",
+            "2026-12-06T07:00:00.120Z",
+            "2026-12-06T07:00:00.123456Z",
+            "2026-12-06T07:00:00.123456789Z",
+            "2099-01-01T00:00:00.000001Z",
+        ] {
+            let time: DateTime<Utc> = text.parse().unwrap();
+            assert_eq!(serde_json::to_string(&Ours(time)).unwrap(), serde_json::to_string(&time).unwrap(), "{text}");
+        }
+    }
 
     fn sample() -> CloudEvent {
         let now = Utc::now();

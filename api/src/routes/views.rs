@@ -4,7 +4,7 @@
 
 use axum::http::{header, HeaderMap};
 use chrono::{DateTime, Utc};
-use rsvp_contract::RsvpStatus;
+use rsvp_contract::{event::rfc3339, RsvpStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -20,11 +20,13 @@ use crate::{
 pub struct EventView {
     pub id: Uuid,
     pub title: String,
+    #[serde(serialize_with = "rfc3339")]
     pub starts_at: DateTime<Utc>,
     /// Seats; null when unlimited.
     pub capacity: Option<i32>,
     /// Seats held by going rsvps and their guests.
     pub seats_taken: i32,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     pub counts: RsvpCounts,
     /// Guests brought by going rsvps.
@@ -66,7 +68,9 @@ pub struct RsvpView {
     pub guests: i16,
     /// Incremented by every change.
     pub version: i64,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -97,6 +101,7 @@ pub struct PublicRsvp {
     pub name: String,
     pub status: RsvpStatus,
     pub guests: i16,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
