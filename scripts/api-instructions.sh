@@ -17,21 +17,20 @@ bin_dir=${1:-$ROOT/target/release}
 mode=${2:-plain}
 creates=${3:-3000}
 command -v valgrind >/dev/null || apt_install valgrind
-command -v curl >/dev/null || apt_install curl
 
 database=rsvp_api_instructions
 work=$(mktemp -d)
 trap 'kill "$api" 2>/dev/null || true; rm -rf "$work"' EXIT
 psql -qX -h 127.0.0.1 -U root -d postgres -c "drop database if exists $database" -c "create database $database" >/dev/null
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 admin_token=api-instructions-admin-token
 DATABASE_URL=postgres://root@127.0.0.1:5432/$database API_ADDR=127.0.0.1:$port ADMIN_ADDR=127.0.0.1:0 \
     ADMIN_TOKEN=$admin_token RUST_LOG=warn \
     valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin_dir/rsvp-api" \
     >"$work/api.log" 2>&1 &
 api=$!
-for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.5; done
+wait_port 127.0.0.1 "$port" 120 "rsvp-api under valgrind"
 
 # The load: 50 events, then creates spread over them from 8 keep-alive clients.
 cat >"$work/load.py" <<'PY'
@@ -68,9 +67,9 @@ if failed:
     sys.exit(f"{len(failed)} creates failed: {sorted(set(failed))}")
 PY
 python3 "$work/load.py" "$port" "$admin_token" "$mode" 200
-callgrind_control -z "$api" >/dev/null
+callgrind_control -z "$api" >/dev/null 2>&1
 python3 "$work/load.py" "$port" "$admin_token" "$mode" "$creates"
-callgrind_control -d "$api" >/dev/null
+callgrind_control -d "$api" >/dev/null 2>&1
 kill -INT "$api"
 wait "$api" || true
 

@@ -19,6 +19,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 wait_port() { # host port seconds what
     local i
     for ((i = 0; i < $3 * 10; i++)); do

@@ -11,7 +11,6 @@
 #   COMPOSE_FILE=FILE   check another compose file (default: docker-compose.yml)
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-source "$(dirname "$0")/system.bash" # free_port
 cd "$ROOT"
 ensure_rust
 ensure_cli_tools

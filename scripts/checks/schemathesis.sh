@@ -11,8 +11,8 @@ ensure_python_tools
 
 database="test_schemathesis_$$"
 psql -h 127.0.0.1 -U root -d postgres -qc "create database $database" >/dev/null
-api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+api_port=$(free_port)
+admin_port=$(free_port)
 token="schemathesis-admin-token-$$"
 
 cargo build --locked -q -p rsvp-api

@@ -4,8 +4,6 @@
 # second with ops/alerts.yml loaded, and a small api load. Everything started here is
 # stopped on exit.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # start_system NAME: exports API, API_ADMIN, RELAY_ADMIN, CONSUMERS_ADMIN, PROMETHEUS,
 # DATABASE_URL, KAFKA_BROKERS, ADMIN_TOKEN, BROKER_PORT and WORK (a scratch folder).
 start_system() {
