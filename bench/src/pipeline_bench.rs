@@ -55,6 +55,22 @@ struct Try {
     lag_at_stop: i64,
     drained_after: Option<Duration>,
     cpu: Vec<Duration>,
+    /// The consumers' fetches over the try: sent to the broker, and served from what
+    /// another group of the instance fetched (none for a build without the metric).
+    fetches: FetchCounts,
+}
+
+#[derive(Clone, Copy, Default)]
+struct FetchCounts {
+    from_broker: Option<f64>,
+    shared: Option<f64>,
+}
+
+impl FetchCounts {
+    fn since(self, before: Self) -> Self {
+        let minus = |after: Option<f64>, before: Option<f64>| Some(after? - before.unwrap_or(0.0));
+        Self { from_broker: minus(self.from_broker, before.from_broker), shared: minus(self.shared, before.shared) }
+    }
 }
 
 impl Try {
@@ -105,6 +121,15 @@ impl Pipeline {
         Ok(committed - processed)
     }
 
+    /// The consumers' fetches so far (`consumer_fetches_total`, `consumer_shared_fetches_total`).
+    async fn fetch_counts(&self, http: &reqwest::Client) -> anyhow::Result<FetchCounts> {
+        let samples = system::scrape(http, &self.services.consumers_metrics).await?;
+        Ok(FetchCounts {
+            from_broker: system::sum_of(&samples, "consumer_fetches_total{"),
+            shared: system::sum_of(&samples, "consumer_shared_fetches_total{"),
+        })
+    }
+
     fn cpu(&self, ticks: f64) -> Vec<Duration> {
         self.pids.iter().map(|pid| cpu_time(*pid, ticks).unwrap_or_default()).collect()
     }
@@ -118,6 +143,7 @@ impl Pipeline {
         let first_id = self.committed().await?;
         let processed_before = self.slowest_group_processed(&http).await?;
         let cpu_before = self.cpu(ticks);
+        let fetches_before = self.fetch_counts(&http).await?;
         let load = async {
             match offered {
                 None => {
@@ -157,6 +183,7 @@ impl Pipeline {
         }
         let cpu =
             self.cpu(ticks).iter().zip(&cpu_before).map(|(after, before)| after.saturating_sub(*before)).collect();
+        let fetches = self.fetch_counts(&http).await?.since(fetches_before);
         Ok(Try {
             offered,
             written,
@@ -165,6 +192,7 @@ impl Pipeline {
             lag_at_stop,
             drained_after,
             cpu,
+            fetches,
         })
     }
 }
@@ -225,14 +253,16 @@ impl PipelineBench {
 
         let mut table = String::from(
             "| try | offered writes/s | written | api creates/s | lag max | lag as the load stopped | drained after | sustained | \
-             CPU s per 1,000 events: api | relay | consumers | Tansu |\n\
-             |---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
+             CPU s per 1,000 events: api | relay | consumers | Tansu | \
+             consumer fetches per 1,000 events: from the broker | shared |\n\
+             |---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
         );
         for (index, t) in tries.iter().enumerate() {
             let per_thousand = |value: f64| value * 1000.0 / t.written.max(1) as f64;
             let cpu: Vec<String> = t.cpu.iter().map(|c| format!("{:.3}", per_thousand(c.as_secs_f64()))).collect();
+            let fetches = |count: Option<f64>| count.map_or("n/a".to_owned(), |c| format!("{:.0}", per_thousand(c)));
             table.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
                 index + 1,
                 t.offered.map_or(format!("as fast as {} clients go", self.clients), |r| format!("{r:.0}")),
                 t.written,
@@ -242,6 +272,8 @@ impl PipelineBench {
                 t.drained_after.map_or("not within 60 s".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
                 if t.sustained() { "yes" } else { "no" },
                 cpu.join(" | "),
+                fetches(t.fetches.from_broker),
+                fetches(t.fetches.shared),
             ));
         }
         let summary = match tries.iter().find(|t| t.sustained()) {
@@ -269,8 +301,10 @@ impl PipelineBench {
                  consumer group handled, from `consumer_processed_total`, sampled every 250 ms) is under one \
                  second of the try's rate as the load stops and drains within {} s. The first try writes as \
                  fast as the api takes them; each next one offers {STEP_DOWN}x the last (open loop, at most \
-                 {MAX_IN_FLIGHT} in flight). CPU from `/proc/PID/stat` from the try's start until its lag \
-                 drained.\n",
+                 {MAX_IN_FLIGHT} in flight). CPU from `/proc/PID/stat`, and the consumers' fetches from their \
+                 metrics (`consumer_fetches_total`: requests to the broker; `consumer_shared_fetches_total`: \
+                 served from what another group of the instance had fetched), from the try's start until its \
+                 lag drained.\n",
                 DRAIN_BOUND.as_secs()
             ),
         );

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::{
     group::{Consumer, Group},
+    recent::RecentRecords,
     wakeup::Wakeups,
 };
 
@@ -47,4 +48,6 @@ pub struct GroupContext {
     pub settings: WorkerSettings,
     /// The relay's wake-ups, shared by every group of the process.
     pub wakeups: Arc<Wakeups>,
+    /// What the groups of the process fetched lately; none when it runs one group.
+    pub recent: Option<Arc<RecentRecords>>,
 }

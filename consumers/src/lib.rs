@@ -18,6 +18,7 @@ pub mod offsets;
 pub mod ownership;
 pub mod pacing;
 pub mod raw_fetch;
+pub mod recent;
 pub mod record;
 pub mod registry;
 pub mod runner;

@@ -16,6 +16,7 @@ pub const LAG: &str = "consumer_lag_records";
 pub const OWNED_PARTITIONS: &str = "consumer_owned_partitions";
 pub const FETCHES: &str = "consumer_fetches_total";
 pub const FETCH_DURATION: &str = "consumer_fetch_duration_seconds";
+pub const SHARED_FETCHES: &str = "consumer_shared_fetches_total";
 
 /// Registers the help texts of every consumer metric and of the role metrics.
 pub fn describe() {
@@ -48,6 +49,10 @@ pub fn describe() {
     describe_counter!(
         FETCHES,
         "Fetch requests sent to the broker by partition workers, by group and result (records, empty, error)."
+    );
+    describe_counter!(
+        SHARED_FETCHES,
+        "Fetches answered from records another group of this instance had just fetched, instead of by the broker, by group."
     );
     describe_histogram!(
         FETCH_DURATION,

@@ -1,6 +1,6 @@
 //! Decoding a Kafka record into the CloudEvent it carries, and why a record is poison.
 
-use rskafka::record::RecordAndOffset;
+use rskafka::record::{Record, RecordAndOffset};
 use rsvp_contract::{headers, CloudEvent};
 use sha2::{Digest, Sha256};
 
@@ -66,19 +66,30 @@ impl RawRecord {
     }
 
     /// What identifies this record at its offset, to tell later whether the broker
-    /// still holds the same log: its `ce_id` header, else a digest of its key and value.
+    /// still holds the same log: see [`fingerprint`].
     pub fn fingerprint(&self) -> Vec<u8> {
-        match self.header(headers::CE_ID) {
-            Some(id) if !id.is_empty() => id.to_vec(),
-            _ => {
-                let mut digest = Sha256::new();
-                for part in [&self.key, &self.value] {
-                    let part = part.as_deref().unwrap_or_default();
-                    digest.update((part.len() as u64).to_be_bytes());
-                    digest.update(part);
-                }
-                digest.finalize().to_vec()
+        fingerprint(self.header(headers::CE_ID), self.key.as_deref(), self.value.as_deref())
+    }
+}
+
+/// [`RawRecord::fingerprint`] of a record as the client decoded it.
+pub fn fingerprint_of(record: &Record) -> Vec<u8> {
+    let id = record.headers.get(headers::CE_ID).map(Vec::as_slice);
+    fingerprint(id, record.key.as_deref(), record.value.as_deref())
+}
+
+/// A record's `ce_id` header, else a digest of its key and value.
+fn fingerprint(ce_id: Option<&[u8]>, key: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u8> {
+    match ce_id {
+        Some(id) if !id.is_empty() => id.to_vec(),
+        _ => {
+            let mut digest = Sha256::new();
+            for part in [key, value] {
+                let part = part.unwrap_or_default();
+                digest.update((part.len() as u64).to_be_bytes());
+                digest.update(part);
             }
+            digest.finalize().to_vec()
         }
     }
 }

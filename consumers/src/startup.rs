@@ -17,7 +17,9 @@ use crate::{
     context::{GroupContext, WorkerSettings},
     dlq,
     group::{Consumer, Database, Delivery, Group},
-    metric_names, registry,
+    metric_names,
+    recent::RecentRecords,
+    registry,
     runner::GroupRunner,
     status::{self, GroupStatus},
     wakeup::{self, Wakeups},
@@ -30,6 +32,10 @@ const CLIENT_ID: &str = "rsvp-consumers";
 /// (each owned partition holds its own session besides).
 const POOL_CONNECTIONS: u32 = 4;
 
+/// How many fetches' worth of records (`FETCH_MAX_BYTES` each) the groups of one
+/// instance keep per partition for each other.
+const RECENT_FETCHES_KEPT: usize = 4;
+
 pub struct Application {
     settings: Settings,
     main: PgPool,
@@ -39,6 +45,7 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     instance_id: Uuid,
     wakeups: Arc<Wakeups>,
+    recent: Option<Arc<RecentRecords>>,
 }
 
 impl Application {
@@ -67,6 +74,12 @@ impl Application {
             consumers.push(consumer);
         }
         let wakeups = Wakeups::new(&settings.kafka.topic);
+        // A group behind another reads what that one fetched; a window of a few
+        // fetches' worth per partition covers a group a fetch or two behind.
+        let recent = (consumers.len() > 1).then(|| {
+            let fetch_bytes = usize::try_from(settings.fetch_max_bytes).unwrap_or(usize::MAX);
+            RecentRecords::new(fetch_bytes.saturating_mul(RECENT_FETCHES_KEPT))
+        });
         Ok(Self {
             settings: settings.clone(),
             main,
@@ -75,6 +88,7 @@ impl Application {
             admin_listener,
             instance_id: Uuid::new_v4(),
             wakeups,
+            recent,
         })
     }
 
@@ -138,6 +152,7 @@ impl Application {
             },
             consumer,
             wakeups: self.wakeups.clone(),
+            recent: self.recent.clone(),
         }))
     }
 

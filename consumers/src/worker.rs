@@ -37,6 +37,8 @@ enum Fetched {
     Records {
         records: Vec<RecordAndOffset>,
         high_watermark: i64,
+        /// Read from what another group of this instance fetched, not from the broker.
+        shared: bool,
     },
     /// The client cannot decode the first record batch at the next offset.
     Undecodable(String),
@@ -185,13 +187,16 @@ impl PartitionWorker {
 
     /// Fetches from the stored offset and applies what came as one batch.
     pub async fn step(&mut self) -> Result<StepOutcome, WorkerError> {
-        let (mut records, high_watermark) = match self.fetch().await? {
-            Fetched::Records { records, high_watermark } => (records, high_watermark),
+        let (mut records, high_watermark, shared) = match self.fetch().await? {
+            Fetched::Records { records, high_watermark, shared } => (records, high_watermark, shared),
             Fetched::Undecodable(error) => return self.skip_undecodable(&error).await,
             Fetched::OutOfRange => return self.restart_from_earliest("offset out of range").await,
         };
         if let Some(why) = self.log_mismatch(&records, high_watermark).await? {
             return self.restart_from_earliest(why).await;
+        }
+        if let Some(recent) = self.ctx.recent.as_ref().filter(|_| !shared) {
+            recent.remember(self.key.partition, &records, high_watermark, self.anchor.as_ref());
         }
         // A fetch from the anchor brings the last batch again: it was applied.
         records.retain(|record| record.offset >= self.next_offset);
@@ -216,6 +221,9 @@ impl PartitionWorker {
 
     /// The records after the next offset, or why there are none to apply.
     async fn fetch(&mut self) -> Result<Fetched, WorkerError> {
+        if let Some(served) = self.read_recent() {
+            return Ok(served);
+        }
         let settings = &self.ctx.settings;
         let max_wait = i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let from = match &self.anchor {
@@ -234,12 +242,23 @@ impl PartitionWorker {
             }
         }
         match fetched {
-            Ok((records, high_watermark)) => Ok(Fetched::Records { records, high_watermark }),
+            Ok((records, high_watermark)) => Ok(Fetched::Records { records, high_watermark, shared: false }),
             Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                 Ok(Fetched::OutOfRange)
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// What another group of this instance fetched lately from this worker's anchor
+    /// on, when that reaches past the next offset ([`crate::recent`]): the anchor's
+    /// record comes with it, so the log check reads it as from a fetch at the anchor.
+    fn read_recent(&self) -> Option<Fetched> {
+        let (recent, anchor) = (self.ctx.recent.as_ref()?, self.anchor.as_ref()?);
+        let max_bytes = usize::try_from(self.ctx.settings.fetch_max_bytes).unwrap_or(usize::MAX);
+        let (records, high_watermark) = recent.read(self.key.partition, anchor, self.next_offset, max_bytes)?;
+        metrics::counter!(metric_names::SHARED_FETCHES, "group" => self.ctx.group.name()).increment(1);
+        Some(Fetched::Records { records, high_watermark, shared: true })
     }
 
     /// Why the next offset no longer belongs to the broker's log, if it does not.
@@ -520,6 +539,9 @@ impl PartitionWorker {
     /// The stored offset is not on the broker (retention, or a broker that lost its
     /// data): start again from the earliest record it has.
     async fn reset_to_earliest(&mut self, why: &'static str) -> Result<(), WorkerError> {
+        if let Some(recent) = &self.ctx.recent {
+            recent.forget(self.key.partition);
+        }
         let earliest = self.kafka.get_offset(OffsetAt::Earliest).await?;
         let (key, from) = (&self.key, self.stored_offset);
         self.conn.run(async |conn| advance(conn, key, from, earliest, None).await).await??;

@@ -474,3 +474,23 @@ pub(crate) async fn run_binary(env: &TestEnv, args: &[&str]) -> (bool, String) {
         .expect("run rsvp-consumers");
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// Steps `worker` until it finds nothing new (at most 20 batches).
+pub(crate) async fn step_until_caught_up(worker: &mut PartitionWorker) {
+    let mut steps = 0;
+    while let StepOutcome::Processed { .. } = worker.step().await.expect("step") {
+        steps += 1;
+        assert!(steps < 20, "never caught up");
+    }
+}
+
+/// `range` numbers the guests, whose emails must differ per event.
+pub(crate) async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, range: std::ops::Range<usize>, one_batch_each: bool) {
+    for i in range {
+        api.rsvp(event, &format!("guest{i}-{event}@example.com"), ["going", "maybe"][i % 2], (i % 3) as i64).await;
+        if one_batch_each {
+            env.relay_outbox().await;
+        }
+    }
+    env.relay_outbox().await;
+}

@@ -3,31 +3,13 @@
 
 use std::time::Duration;
 
-use rsvp_consumers::worker::{PartitionWorker, StepOutcome};
-use uuid::Uuid;
+use rsvp_consumers::worker::PartitionWorker;
 
-use crate::helpers::{metric_value, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, TOPIC};
+use crate::helpers::{
+    metric_value, rsvps, step_until_caught_up, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, TOPIC,
+};
 
 const RESETS: &str = r#"consumer_offset_resets_total{group="analytics-group"}"#;
-
-async fn step_until_caught_up(worker: &mut PartitionWorker) {
-    let mut steps = 0;
-    while let StepOutcome::Processed { .. } = worker.step().await.expect("step") {
-        steps += 1;
-        assert!(steps < 20, "never caught up");
-    }
-}
-
-/// `range` numbers the guests, whose emails must differ per event.
-async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, range: std::ops::Range<usize>, one_batch_each: bool) {
-    for i in range {
-        api.rsvp(event, &format!("guest{i}-{event}@example.com"), ["going", "maybe"][i % 2], (i % 3) as i64).await;
-        if one_batch_each {
-            env.relay_outbox().await;
-        }
-    }
-    env.relay_outbox().await;
-}
 
 /// Applies three records, loses the broker's log, refills it with five others in
 /// batches of one, then lets the consumer poll: `reacquire` takes the partition again

@@ -16,5 +16,6 @@ mod notifications;
 mod ordering;
 mod ownership;
 mod raw_kafka;
+mod shared_fetch;
 mod status;
 mod transient;
