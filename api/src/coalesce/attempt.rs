@@ -191,9 +191,11 @@ async fn prepare(
             _ => None,
         })
         .collect();
+    let mut xid = None;
     if !requests.is_empty() {
         let created = create_rsvps(&mut tx, &requests, &mut seats).await?;
-        for ((index, _), outcome) in creates.iter().zip(created) {
+        xid = created.xid;
+        for ((index, _), outcome) in creates.iter().zip(created.outcomes) {
             answers[*index] = Some(outcome.map(|(written, token)| WriteOutcome { written, token: Some(token) }));
         }
     }
@@ -223,8 +225,9 @@ async fn prepare(
             inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
         ));
     }
-    // The records' statement returned the xid when it ran: one round trip fewer.
-    let xid = match inserted.xid {
+    // The creates' outbox rows or the records' statement returned the xid when they
+    // ran: one round trip fewer, while the transaction holds back the relay's reads.
+    let xid = match inserted.xid.or(xid) {
         Some(xid) => Some(xid),
         None => transactions::current_xid(&mut tx).await?,
     };

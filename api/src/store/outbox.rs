@@ -8,9 +8,11 @@ use super::Tx;
 
 /// Appends the outbox rows of `events`, in order, in one statement. Their `xid`
 /// defaults to the writing transaction; the insert trigger notifies the relay when
-/// the transaction commits.
+/// the transaction commits. Returns that xid (none when `events` is empty), which
+/// settles a failed `COMMIT`: asked here, it costs no round trip of its own while
+/// the transaction holds its xid, which holds back the relay's reads.
 #[tracing::instrument(skip_all, fields(rows = events.len()), err)]
-pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> Result<(), sqlx::Error> {
+pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> Result<Option<String>, sqlx::Error> {
     // Each event is serialized once, straight into the statement's buffer.
     let payloads: Vec<Json<&CloudEvent>> = events.iter().map(|(event, _)| Json(event)).collect();
     let aggregate_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.data.id).collect();
@@ -20,13 +22,17 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
     let versions: Vec<i64> = events.iter().map(|(e, _)| e.data.version).collect();
     let traceparents: Vec<Option<&str>> = events.iter().map(|(_, t)| *t).collect();
     // `with ordinality` keeps the given order, so outbox ids follow it.
-    sqlx::query!(
-        "insert into outbox
-            (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
-         select $1, a, k, t, m, v, p, tp
-         from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::jsonb[], $8::text[])
-              with ordinality as rows(a, k, t, m, v, p, tp, n)
-         order by n",
+    sqlx::query_scalar!(
+        r#"with appended as (
+             insert into outbox
+                 (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
+             select $1, a, k, t, m, v, p, tp
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::jsonb[], $8::text[])
+                  with ordinality as rows(a, k, t, m, v, p, tp, n)
+             order by n
+             returning 1
+         )
+         select pg_current_xact_id()::text as "xid!" from appended limit 1"#,
         AGGREGATE_RSVP,
         &aggregate_ids,
         &keys,
@@ -36,7 +42,6 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
         &payloads as &[Json<&CloudEvent>],
         &traceparents as &[Option<&str>],
     )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_optional(&mut **tx)
+    .await
 }

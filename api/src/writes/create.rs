@@ -25,8 +25,16 @@ pub struct CreateRequest<'a> {
     pub traceparent: Option<&'a str>,
 }
 
-/// The outcome of each request, in request order: the rsvp with its token (the only
-/// time the token is seen), or why it was refused. Refused requests write nothing.
+/// What [`create_rsvps`] did.
+pub struct Created {
+    /// The outcome of each request, in request order: the rsvp with its token (the
+    /// only time the token is seen), or why it was refused.
+    pub outcomes: Vec<Result<(Written, String), ApiError>>,
+    /// The transaction's xid, once it wrote an outbox row.
+    pub xid: Option<String>,
+}
+
+/// Creates the requested rsvps with their outbox rows. Refused requests write nothing.
 /// `seats` holds the requests' events as this transaction locked them
 /// ([`events::lock`]), kept up to date here; a request whose event is absent is
 /// answered 404.
@@ -34,7 +42,7 @@ pub async fn create_rsvps(
     tx: &mut Tx<'_>,
     requests: &[CreateRequest<'_>],
     seats: &mut HashMap<Uuid, Seats>,
-) -> Result<Vec<Result<(Written, String), ApiError>>, sqlx::Error> {
+) -> Result<Created, sqlx::Error> {
     let mut outcomes: Vec<Option<Result<(Written, String), ApiError>>> = requests.iter().map(|_| None).collect();
     let mut rows = Vec::with_capacity(requests.len());
     let mut tokens = Vec::with_capacity(requests.len());
@@ -79,10 +87,11 @@ pub async fn create_rsvps(
             (event, requests[*index].traceparent)
         })
         .collect();
-    outbox::append(tx, &events).await?;
+    let xid = outbox::append(tx, &events).await?;
 
     for (index, row, token) in accepted {
         outcomes[index] = Some(Ok((Written { rsvp: row, event_type: Some(EventType::RsvpCreated) }, token)));
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect())
+    let outcomes = outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect();
+    Ok(Created { outcomes, xid })
 }

@@ -44,6 +44,7 @@ async fn append(
     traceparent: Option<&str>,
 ) -> Result<Option<EventType>, ApiError> {
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
+    // The batch asks for its xid at its end, as these writes do not hand it back.
     outbox::append(tx, &[(event, traceparent)]).await?;
     Ok(Some(event_type))
 }
@@ -122,7 +123,7 @@ pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> 
         WriteOp::Create { event_id, rsvp } => {
             let request = CreateRequest { event_id: *event_id, rsvp, traceparent };
             let mut seats = events::lock(tx, &[*event_id]).await?;
-            let created = create_rsvps(tx, &[request], &mut seats).await?.pop();
+            let created = create_rsvps(tx, &[request], &mut seats).await?.outcomes.pop();
             let (written, token) = created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))??;
             (written, Some(token))
         }
