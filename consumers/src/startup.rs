@@ -80,6 +80,12 @@ impl Application {
             let fetch_bytes = usize::try_from(settings.fetch_max_bytes).unwrap_or(usize::MAX);
             RecentRecords::new(fetch_bytes.saturating_mul(RECENT_FETCHES_KEPT))
         });
+        if recent.is_some() {
+            // From zero, so that a dashboard shows the sharing before the first share.
+            for consumer in &consumers {
+                metrics::counter!(metric_names::SHARED_FETCHES, "group" => consumer.group().name()).increment(0);
+            }
+        }
         Ok(Self {
             settings: settings.clone(),
             main,
