@@ -21,8 +21,7 @@ pub async fn insert(
     error: &str,
     attempts: u32,
 ) -> Result<(), sqlx::Error> {
-    let (names, values): (Vec<&[u8]>, Vec<&[u8]>) =
-        record.headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).unzip();
+    let (names, values): (Vec<&[u8]>, Vec<&[u8]>) = record.headers().into_iter().unzip();
     sqlx::query!(
         "insert into consumer_dead_letters
             (group_name, topic, partition, kafka_offset, record_key, record_value, header_names, header_values, error, attempts)
@@ -31,8 +30,8 @@ pub async fn insert(
         key.topic,
         key.partition,
         record.offset,
-        record.key.as_deref(),
-        record.value.as_deref(),
+        record.key(),
+        record.value(),
         &names as &[&[u8]],
         &values as &[&[u8]],
         &storable(error) as &str,
@@ -75,12 +74,12 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     fn raw(&self) -> RawRecord {
-        RawRecord {
-            offset: self.kafka_offset,
-            key: self.record_key.clone(),
-            value: self.record_value.clone(),
-            headers: self.header_names.iter().cloned().zip(self.header_values.iter().cloned()).collect(),
-        }
+        RawRecord::from_bytes(
+            self.kafka_offset,
+            self.record_key.clone(),
+            self.record_value.clone(),
+            self.header_names.iter().cloned().zip(self.header_values.iter().cloned()).collect(),
+        )
     }
 
     /// A few lines per dead letter, every byte escaped so that the terminal shows it

@@ -215,14 +215,14 @@ fn parse_batch(records: &[u8], from: i64) -> Result<(Vec<RawRecord>, i64), RawFe
         let key = record.var_bytes()?;
         let value = record.var_bytes()?;
         let headers = record.varint()?;
-        let mut raw = RawRecord { offset, key, value, headers: Vec::new() };
+        let mut header_pairs = Vec::new();
         for _ in 0..record.len(headers)? {
             let name = record.var_bytes()?.unwrap_or_default();
             let value = record.var_bytes()?.unwrap_or_default();
-            raw.headers.push((name, value));
+            header_pairs.push((name, value));
         }
         if offset >= from {
-            out.push(raw);
+            out.push(RawRecord::from_bytes(offset, key, value, header_pairs));
         }
     }
     Ok((out, base_offset + i64::from(last_offset_delta) + 1))

@@ -18,6 +18,9 @@
 //! So this only ever saves requests. A worker whose anchor is not there, or which is
 //! caught up with the window, fetches from the broker as before; the high watermark
 //! served is the newest the window saw, which may be a few milliseconds old.
+//!
+//! The records are shared, not copied: the window and every worker it serves hold
+//! the same reference-counted records the client decoded.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -57,7 +60,7 @@ enum Place {
 }
 
 struct Held {
-    record: RecordAndOffset,
+    record: Arc<RecordAndOffset>,
     bytes: usize,
 }
 
@@ -72,7 +75,13 @@ impl RecentRecords {
 
     /// Adds a broker's answer for `partition`: records from one fetch, in offset order,
     /// which the worker with `anchor` found to follow its anchor in the broker's log.
-    pub fn remember(&self, partition: i32, records: &[RecordAndOffset], high_watermark: i64, anchor: Option<&Anchor>) {
+    pub fn remember(
+        &self,
+        partition: i32,
+        records: &[Arc<RecordAndOffset>],
+        high_watermark: i64,
+        anchor: Option<&Anchor>,
+    ) {
         if records.is_empty() {
             return;
         }
@@ -98,7 +107,7 @@ impl RecentRecords {
         anchor: &Anchor,
         next_offset: i64,
         max_bytes: usize,
-    ) -> Option<(Vec<RecordAndOffset>, i64)> {
+    ) -> Option<(Vec<Arc<RecordAndOffset>>, i64)> {
         let window = self.windows.lock().expect("recent windows").get(&partition)?.clone();
         let window = window.lock().expect("recent window");
         let anchor_at = window.holding(anchor)?;
@@ -146,7 +155,7 @@ impl Window {
     }
 
     /// What to do with an answer (not empty) checked against `anchor`.
-    fn place(&self, records: &[RecordAndOffset], anchor: Option<&Anchor>) -> Place {
+    fn place(&self, records: &[Arc<RecordAndOffset>], anchor: Option<&Anchor>) -> Place {
         let (Some(start), Some(end)) = (self.start(), self.end()) else { return Place::Join };
         let (first, last) = (records[0].offset, records[records.len() - 1].offset);
         if last < start {
@@ -175,8 +184,9 @@ impl Window {
     }
 
     /// Adds what `records` has before and after the window (all of it, to an empty one).
-    fn add(&mut self, records: &[RecordAndOffset], high_watermark: i64) {
-        let held = |record: &RecordAndOffset| Held { record: record.clone(), bytes: record.record.approximate_size() };
+    fn add(&mut self, records: &[Arc<RecordAndOffset>], high_watermark: i64) {
+        let held =
+            |record: &Arc<RecordAndOffset>| Held { record: record.clone(), bytes: record.record.approximate_size() };
         // An empty window takes every record (as though all came after it).
         let (start, end) = match (self.start(), self.end()) {
             (Some(start), Some(end)) => (start, end),
@@ -217,14 +227,14 @@ mod tests {
 
     use super::*;
 
-    fn record(offset: i64, id: &str) -> RecordAndOffset {
+    fn record(offset: i64, id: &str) -> Arc<RecordAndOffset> {
         let headers = BTreeMap::from([("ce_id".to_owned(), id.as_bytes().to_vec())]);
         let record = Record { key: None, value: Some(vec![0; 100]), headers, timestamp: Utc::now() };
-        RecordAndOffset { record, offset }
+        Arc::new(RecordAndOffset { record, offset })
     }
 
     /// Records `from..to` of a log named `log`.
-    fn answer(log: &str, from: i64, to: i64) -> Vec<RecordAndOffset> {
+    fn answer(log: &str, from: i64, to: i64) -> Vec<Arc<RecordAndOffset>> {
         (from..to).map(|offset| record(offset, &format!("{log}-{offset:03}"))).collect()
     }
 
@@ -237,7 +247,7 @@ mod tests {
         std::iter::once(anchor).chain(new).collect()
     }
 
-    fn offsets(served: Option<(Vec<RecordAndOffset>, i64)>) -> Option<(Vec<i64>, i64)> {
+    fn offsets(served: Option<(Vec<Arc<RecordAndOffset>>, i64)>) -> Option<(Vec<i64>, i64)> {
         served.map(|(records, high)| (records.iter().map(|r| r.offset).collect(), high))
     }
 

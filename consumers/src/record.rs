@@ -1,5 +1,7 @@
 //! Decoding a Kafka record into the CloudEvent it carries, and why a record is poison.
 
+use std::sync::Arc;
+
 use rskafka::record::{Record, RecordAndOffset};
 use rsvp_contract::{headers, CloudEvent};
 use sha2::{Digest, Sha256};
@@ -19,37 +21,85 @@ pub enum DecodeError {
 }
 
 /// A record as it came from the broker, kept raw for the dead-letter table.
-///
-/// Header names are bytes too: Kafka does not promise UTF-8 or the absence of NUL in
-/// them, and a name Postgres cannot store as text must still reach the table.
 #[derive(Debug, Clone, Default)]
 pub struct RawRecord {
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Body,
 }
 
-impl From<RecordAndOffset> for RawRecord {
-    fn from(record: RecordAndOffset) -> Self {
-        RawRecord {
-            offset: record.offset,
-            key: record.record.key,
-            value: record.record.value,
-            headers: record.record.headers.into_iter().map(|(name, value)| (name.into_bytes(), value)).collect(),
-        }
+#[derive(Debug, Clone)]
+enum Body {
+    /// As the client decoded it, shared with the other groups of the instance
+    /// (`crate::recent`) rather than copied.
+    Fetched(Arc<RecordAndOffset>),
+    /// As bytes: read by a fetch of the consumers' own (`crate::raw_fetch`) or from the
+    /// dead-letter table. Header names are bytes too: Kafka does not promise UTF-8 or
+    /// the absence of NUL in them, and a name Postgres cannot store as text must
+    /// still reach the table.
+    Bytes { key: Option<Vec<u8>>, value: Option<Vec<u8>>, headers: Vec<(Vec<u8>, Vec<u8>)> },
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::Bytes { key: None, value: None, headers: Vec::new() }
+    }
+}
+
+impl From<Arc<RecordAndOffset>> for RawRecord {
+    fn from(record: Arc<RecordAndOffset>) -> Self {
+        RawRecord { offset: record.offset, body: Body::Fetched(record) }
     }
 }
 
 impl RawRecord {
+    pub fn from_bytes(
+        offset: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Self {
+        RawRecord { offset, body: Body::Bytes { key, value, headers } }
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Fetched(record) => record.record.key.as_deref(),
+            Body::Bytes { key, .. } => key.as_deref(),
+        }
+    }
+
+    pub fn value(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Fetched(record) => record.record.value.as_deref(),
+            Body::Bytes { value, .. } => value.as_deref(),
+        }
+    }
+
+    /// Every header's name and value, in the record's order.
+    pub fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        match &self.body {
+            Body::Fetched(record) => {
+                record.record.headers.iter().map(|(name, value)| (name.as_bytes(), value.as_slice())).collect()
+            }
+            Body::Bytes { headers, .. } => {
+                headers.iter().map(|(name, value)| (name.as_slice(), value.as_slice())).collect()
+            }
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v.as_slice())
+        match &self.body {
+            Body::Fetched(record) => record.record.headers.get(name).map(Vec::as_slice),
+            Body::Bytes { headers, .. } => {
+                headers.iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v.as_slice())
+            }
+        }
     }
 
     /// The event in the value. Headers are optional (a hand-produced record may lack
     /// them) but must agree with the value when present.
     pub fn decode(&self) -> Result<CloudEvent, DecodeError> {
-        let value = self.value.as_deref().ok_or(DecodeError::MissingValue)?;
+        let value = self.value().ok_or(DecodeError::MissingValue)?;
         let event: CloudEvent = serde_json::from_slice(value)?;
         let expect = |header: &'static str, expected: String| match self.header(header) {
             Some(found) if found != expected.as_bytes() => Err(DecodeError::HeaderMismatch {
@@ -68,7 +118,7 @@ impl RawRecord {
     /// What identifies this record at its offset, to tell later whether the broker
     /// still holds the same log: see [`fingerprint`].
     pub fn fingerprint(&self) -> Vec<u8> {
-        fingerprint(self.header(headers::CE_ID), self.key.as_deref(), self.value.as_deref())
+        fingerprint(self.header(headers::CE_ID), self.key(), self.value())
     }
 }
 
@@ -137,12 +187,12 @@ mod tests {
     }
 
     fn raw(event: &CloudEvent, headers: Vec<(&str, String)>) -> RawRecord {
-        RawRecord {
-            offset: 0,
-            key: Some(event.kafka_key().into_bytes()),
-            value: Some(serde_json::to_vec(event).unwrap()),
-            headers: headers.into_iter().map(|(n, v)| (n.as_bytes().to_vec(), v.into_bytes())).collect(),
-        }
+        RawRecord::from_bytes(
+            0,
+            Some(event.kafka_key().into_bytes()),
+            Some(serde_json::to_vec(event).unwrap()),
+            headers.into_iter().map(|(n, v)| (n.as_bytes().to_vec(), v.into_bytes())).collect(),
+        )
     }
 
     #[test]
@@ -173,11 +223,31 @@ mod tests {
             event.id.to_string().into_bytes()
         );
         let (a, b) = (
-            RawRecord { value: Some(b"ab".to_vec()), ..Default::default() },
-            RawRecord { key: Some(b"a".to_vec()), value: Some(b"b".to_vec()), ..Default::default() },
+            RawRecord::from_bytes(0, None, Some(b"ab".to_vec()), Vec::new()),
+            RawRecord::from_bytes(0, Some(b"a".to_vec()), Some(b"b".to_vec()), Vec::new()),
         );
         assert_eq!(a.fingerprint().len(), 32);
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn a_fetched_record_reads_as_its_bytes_do() {
+        let event = event();
+        let bytes = raw(&event, vec![(headers::CE_ID, event.id.to_string()), (headers::RSVP_VERSION, "1".into())]);
+        let pairs = bytes.headers();
+        let headers = pairs.iter().map(|(n, v)| (String::from_utf8(n.to_vec()).unwrap(), v.to_vec()));
+        let record = Record {
+            key: bytes.key().map(<[u8]>::to_vec),
+            value: bytes.value().map(<[u8]>::to_vec),
+            headers: headers.collect(),
+            timestamp: chrono::Utc::now(),
+        };
+        let fetched = RawRecord::from(Arc::new(RecordAndOffset { record, offset: 7 }));
+        assert_eq!(fetched.offset, 7);
+        assert_eq!((fetched.key(), fetched.value()), (bytes.key(), bytes.value()));
+        assert_eq!(fetched.headers(), bytes.headers());
+        assert_eq!(fetched.fingerprint(), bytes.fingerprint());
+        assert_eq!(fetched.decode().unwrap(), bytes.decode().unwrap());
     }
 
     #[test]
@@ -189,7 +259,7 @@ mod tests {
 
     #[test]
     fn garbage_and_tombstones_are_poison() {
-        let garbage = RawRecord { value: Some(b"{not json".to_vec()), ..Default::default() };
+        let garbage = RawRecord::from_bytes(0, None, Some(b"{not json".to_vec()), Vec::new());
         assert!(matches!(garbage.decode(), Err(DecodeError::InvalidEvent(_))));
         assert!(matches!(RawRecord::default().decode(), Err(DecodeError::MissingValue)));
     }

@@ -29,13 +29,14 @@ use crate::{
     metric_names,
     offsets::{Anchor, OffsetKey},
     ownership, raw_fetch,
-    record::RawRecord,
+    record::{fingerprint_of, RawRecord},
 };
 
 /// What a fetch brought.
 enum Fetched {
     Records {
-        records: Vec<RecordAndOffset>,
+        /// Shared with the instance's other groups when it runs several ([`crate::recent`]).
+        records: Vec<Arc<RecordAndOffset>>,
         high_watermark: i64,
         /// Read from what another group of this instance fetched, not from the broker.
         shared: bool,
@@ -242,7 +243,10 @@ impl PartitionWorker {
             }
         }
         match fetched {
-            Ok((records, high_watermark)) => Ok(Fetched::Records { records, high_watermark, shared: false }),
+            Ok((records, high_watermark)) => {
+                let records = records.into_iter().map(Arc::new).collect();
+                Ok(Fetched::Records { records, high_watermark, shared: false })
+            }
             Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                 Ok(Fetched::OutOfRange)
             }
@@ -264,7 +268,7 @@ impl PartitionWorker {
     /// Why the next offset no longer belongs to the broker's log, if it does not.
     async fn log_mismatch(
         &self,
-        records: &[RecordAndOffset],
+        records: &[Arc<RecordAndOffset>],
         high_watermark: i64,
     ) -> Result<Option<&'static str>, WorkerError> {
         // Tansu answers a fetch beyond its log with nothing rather than OffsetOutOfRange.
@@ -288,7 +292,7 @@ impl PartitionWorker {
     /// Applies a fetched batch (not empty) and moves the offset to its end.
     async fn process(
         &mut self,
-        records: Vec<RecordAndOffset>,
+        records: Vec<Arc<RecordAndOffset>>,
         high_watermark: i64,
     ) -> Result<StepOutcome, WorkerError> {
         let started = Instant::now();
@@ -429,13 +433,13 @@ impl PartitionWorker {
     /// Whether the broker still holds the log the offset was taken from: the anchor
     /// record is still at its offset. A broker that lost its log and was refilled past
     /// the offset would otherwise have its new log's start skipped without a trace.
-    async fn same_log(&self, fetched: &[RecordAndOffset]) -> Result<bool, WorkerError> {
+    async fn same_log(&self, fetched: &[Arc<RecordAndOffset>]) -> Result<bool, WorkerError> {
         let Some(anchor) = &self.anchor else { return Ok(true) };
-        let matches = |record: RecordAndOffset| {
-            record.offset == anchor.offset && RawRecord::from(record).fingerprint() == anchor.fingerprint
+        let matches = |record: &RecordAndOffset| {
+            record.offset == anchor.offset && fingerprint_of(&record.record) == anchor.fingerprint
         };
         if let Some(record) = fetched.iter().find(|r| r.offset == anchor.offset) {
-            return Ok(matches(record.clone()));
+            return Ok(matches(record));
         }
         // From the anchor, which starts a record batch: Tansu skips the rest of a
         // batch when a fetch starts inside it. The smallest size brings the first
@@ -448,7 +452,7 @@ impl PartitionWorker {
                 }
                 Err(error) => return Err(error.into()),
             };
-            if let Some(first) = records.into_iter().next() {
+            if let Some(first) = records.first() {
                 return Ok(matches(first));
             }
             if high_watermark <= anchor.offset {
@@ -503,7 +507,7 @@ impl PartitionWorker {
                 Err(error) => return Err(error.into()),
             }
         };
-        let placeholder = RawRecord { offset: from, ..RawRecord::default() };
+        let placeholder = RawRecord::from_bytes(from, None, None, Vec::new());
         let why = format!(
             "the records at offsets {from}..={} could not be decoded and were skipped unread \
              (the client fails the whole batch, and reading it raw failed): {error}",
