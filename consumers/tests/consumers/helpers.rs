@@ -494,3 +494,15 @@ pub(crate) async fn rsvps(api: &Api, env: &TestEnv, event: Uuid, range: std::ops
     }
     env.relay_outbox().await;
 }
+
+/// The broker loses its log (restarted empty, its one-partition topic created again)
+/// and the relay refills it with five rsvps to a new event, one batch each, past any
+/// offset the tests' first three records left: returns that event.
+pub(crate) async fn lose_the_log_and_refill(env: &mut TestEnv, api: &Api) -> Uuid {
+    env.broker.restart_empty().await;
+    env.kafka.controller_client().unwrap().create_topic(TOPIC, 1, 1, 5_000).await.expect("create the topic again");
+    let after = api.create_event(None).await;
+    rsvps(api, env, after, 0..5, true).await;
+    assert_eq!(env.records_on_topic().await, 5);
+    after
+}

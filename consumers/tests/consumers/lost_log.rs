@@ -6,7 +6,8 @@ use std::time::Duration;
 use rsvp_consumers::worker::PartitionWorker;
 
 use crate::helpers::{
-    metric_value, rsvps, step_until_caught_up, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, TOPIC,
+    lose_the_log_and_refill, metric_value, rsvps, step_until_caught_up, totals, truth_and_stats, Api, Stepper, TestEnv,
+    ANALYTICS,
 };
 
 const RESETS: &str = r#"consumer_offset_resets_total{group="analytics-group"}"#;
@@ -29,11 +30,7 @@ async fn the_new_log_is_applied_from_its_start(reacquire: bool) {
     let resets_before = metric_value(&metrics.render(), RESETS).unwrap_or(0.0);
 
     // The broker comes back empty and the relay refills the partition past 3.
-    env.broker.restart_empty().await;
-    env.kafka.controller_client().unwrap().create_topic(TOPIC, 1, 1, 5_000).await.expect("create the topic again");
-    let after = api.create_event(None).await;
-    rsvps(&api, &env, after, 0..5, true).await;
-    assert_eq!(env.records_on_topic().await, 5);
+    let after = lose_the_log_and_refill(&mut env, &api).await;
     if reacquire {
         tokio::time::timeout(Duration::from_secs(5), worker.release()).await.unwrap();
         worker = PartitionWorker::acquire(ctx, 0).await.unwrap().unwrap();

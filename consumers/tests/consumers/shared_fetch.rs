@@ -9,7 +9,8 @@ use rsvp_contract::testing::counting::{self, FETCH};
 use uuid::Uuid;
 
 use crate::helpers::{
-    metric_value, rsvps, step_until_caught_up, totals, truth_and_stats, Api, Stepper, TestEnv, ANALYTICS, CACHE, TOPIC,
+    lose_the_log_and_refill, metric_value, rsvps, step_until_caught_up, totals, truth_and_stats, Api, Stepper, TestEnv,
+    ANALYTICS, CACHE,
 };
 
 /// Every group in one instance, whose cache and analytics workers own partition 0 and
@@ -73,11 +74,7 @@ async fn a_group_whose_log_the_broker_lost_is_not_served_the_new_log_another_gro
     let mut env = TestEnv::start(1).await;
     let api = Api::spawn(&env).await;
     let (_consumers, mut cache, mut analytics, _) = cache_and_analytics_caught_up(&env, &api).await;
-    env.broker.restart_empty().await;
-    env.kafka.controller_client().unwrap().create_topic(TOPIC, 1, 1, 5_000).await.expect("create the topic again");
-    let after = api.create_event(None).await;
-    rsvps(&api, &env, after, 0..5, true).await;
-    assert_eq!(env.records_on_topic().await, 5);
+    let after = lose_the_log_and_refill(&mut env, &api).await;
     step_until_caught_up(&mut cache).await;
     assert_eq!(cache.next_offset(), 5);
 
