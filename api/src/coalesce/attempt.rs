@@ -202,7 +202,12 @@ async fn prepare(
     for (index, pending) in others {
         match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
             Err(error) if !error.is_client_mistake() => return Err(error),
-            answer => answers[index] = Some(answer),
+            answer => {
+                if let Ok(outcome) = &answer {
+                    xid = xid.or_else(|| outcome.written.xid.clone());
+                }
+                answers[index] = Some(answer)
+            }
         }
     }
     let outcomes: Vec<Outcome> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
@@ -225,8 +230,9 @@ async fn prepare(
             inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
         ));
     }
-    // The creates' outbox rows or the records' statement returned the xid when they
-    // ran: one round trip fewer, while the transaction holds back the relay's reads.
+    // The outbox rows' statements or the records' statement returned the xid when
+    // they ran: one round trip fewer, while the transaction holds back the relay's
+    // reads. Only a batch that wrote nothing asks for it (and learns it has none).
     let xid = match inserted.xid.or(xid) {
         Some(xid) => Some(xid),
         None => transactions::current_xid(&mut tx).await?,

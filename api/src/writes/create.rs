@@ -90,7 +90,7 @@ pub async fn create_rsvps(
     let xid = outbox::append(tx, &events).await?;
 
     for (index, row, token) in accepted {
-        outcomes[index] = Some(Ok((Written { rsvp: row, event_type: Some(EventType::RsvpCreated) }, token)));
+        outcomes[index] = Some(Ok((Written { rsvp: row, event_type: Some(EventType::RsvpCreated), xid: None }, token)));
     }
     let outcomes = outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect();
     Ok(Created { outcomes, xid })

@@ -30,23 +30,27 @@ use crate::{
 pub struct Written {
     pub rsvp: RsvpRow,
     pub event_type: Option<EventType>,
+    /// The transaction's xid, as the statement that appended this write's outbox row
+    /// returned it: none when the write appended nothing, and for a create, whose
+    /// batch's statement returns it once (see [`Created`]).
+    pub xid: Option<String>,
 }
 
 pub(crate) fn not_enough_seats() -> ApiError {
     ApiError::Conflict("not enough seats left at this event".into())
 }
 
+/// Appends the outbox row of a change to `rsvp`; returns what the write did.
 async fn append(
     tx: &mut Tx<'_>,
     event_type: EventType,
-    rsvp: &RsvpRow,
+    rsvp: RsvpRow,
     previous_status: Option<RsvpStatus>,
     traceparent: Option<&str>,
-) -> Result<Option<EventType>, ApiError> {
+) -> Result<Written, ApiError> {
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
-    // The batch asks for its xid at its end, as these writes do not hand it back.
-    outbox::append(tx, &[(event, traceparent)]).await?;
-    Ok(Some(event_type))
+    let xid = outbox::append(tx, &[(event, traceparent)]).await?;
+    Ok(Written { rsvp, event_type: Some(event_type), xid })
 }
 
 /// Applies `changes` for the holder of the rsvp's `token`.
@@ -66,15 +70,14 @@ pub async fn update_rsvp(
     let name = changes.name.as_ref().map_or(current.name.as_str(), |n| n.as_str());
     let guests = changes.guests.map_or(current.guests, |g| g.value());
     if status == current.status() && name == current.name && guests == current.guests {
-        return Ok(Written { rsvp: current, event_type: None });
+        return Ok(Written { rsvp: current, event_type: None, xid: None });
     }
     let delta = status.seats(guests) - current.seats();
     if !events::adjust_seats(tx, current.event_id, delta).await? {
         return Err(not_enough_seats());
     }
     let updated = rsvps::update(tx, id, status, name, guests).await?;
-    let event_type = append(tx, EventType::RsvpUpdated, &updated, Some(current.status()), traceparent).await?;
-    Ok(Written { rsvp: updated, event_type })
+    append(tx, EventType::RsvpUpdated, updated, Some(current.status()), traceparent).await
 }
 
 /// Cancels the rsvp whose token is `token`; cancelling twice is a conflict.
@@ -85,8 +88,7 @@ pub async fn cancel_rsvp(tx: &mut Tx<'_>, token: &str, traceparent: Option<&str>
     }
     events::adjust_seats(tx, current.event_id, -current.seats()).await?;
     let cancelled = rsvps::update(tx, current.id, RsvpStatus::Cancelled, &current.name, current.guests).await?;
-    let event_type = append(tx, EventType::RsvpCancelled, &cancelled, Some(current.status()), traceparent).await?;
-    Ok(Written { rsvp: cancelled, event_type })
+    append(tx, EventType::RsvpCancelled, cancelled, Some(current.status()), traceparent).await
 }
 
 /// Deletes the rsvp; its event carries the rsvp as it was, one version on.
@@ -95,8 +97,7 @@ pub async fn delete_rsvp(tx: &mut Tx<'_>, id: Uuid, traceparent: Option<&str>) -
     events::adjust_seats(tx, deleted.event_id, -deleted.seats()).await?;
     deleted.version += 1;
     deleted.updated_at = chrono::Utc::now();
-    let event_type = append(tx, EventType::RsvpDeleted, &deleted, None, traceparent).await?;
-    Ok(Written { rsvp: deleted, event_type })
+    append(tx, EventType::RsvpDeleted, deleted, None, traceparent).await
 }
 
 /// One write, as the coalescer queues it.

@@ -232,6 +232,40 @@ async fn a_commit_whose_connection_broke_but_that_committed(key: Option<&str>) {
     assert_eq!(cancelled.status(), StatusCode::OK);
 }
 
+/// A cancel whose `COMMIT` broke on the wire but committed. A batch without creates
+/// learns its xid from its writes' outbox statements, as a batch of creates does:
+/// the settling must find the same transaction, and answer the success it was.
+#[tokio::test]
+async fn a_cancel_whose_commit_connection_broke_but_that_committed_is_answered_200_and_applied_once() {
+    // Arrange: as above, with the rsvp created before the COMMITs are held.
+    let proxy = postgres_proxy().await;
+    let app = spawn_app_behind(&proxy, one_patient_lane).await;
+    let event_id = app.create_event(Some(10)).await;
+    let created: Value = app.create_rsvp_with(event_id, &going("cancel@example.com")).await.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
+    let cancel = app.client.post(app.url("/rsvps/cancel")).json(&json!({ "token": token }));
+    let request = tokio::spawn(cancel.send());
+    wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
+
+    // Act: the api's connection breaks during COMMIT; then the commit goes through.
+    proxy.cut();
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unblock_commits(&mut holder).await;
+
+    // Assert: answered as the success it was, and applied once.
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "cancelled");
+    assert_eq!(outbox_rows(&app.db).await, 2);
+    let seats: i32 = sqlx::query_scalar("select seats_taken from events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(seats, 0);
+    sqlx::raw_sql("drop trigger wait_at_commit on outbox").execute(&app.db).await.unwrap();
+    let again = app.cancel_rsvp(&token).await;
+    assert_error(again, StatusCode::CONFLICT, "conflict").await;
+}
+
 #[tokio::test]
 async fn a_held_event_row_fails_only_its_own_write_with_lock_timeout_and_the_rest_of_its_batch_commits() {
     // Arrange: one lane gathering both writes into one batch; a short lock timeout;
