@@ -1,6 +1,7 @@
-//! Claiming a batch's changes, reading the state it starts from and writing what it
-//! ends with: a lock, a claim, a read and three writes per batch, however many events
-//! it holds, because statements per event are what costs Postgres most under load
+//! Reading the state a batch starts from, claiming the changes that arrive out of
+//! order and writing what the batch ends with: a lock, a read, a claim (when some
+//! change needs one) and three writes per batch, however many events it holds,
+//! because statements per event are what costs Postgres most under load
 //! (docs/NOTES.md, "Analytics statements per batch").
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +11,7 @@ use rsvp_contract::CloudEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{plan, Applied, Plan, StateRow};
+use super::{plan, to_claim, Applied, Plan, StateRow};
 
 /// Applies one event inside the caller's transaction.
 pub async fn apply(conn: &mut PgConnection, event: &CloudEvent) -> Result<Applied, sqlx::Error> {
@@ -25,29 +26,7 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
         return Ok(Vec::new());
     }
     let rsvp_ids: Vec<Uuid> = events.iter().map(|e| e.data.id).collect();
-    let ce_ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     lock_rsvps(conn, &rsvp_ids).await?;
-    // The dedup decision and the claim on each ce_id are one statement: a ce_id
-    // another transaction is inserting makes this one wait for it, and then count
-    // as already applied. Reading `applied_events` and inserting later let two
-    // transactions applying the same change to an rsvp without a state row (nothing
-    // for `for update` to lock) both count it. Sorted, so that two transactions
-    // claiming overlapping sets wait on each other in one order.
-    let mut claims: Vec<(Uuid, Uuid, i64)> = events.iter().map(|e| (e.id, e.data.id, e.data.version)).collect();
-    claims.sort_unstable();
-    claims.dedup_by_key(|c| c.0);
-    // Not `query_scalar!`: its statements are always prepared (see below).
-    let claimed: Vec<Uuid> = sqlx::query_scalar(
-        "insert into analytics.applied_events (ce_id, rsvp_id, version)
-         select * from unnest($1::uuid[], $2::uuid[], $3::bigint[]) on conflict (ce_id) do nothing
-         returning ce_id",
-    )
-    .persistent(false)
-    .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
-    .bind(claims.iter().map(|c| c.1).collect::<Vec<_>>())
-    .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
     // `for update`: the rows this batch changes stay as read until it commits, also
     // against a dead letter being redriven, which applies outside the partition's
     // ownership and its offset fence, and against the pruner moving
@@ -56,7 +35,7 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
     // generic plan that scans it whole once it has grown (docs/NOTES.md, "Analytics
     // statements per batch"). The query macros cannot turn preparing off for a
     // statement that returns rows, so these stay runtime queries.
-    let states: Vec<(Uuid, StateRow)> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool, i64)>(
+    let states: HashMap<Uuid, StateRow> = sqlx::query_as::<_, (Uuid, Uuid, Option<String>, i16, i64, bool, i64)>(
         "select rsvp_id, event_id, status, guests, last_version, deleted, applied_through
            from analytics.rsvp_state where rsvp_id = any($1) for update",
     )
@@ -69,9 +48,33 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[&CloudEvent]) -> Res
         (id, StateRow { event_id, status, guests, last_version, deleted, applied_through })
     })
     .collect();
+    // Under the rsvps' locks, with their states read: a change that is its rsvp's
+    // next version needs no claim (see [`to_claim`]). For the others, the dedup
+    // decision is claiming the ce_id. Sorted, so that two transactions claiming
+    // overlapping sets (possible only for ce_ids of one rsvp, which its lock
+    // already orders) wait on each other in one order.
+    let mut claims = to_claim(events, &states);
+    claims.sort_unstable();
+    claims.dedup_by_key(|c| c.0);
+    let claimed: Vec<Uuid> = if claims.is_empty() {
+        Vec::new()
+    } else {
+        // Not `query_scalar!`: its statements are always prepared (see above).
+        sqlx::query_scalar(
+            "insert into analytics.applied_events (ce_id, rsvp_id, version)
+             select * from unnest($1::uuid[], $2::uuid[], $3::bigint[]) on conflict (ce_id) do nothing
+             returning ce_id",
+        )
+        .persistent(false)
+        .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?
+    };
     let claimed: HashSet<Uuid> = claimed.into_iter().collect();
-    let seen: HashSet<Uuid> = ce_ids.into_iter().filter(|id| !claimed.contains(id)).collect();
-    let plan = plan(events, states.into_iter().collect::<HashMap<_, _>>(), seen);
+    let seen: HashSet<Uuid> = claims.into_iter().map(|c| c.0).filter(|id| !claimed.contains(id)).collect();
+    let plan = plan(events, states, seen);
     if !plan.applied.is_empty() {
         write(conn, &plan).await?;
     }
@@ -153,16 +156,18 @@ async fn write(conn: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> 
     let states = plan.states.values();
     let statuses: Vec<Option<String>> = states.clone().map(|s| s.status.clone()).collect();
     sqlx::query!(
-        "insert into analytics.rsvp_state (rsvp_id, event_id, status, guests, last_version, deleted)
-         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::bigint[], $6::boolean[])
+        "insert into analytics.rsvp_state (rsvp_id, event_id, status, guests, last_version, deleted, applied_through)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::smallint[], $5::bigint[], $6::boolean[], $7::bigint[])
          on conflict (rsvp_id) do update set status = excluded.status, guests = excluded.guests,
-            last_version = excluded.last_version, deleted = excluded.deleted, updated_at = now()",
+            last_version = excluded.last_version, deleted = excluded.deleted,
+            applied_through = excluded.applied_through, updated_at = now()",
         &plan.states.keys().copied().collect::<Vec<Uuid>>(),
         &states.clone().map(|s| s.event_id).collect::<Vec<Uuid>>(),
         &statuses as &[Option<String>],
         &states.clone().map(|s| s.guests).collect::<Vec<i16>>(),
         &states.clone().map(|s| s.last_version).collect::<Vec<i64>>(),
-        &states.map(|s| s.deleted).collect::<Vec<bool>>(),
+        &states.clone().map(|s| s.deleted).collect::<Vec<bool>>(),
+        &states.map(|s| s.applied_through).collect::<Vec<i64>>(),
     )
     .execute(&mut *conn)
     .await?;

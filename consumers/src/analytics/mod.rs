@@ -16,10 +16,12 @@
 //!   arriving later would describe the past.
 //! - `created_total`, `updated_total`, `cancelled_total`, `deleted_total` and
 //!   `rsvps_per_hour` (`created`, `changes`): the number of distinct changes (ce_ids)
-//!   of each kind applied, whatever their order; `applied_events` keeps each ce_id
-//!   from counting twice, and an rsvp's `applied_through` keeps the versions whose
-//!   rows [`prune`] removed from counting again. An older version arriving after a
-//!   newer one still counts here: it happened.
+//!   of each kind applied, whatever their order. An rsvp's `applied_through` keeps
+//!   the versions of its unbroken run from counting twice: a change that arrives as
+//!   the run's next version moves it (see [`to_claim`]). Any other change claims its
+//!   ce_id in `applied_events`, which keeps it from counting twice until [`prune`]
+//!   moves `applied_through` over it. An older version arriving after a newer one
+//!   still counts here: it happened.
 //! - `last_event_at`: the latest `time` of any applied change (a maximum, so order
 //!   does not matter).
 //!
@@ -183,8 +185,8 @@ pub fn contribution_after(event: &CloudEvent) -> Option<Contribution> {
     }
 }
 
-/// The last applied state of one rsvp, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// The last applied state of one rsvp, as stored (the default: none applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct StateRow {
     pub(crate) event_id: Uuid,
     pub(crate) status: Option<String>,
@@ -227,7 +229,8 @@ pub(crate) struct Plan {
 }
 
 /// Applies `events` in order, starting from the rsvps' stored `states` and the
-/// `seen` ce_ids (those of the batch already applied before). An event whose ce_id
+/// `seen` ce_ids (those of the batch's claimed ones found applied before). An event
+/// that comes [`next_in_order`] moves its rsvp's `applied_through`. An event whose ce_id
 /// was applied (before, or earlier in the batch), or whose version its rsvp's
 /// `applied_through` covers (its ce_id's row may have been pruned), is a duplicate
 /// and changes nothing.
@@ -276,19 +279,61 @@ pub(crate) fn plan(events: &[&CloudEvent], mut states: HashMap<Uuid, StateRow>, 
         report_gaps(event, state, before);
         stats.counts.add_delta(CountsDelta::between(before, contribution_after(event)));
         let deleted = event.event_type == EventType::RsvpDeleted;
+        let applied_through =
+            if next_in_order(state, data.version) { data.version } else { state.map_or(0, |s| s.applied_through) };
         let after = StateRow {
             event_id: data.event_id,
             status: (!deleted).then(|| data.status.as_str().to_owned()),
             guests: data.guests,
             last_version: data.version,
             deleted,
-            applied_through: state.map_or(0, |s| s.applied_through),
+            applied_through,
         };
         plan.states.insert(data.id, after.clone());
         states.insert(data.id, after);
         plan.outcomes.push(Applied::Changed);
     }
     plan
+}
+
+/// Whether `version` is the rsvp's next change after an unbroken run: every version
+/// up to its last applied one was applied (`applied_through` is `last_version`; no
+/// state: none was), and this one follows it. Such a change cannot have been applied
+/// before, since applying any version moves `last_version` to it or past it, so it
+/// needs no `applied_events` row to be told from a redelivery; once applied, its
+/// version moves `applied_through` and names it from then on.
+fn next_in_order(state: Option<&StateRow>, version: i64) -> bool {
+    let (applied_through, last_version) = state.map_or((0, 0), |s| (s.applied_through, s.last_version));
+    applied_through == last_version && version == applied_through + 1
+}
+
+/// The changes of `events` whose ce_id must be claimed in `applied_events` before
+/// [`plan`] can tell whether they were applied, as `(ce_id, rsvp_id, version)`: all
+/// but those covered by their rsvp's `applied_through` (duplicates) and those that
+/// come [`next_in_order`]. Once one change of an rsvp needs a claim, so do the
+/// rsvp's later ones in the batch: whether that one applies is known only after the
+/// claim. `states` are the rsvps' stored states, read under their locks.
+pub(crate) fn to_claim(events: &[&CloudEvent], states: &HashMap<Uuid, StateRow>) -> Vec<(Uuid, Uuid, i64)> {
+    // Per rsvp, its state as the batch's in-order changes leave it; none once one of
+    // its changes needs a claim.
+    let mut running: HashMap<Uuid, Option<StateRow>> = HashMap::new();
+    let mut claims = Vec::new();
+    for event in events {
+        let (rsvp, version) = (event.data.id, event.data.version);
+        let state = running.entry(rsvp).or_insert_with(|| Some(states.get(&rsvp).cloned().unwrap_or_default()));
+        if let Some(in_order) = state {
+            if version <= in_order.applied_through {
+                continue;
+            }
+            if next_in_order(Some(in_order), version) {
+                (in_order.applied_through, in_order.last_version) = (version, version);
+                continue;
+            }
+            *state = None;
+        }
+        claims.push((event.id, rsvp, version));
+    }
+    claims
 }
 
 pub(crate) fn hour_of(time: DateTime<Utc>) -> DateTime<Utc> {
@@ -461,7 +506,52 @@ mod tests {
         let plan = plan(&[&v2, &v3], HashMap::from([(a, stored)]), HashSet::new());
         assert_eq!(plan.outcomes, vec![Applied::Duplicate, Applied::Changed]);
         assert_eq!(plan.applied, vec![(v3.id, a)]);
-        assert_eq!((plan.stats[&event].updated, plan.states[&a].applied_through), (1, 2));
+        // v3 follows the unbroken run through v2: it moves `applied_through` too.
+        assert_eq!((plan.stats[&event].updated, plan.states[&a].applied_through), (1, 3));
+    }
+
+    #[test]
+    fn changes_in_version_order_need_no_claim_and_move_applied_through_with_them() {
+        let (event, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going, 1);
+        let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 1);
+        let b1 = change(EventType::RsvpCreated, b, event, 1, RsvpStatus::Going, 0);
+        // a's run, b's creation and a redelivery of a1 inside the batch.
+        let events = [&a1, &b1, &a2, &a1];
+        assert!(to_claim(&events, &HashMap::new()).is_empty());
+        let plan = plan(&events, HashMap::new(), HashSet::new());
+        assert_eq!(plan.outcomes, vec![Applied::Changed, Applied::Changed, Applied::Changed, Applied::Duplicate]);
+        assert_eq!((plan.states[&a].applied_through, plan.states[&b].applied_through), (2, 1));
+        assert_eq!(plan.stats[&event].created, 2);
+    }
+
+    #[test]
+    fn a_change_out_of_order_is_claimed_with_every_later_change_of_its_rsvp_in_the_batch() {
+        let (event, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe, 0);
+        let a3 = change(EventType::RsvpUpdated, a, event, 3, RsvpStatus::Going, 0);
+        let a4 = change(EventType::RsvpUpdated, a, event, 4, RsvpStatus::Maybe, 0);
+        let b2 = change(EventType::RsvpUpdated, b, event, 2, RsvpStatus::Going, 0);
+        let b3 = change(EventType::RsvpUpdated, b, event, 3, RsvpStatus::Maybe, 0);
+        let state = |last_version, applied_through| StateRow {
+            event_id: event,
+            status: Some("going".into()),
+            guests: 0,
+            last_version,
+            deleted: false,
+            applied_through,
+        };
+        // a: v1 applied; v3 arrives before v2, then v4. b: v1 and v2 applied in
+        // order; a redelivered v2 is covered, and v3 comes next.
+        let states = HashMap::from([(a, state(1, 1)), (b, state(2, 2))]);
+        let claims = to_claim(&[&a3, &b2, &a2, &b3, &a4], &states);
+        assert_eq!(claims, vec![(a3.id, a, 3), (a2.id, a, 2), (a4.id, a, 4)]);
+        // A state behind its last version (an rsvp whose run has a gap) claims even
+        // its next version.
+        let states = HashMap::from([(a, state(3, 1))]);
+        assert_eq!(to_claim(&[&a4], &states), vec![(a4.id, a, 4)]);
+        let plan = plan(&[&a4], states, HashSet::new());
+        assert_eq!((plan.states[&a].last_version, plan.states[&a].applied_through), (4, 1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `analytics.applied_events`: claiming a change is the dedup decision, under any
-//! interleaving of transactions, and pruning keeps it small without letting a
-//! redelivered change count twice.
+//! `analytics.applied_events`: a change that follows its rsvp's unbroken run of
+//! versions is named by its version, any other is claimed by its ce_id; either way
+//! the dedup decision holds under any interleaving of transactions, and pruning
+//! keeps the table small without letting a redelivered change count twice.
 
 use std::time::Duration;
 
@@ -142,20 +143,55 @@ async fn two_transactions_applying_different_first_changes_of_an_rsvp_count_it_o
 }
 
 #[tokio::test]
+async fn changes_applied_in_version_order_leave_no_claim_rows_and_their_redelivery_counts_once() {
+    // Arrange
+    let (db, _) = fresh_database(&MIGRATOR).await;
+    let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
+    let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going);
+    let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe);
+    let a3 = change(EventType::RsvpUpdated, a, event, 3, RsvpStatus::Going);
+
+    // Act
+    let first = apply_committed(&db, &[&a1, &a2]).await;
+    let second = apply_committed(&db, &[&a3]).await;
+    let after = stats(&db, event).await;
+    let redelivered = apply_committed(&db, &[&a1, &a2, &a3]).await;
+
+    // Assert: the versions name the changes; nothing was claimed.
+    assert_eq!((first, second), (vec![Applied::Changed; 2], vec![Applied::Changed]));
+    assert_eq!(after, (1, 1, 1, 2, 0, 3));
+    assert_eq!(applied_rows(&db, a).await, Vec::<Option<i64>>::new());
+    assert_eq!(applied_through(&db, &[a]).await, vec![3]);
+    assert_eq!(redelivered, vec![Applied::Duplicate; 3]);
+    assert_eq!(stats(&db, event).await, after);
+}
+
+async fn applied_through(db: &PgPool, rsvps: &[Uuid]) -> Vec<i64> {
+    sqlx::query_scalar("select applied_through from analytics.rsvp_state where rsvp_id = any($1) order by rsvp_id")
+        .bind(rsvps)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
 async fn pruning_removes_exactly_the_rows_that_applied_versions_cover_and_a_pruned_change_redelivered_counts_once() {
-    // Arrange: rsvp a applied through v3; rsvp b has v1 and v3, v2 not yet seen; a
-    // row from before versions were recorded.
+    // Arrange: rsvp a applied through v3 in order (no rows); rsvp b has v1 in order
+    // and v3 claimed, v2 not yet seen; rsvp c's v2 arrived before its v1 (both
+    // claimed); a row from before versions were recorded.
     let metrics = rsvp_contract::runtime::admin::metrics_handle();
     let (db, _) = fresh_database(&MIGRATOR).await;
-    let (event, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (event, a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going);
     let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe);
     let a3 = change(EventType::RsvpCancelled, a, event, 3, RsvpStatus::Cancelled);
     let b1 = change(EventType::RsvpCreated, b, event, 1, RsvpStatus::Going);
     let b2 = change(EventType::RsvpUpdated, b, event, 2, RsvpStatus::Maybe);
     let b3 = change(EventType::RsvpUpdated, b, event, 3, RsvpStatus::Going);
-    apply_committed(&db, &[&a1, &a2, &b1]).await;
-    apply_committed(&db, &[&a3, &b3]).await;
+    let c1 = change(EventType::RsvpCreated, c, event, 1, RsvpStatus::Going);
+    let c2 = change(EventType::RsvpUpdated, c, event, 2, RsvpStatus::Maybe);
+    apply_committed(&db, &[&a1, &a2, &b1, &c2]).await;
+    apply_committed(&db, &[&a3, &b3, &c1]).await;
     sqlx::query("insert into analytics.applied_events (ce_id, rsvp_id) values ($1, $2)")
         .bind(Uuid::now_v7())
         .bind(a)
@@ -168,55 +204,52 @@ async fn pruning_removes_exactly_the_rows_that_applied_versions_cover_and_a_prun
     let mut pruner = Pruner::new(db.clone());
     let pruned = prune_pass(&mut pruner).await;
 
-    // Assert: a's three rows and b's first are gone; b's v3 waits for v2; the row
-    // without a version stays.
-    assert_eq!(pruned, 4);
+    // Assert: c's two rows are gone; b's v3 waits for v2; the row without a version
+    // stays.
+    assert_eq!(pruned, 2);
     assert_eq!(applied_rows(&db, a).await, vec![None]);
     assert_eq!(applied_rows(&db, b).await, vec![Some(3)]);
-    let through: Vec<i64> =
-        sqlx::query_scalar("select applied_through from analytics.rsvp_state where rsvp_id = any($1) order by rsvp_id")
-            .bind(vec![a, b])
-            .fetch_all(&db)
-            .await
-            .unwrap();
-    assert_eq!(through, vec![3, 1]);
+    assert_eq!(applied_rows(&db, c).await, Vec::<Option<i64>>::new());
+    assert_eq!(applied_through(&db, &[a, b, c]).await, vec![3, 1, 2]);
     let scraped = metric_value(&metrics.render(), r#"consumer_applied_events_pruned_total{group="analytics-group"}"#);
-    assert_eq!(scraped, Some(4.0));
+    assert_eq!(scraped, Some(2.0));
 
-    // Redelivering the pruned changes, alone and beside a new one, changes nothing.
-    let outcomes = apply_committed(&db, &[&a1, &a2, &a3, &b1]).await;
-    assert_eq!(outcomes, vec![Applied::Duplicate; 4]);
+    // Redelivering the applied changes, pruned or never claimed, changes nothing.
+    let outcomes = apply_committed(&db, &[&a1, &a2, &a3, &b1, &c1, &c2]).await;
+    assert_eq!(outcomes, vec![Applied::Duplicate; 6]);
     assert_eq!(stats(&db, event).await, before);
     // b's missing v2 arrives late: it counts once in the totals, and then b is prunable.
     assert_eq!(apply_committed(&db, &[&b2, &b2]).await, vec![Applied::Stale, Applied::Duplicate]);
     let (going, guests, created, updated, cancelled, changes) = before;
     assert_eq!(stats(&db, event).await, (going, guests, created, updated + 1, cancelled, changes + 1));
-    // The redelivery claimed fresh rows for the pruned changes; the next pass removes
-    // them with b's.
-    assert_eq!(prune_pass(&mut pruner).await, 6);
+    assert_eq!(prune_pass(&mut pruner).await, 2);
     assert_eq!(applied_rows(&db, b).await, Vec::<Option<i64>>::new());
+    assert_eq!(applied_through(&db, &[b]).await, vec![3]);
     assert_eq!(apply_committed(&db, &[&b2, &b3]).await, vec![Applied::Duplicate; 2]);
     assert_eq!(stats(&db, event).await, (going, guests, created, updated + 1, cancelled, changes + 1));
 }
 
 #[tokio::test]
 async fn the_pruning_loop_prunes_every_interval_and_stops_on_shutdown() {
-    // Arrange
+    // Arrange: changes arriving out of version order are the ones claimed.
     let (db, _) = fresh_database(&MIGRATOR).await;
     let (event, a) = (Uuid::now_v7(), Uuid::now_v7());
-    let a1 = change(EventType::RsvpCreated, a, event, 1, RsvpStatus::Going);
+    let [a1, a2, a3, a4] =
+        [1, 2, 3, 4].map(|version| change(EventType::RsvpUpdated, a, event, version, RsvpStatus::Going));
+    apply_committed(&db, &[&a2]).await;
     apply_committed(&db, &[&a1]).await;
+    assert_eq!(applied_rows(&db, a).await.len(), 2);
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(Pruner::new(db.clone()).run(Duration::from_millis(50), shutdown.clone()));
 
-    // Act: a change applied while the loop runs is pruned by a later pass.
-    wait_until(Duration::from_secs(10), "the first change is pruned", || async {
+    // Act: changes claimed while the loop runs are pruned by a later pass.
+    wait_until(Duration::from_secs(10), "the first changes are pruned", || async {
         applied_rows(&db, a).await.is_empty()
     })
     .await;
-    let a2 = change(EventType::RsvpUpdated, a, event, 2, RsvpStatus::Maybe);
-    apply_committed(&db, &[&a2]).await;
-    wait_until(Duration::from_secs(10), "the second change is pruned", || async {
+    apply_committed(&db, &[&a4]).await;
+    apply_committed(&db, &[&a3]).await;
+    wait_until(Duration::from_secs(10), "the later changes are pruned", || async {
         applied_rows(&db, a).await.is_empty()
     })
     .await;
@@ -224,4 +257,5 @@ async fn the_pruning_loop_prunes_every_interval_and_stops_on_shutdown() {
 
     // Assert
     tokio::time::timeout(Duration::from_secs(5), running).await.expect("the loop stops on shutdown").unwrap();
+    assert_eq!(applied_through(&db, &[a]).await, vec![4]);
 }
