@@ -128,24 +128,6 @@ pub async fn try_lock(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<TriedEvents, sqlx
     Ok(TriedEvents { locked, held })
 }
 
-/// Adds seats to events whose capacity the caller already checked under lock.
-#[tracing::instrument(skip_all, err)]
-pub async fn add_seats(tx: &mut Tx<'_>, seats: &HashMap<Uuid, i32>) -> Result<(), sqlx::Error> {
-    let (ids, deltas): (Vec<Uuid>, Vec<i32>) = seats.iter().filter(|(_, d)| **d != 0).map(|(i, d)| (*i, *d)).unzip();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        "update events set seats_taken = seats_taken + d.delta
-         from unnest($1::uuid[], $2::int4[]) as d(id, delta) where events.id = d.id",
-        &ids,
-        &deltas,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Takes (`delta` > 0) or frees (`delta` < 0) seats of an event. False when taking
 /// them would exceed its capacity. Locks the event row until the transaction ends, so
 /// that concurrent rsvps to one event check capacity one after the other.

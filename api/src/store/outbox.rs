@@ -1,5 +1,7 @@
 //! Appending outbox rows inside the writing transaction.
 
+use std::collections::HashMap;
+
 use rsvp_contract::{event::AGGREGATE_RSVP, CloudEvent};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -11,8 +13,18 @@ use super::Tx;
 /// the transaction commits. Returns that xid (none when `events` is empty), which
 /// settles a failed `COMMIT`: asked here, it costs no round trip of its own while
 /// the transaction holds its xid, which holds back the relay's reads.
+///
+/// The same statement adds `seats_taken` (by event id) to the events' seat counts:
+/// the seats a batch of creates took, whose capacity the caller checked against
+/// the rows it locked. One round trip fewer per batch than a statement of its own.
 #[tracing::instrument(skip_all, fields(rows = events.len()), err)]
-pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> Result<Option<String>, sqlx::Error> {
+pub async fn append(
+    tx: &mut Tx<'_>,
+    events: &[(CloudEvent, Option<&str>)],
+    seats_taken: &HashMap<Uuid, i32>,
+) -> Result<Option<String>, sqlx::Error> {
+    let (seat_events, seats): (Vec<Uuid>, Vec<i32>) =
+        seats_taken.iter().filter(|(_, seats)| **seats != 0).map(|(id, seats)| (*id, *seats)).unzip();
     // Each event is serialized once, straight into the statement's buffer.
     let payloads: Vec<Json<&CloudEvent>> = events.iter().map(|(event, _)| Json(event)).collect();
     let aggregate_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.data.id).collect();
@@ -23,7 +35,10 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
     let traceparents: Vec<Option<&str>> = events.iter().map(|(_, t)| *t).collect();
     // `with ordinality` keeps the given order, so outbox ids follow it.
     sqlx::query_scalar!(
-        r#"with appended as (
+        r#"with seats as (
+             update events set seats_taken = seats_taken + d.seats
+             from unnest($9::uuid[], $10::int4[]) as d(id, seats) where events.id = d.id
+         ), appended as (
              insert into outbox
                  (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
              select $1, a, k, t, m, v, p, tp
@@ -41,6 +56,8 @@ pub async fn append(tx: &mut Tx<'_>, events: &[(CloudEvent, Option<&str>)]) -> R
         &versions,
         &payloads as &[Json<&CloudEvent>],
         &traceparents as &[Option<&str>],
+        &seat_events,
+        &seats,
     )
     .fetch_optional(&mut **tx)
     .await

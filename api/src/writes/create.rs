@@ -1,5 +1,6 @@
-//! Creating rsvps, many in a handful of statements: one insert for all rows, one seat
-//! update, one outbox insert. A single request is a batch of one.
+//! Creating rsvps, many in a handful of statements: one insert for all rows, then one
+//! statement that takes their seats and appends their outbox rows. A single request
+//! is a batch of one.
 
 use std::collections::HashMap;
 
@@ -11,12 +12,7 @@ use crate::{
     auth::new_rsvp_token,
     domain::NewRsvp,
     error::ApiError,
-    store::{
-        events::{self, Seats},
-        outbox, rsvps,
-        rsvps::NewRow,
-        Tx,
-    },
+    store::{events::Seats, outbox, rsvps, rsvps::NewRow, Tx},
 };
 
 pub struct CreateRequest<'a> {
@@ -36,7 +32,7 @@ pub struct Created {
 
 /// Creates the requested rsvps with their outbox rows. Refused requests write nothing.
 /// `seats` holds the requests' events as this transaction locked them
-/// ([`events::lock`]), kept up to date here; a request whose event is absent is
+/// ([`crate::store::events::lock`]), kept up to date here; a request whose event is absent is
 /// answered 404.
 pub async fn create_rsvps(
     tx: &mut Tx<'_>,
@@ -79,7 +75,6 @@ pub async fn create_rsvps(
     if !refused.is_empty() {
         rsvps::discard(tx, &refused).await?;
     }
-    events::add_seats(tx, &taken).await?;
     let events: Vec<(CloudEvent, Option<&str>)> = accepted
         .iter()
         .map(|(index, row, _)| {
@@ -87,7 +82,7 @@ pub async fn create_rsvps(
             (event, requests[*index].traceparent)
         })
         .collect();
-    let xid = outbox::append(tx, &events).await?;
+    let xid = outbox::append(tx, &events, &taken).await?;
 
     for (index, row, token) in accepted {
         outcomes[index] = Some(Ok((Written { rsvp: row, event_type: Some(EventType::RsvpCreated), xid: None }, token)));

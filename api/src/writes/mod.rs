@@ -8,6 +8,8 @@
 //! undoes what it wrote, and never leaves the transaction aborted: many writes can
 //! share one transaction (see `coalesce`) and each keeps its own outcome.
 
+use std::collections::HashMap;
+
 use rsvp_contract::{CloudEvent, EventType, RsvpStatus};
 use uuid::Uuid;
 
@@ -49,7 +51,8 @@ async fn append(
     traceparent: Option<&str>,
 ) -> Result<Written, ApiError> {
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
-    let xid = outbox::append(tx, &[(event, traceparent)]).await?;
+    // Its seats were adjusted (and checked) before the change.
+    let xid = outbox::append(tx, &[(event, traceparent)], &HashMap::new()).await?;
     Ok(Written { rsvp, event_type: Some(event_type), xid })
 }
 
