@@ -2,6 +2,8 @@
 //! dependency answers, and committing the batch (dead letters, an exactly-once
 //! group's effects and the offset) in one transaction.
 
+use std::sync::Arc;
+
 use rsvp_contract::CloudEvent;
 use sqlx::{Connection, PgConnection};
 
@@ -16,16 +18,17 @@ use crate::{
     record::RawRecord,
 };
 
-/// A fetched record and its event, or why it is dead (with the attempts it took).
+/// A fetched record and its event (shared with the instance's other groups, see
+/// [`crate::decoded`]), or why it is dead (with the attempts it took).
 pub(crate) struct Decoded {
     pub(crate) raw: RawRecord,
-    pub(crate) event: Result<CloudEvent, (String, u32)>,
+    pub(crate) event: Result<Arc<CloudEvent>, (String, u32)>,
 }
 
 /// Applies the decoded events of an at-least-once group's batch, retrying while its
 /// dependency fails: the offset must not pass an effect that did not happen.
 pub(crate) async fn apply_until_done(consumer: &dyn Consumer, batch: &[Decoded], ctx: &GroupContext) -> Vec<Outcome> {
-    let events: Vec<&CloudEvent> = batch.iter().filter_map(|d| d.event.as_ref().ok()).collect();
+    let events: Vec<&CloudEvent> = batch.iter().filter_map(|d| d.event.as_deref().ok()).collect();
     if events.is_empty() {
         return Vec::new();
     }
@@ -92,7 +95,7 @@ async fn commit_batch_in_chunks(
                 dlq::insert(&mut tx, key, &decoded.raw, error, *attempts).await.map_err(db)?;
                 labels.push("dead_letter");
             }
-            Ok(event) => events.push((decoded.raw.offset, event)),
+            Ok(event) => events.push((decoded.raw.offset, &**event)),
         }
     }
     let Some(consumer) = in_tx else {

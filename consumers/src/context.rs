@@ -7,6 +7,7 @@ use rsvp_contract::runtime::backoff::Backoff;
 use sqlx::PgPool;
 
 use crate::{
+    decoded::DecodedEvents,
     group::{Consumer, Group},
     recent::RecentRecords,
     wakeup::Wakeups,
@@ -50,4 +51,6 @@ pub struct GroupContext {
     pub wakeups: Arc<Wakeups>,
     /// What the groups of the process fetched lately; none when it runs one group.
     pub recent: Option<Arc<RecentRecords>>,
+    /// What the groups of the process decoded lately; none when it runs one group.
+    pub decoded: Option<Arc<DecodedEvents>>,
 }

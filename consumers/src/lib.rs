@@ -8,6 +8,7 @@ mod batch;
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod decoded;
 pub mod dlq;
 pub mod error;
 pub mod fault;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::{
     config::Settings,
     context::{GroupContext, WorkerSettings},
+    decoded::DecodedEvents,
     dlq,
     group::{Consumer, Database, Delivery, Group},
     metric_names,
@@ -36,6 +37,11 @@ const POOL_CONNECTIONS: u32 = 4;
 /// instance keep per partition for each other.
 const RECENT_FETCHES_KEPT: usize = 4;
 
+/// How many decoded events the groups of one instance keep per partition for each
+/// other: at the pipeline's full rate about half a second of a partition's records,
+/// a few megabytes in all.
+const DECODED_EVENTS_KEPT: usize = 1024;
+
 pub struct Application {
     settings: Settings,
     main: PgPool,
@@ -46,6 +52,7 @@ pub struct Application {
     instance_id: Uuid,
     wakeups: Arc<Wakeups>,
     recent: Option<Arc<RecentRecords>>,
+    decoded: Option<Arc<DecodedEvents>>,
 }
 
 impl Application {
@@ -80,6 +87,7 @@ impl Application {
             let fetch_bytes = usize::try_from(settings.fetch_max_bytes).unwrap_or(usize::MAX);
             RecentRecords::new(fetch_bytes.saturating_mul(RECENT_FETCHES_KEPT))
         });
+        let decoded = (consumers.len() > 1).then(|| DecodedEvents::new(DECODED_EVENTS_KEPT));
         if recent.is_some() {
             // From zero, so that a dashboard shows the sharing before the first share.
             for consumer in &consumers {
@@ -95,6 +103,7 @@ impl Application {
             instance_id: Uuid::new_v4(),
             wakeups,
             recent,
+            decoded,
         })
     }
 
@@ -159,6 +168,7 @@ impl Application {
             consumer,
             wakeups: self.wakeups.clone(),
             recent: self.recent.clone(),
+            decoded: self.decoded.clone(),
         }))
     }
 

@@ -17,7 +17,7 @@ use rskafka::client::{
     partition::{OffsetAt, PartitionClient, UnknownTopicHandling},
 };
 use rskafka::record::RecordAndOffset;
-use rsvp_contract::role_lock::RoleSession;
+use rsvp_contract::{role_lock::RoleSession, CloudEvent};
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 use crate::{
@@ -298,7 +298,7 @@ impl PartitionWorker {
         let started = Instant::now();
         let to = records.last().expect("a batch is not empty").offset + 1;
         let bytes: usize = records.iter().map(|r| r.record.approximate_size()).sum();
-        let batch: Vec<Decoded> = records.into_iter().map(|r| self.decode(RawRecord::from(r))).collect();
+        let batch = self.decode_batch(records);
         let anchor = Anchor { offset: batch[0].raw.offset, fingerprint: batch[0].raw.fingerprint() };
         let mut labels = self.apply_at_least_once(&batch).await?;
         labels.extend(self.commit_unless_deferred(&batch, to, &anchor).await?);
@@ -373,12 +373,41 @@ impl PartitionWorker {
         metrics::histogram!(metric_names::BATCH_DURATION, "group" => group).record(started.elapsed().as_secs_f64());
     }
 
-    fn decode(&self, raw: RawRecord) -> Decoded {
+    /// Decodes a fetched batch, taking the events another group of the instance
+    /// decoded from the same records and keeping for the others those it decodes.
+    fn decode_batch(&self, records: Vec<Arc<RecordAndOffset>>) -> Vec<Decoded> {
+        let Some(shared) = self.ctx.decoded.as_ref() else {
+            return records.into_iter().map(|record| self.decode(RawRecord::from(record), None)).collect();
+        };
+        let found = shared.find(self.key.partition, &records);
+        let mut decoded_here = Vec::new();
+        let batch = records
+            .into_iter()
+            .zip(found)
+            .map(|(record, found)| {
+                let was_found = found.is_some();
+                let decoded = self.decode(RawRecord::from(record.clone()), found);
+                if let (false, Ok(event)) = (was_found, &decoded.event) {
+                    decoded_here.push((record, event.clone()));
+                }
+                decoded
+            })
+            .collect();
+        shared.keep(self.key.partition, decoded_here);
+        batch
+    }
+
+    /// The record's event: `found` (decoded by another group from the same bytes),
+    /// else decoded here; dead once it failed `MAX_ATTEMPTS` times.
+    fn decode(&self, raw: RawRecord, found: Option<Arc<CloudEvent>>) -> Decoded {
         let exhausted =
             self.failing.as_ref().filter(|f| f.offset == raw.offset && f.attempts >= self.ctx.settings.max_attempts);
-        let event = match exhausted {
-            Some(failing) => Err((format!("failed {} times: {}", failing.attempts, failing.error), failing.attempts)),
-            None => raw.decode().map_err(|e| (e.to_string(), 1)),
+        let event = match (exhausted, found) {
+            (Some(failing), _) => {
+                Err((format!("failed {} times: {}", failing.attempts, failing.error), failing.attempts))
+            }
+            (None, Some(event)) => Ok(event),
+            (None, None) => raw.decode().map(Arc::new).map_err(|e| (e.to_string(), 1)),
         };
         Decoded { raw, event }
     }
