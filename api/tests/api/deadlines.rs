@@ -186,15 +186,31 @@ async fn a_keyed_commit_whose_connection_broke_but_that_committed_is_answered_20
     a_commit_whose_connection_broke_but_that_committed(Some("broken-commit-key")).await;
 }
 
+/// Sends `request`, whose write's `COMMIT` waits in a deferred trigger until the api's
+/// connection to Postgres (through `proxy`) has broken; then lets the commit go
+/// through, and returns the answer. The trigger stays until the test drops it.
+async fn send_with_its_commit_broken_on_the_wire(
+    app: &TestApp,
+    proxy: &TcpProxy,
+    request: reqwest::RequestBuilder,
+) -> reqwest::Response {
+    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
+    let answer = tokio::spawn(request.send());
+    wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
+    proxy.cut();
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unblock_commits(&mut holder).await;
+    answer.await.unwrap().unwrap()
+}
+
 /// A create whose `COMMIT` broke on the wire but committed: answered as the success it
 /// was, applied once; with `key`, a retry gets the same answer from its record.
 async fn a_commit_whose_connection_broke_but_that_committed(key: Option<&str>) {
-    // Arrange: the api reaches Postgres through a proxy; COMMIT blocks in a deferred
-    // trigger until the test lets it through.
+    // Arrange: the api reaches Postgres through a proxy.
     let proxy = postgres_proxy().await;
     let app = spawn_app_behind(&proxy, one_patient_lane).await;
     let event_id = app.create_event(Some(10)).await;
-    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
     let post = || {
         let request = app.client.post(app.url(&format!("/events/{event_id}/rsvps"))).json(&going("once@example.com"));
         match key {
@@ -202,18 +218,12 @@ async fn a_commit_whose_connection_broke_but_that_committed(key: Option<&str>) {
             None => request,
         }
     };
-    let request = tokio::spawn(post().send());
-    wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
 
-    // Act: the api's connection breaks during COMMIT; then the commit goes through.
-    proxy.cut();
-    proxy.restore();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    unblock_commits(&mut holder).await;
+    // Act
+    let response = send_with_its_commit_broken_on_the_wire(&app, &proxy, post()).await;
 
     // Assert: the write is answered as the success it was, with a working token, and
     // was applied once.
-    let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
     assert_eq!(emails(&app.db).await, vec!["once@example.com"]);
@@ -237,25 +247,18 @@ async fn a_commit_whose_connection_broke_but_that_committed(key: Option<&str>) {
 /// the settling must find the same transaction, and answer the success it was.
 #[tokio::test]
 async fn a_cancel_whose_commit_connection_broke_but_that_committed_is_answered_200_and_applied_once() {
-    // Arrange: as above, with the rsvp created before the COMMITs are held.
+    // Arrange: as above, with the rsvp created before any COMMIT is held.
     let proxy = postgres_proxy().await;
     let app = spawn_app_behind(&proxy, one_patient_lane).await;
     let event_id = app.create_event(Some(10)).await;
     let created: Value = app.create_rsvp_with(event_id, &going("cancel@example.com")).await.json().await.unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
-    let mut holder = block_commits_inserting(&app.db, "outbox", "true").await;
     let cancel = app.client.post(app.url("/rsvps/cancel")).json(&json!({ "token": token }));
-    let request = tokio::spawn(cancel.send());
-    wait_for("the COMMIT waits", async || lock_waiters(&app.db).await >= 1).await;
 
-    // Act: the api's connection breaks during COMMIT; then the commit goes through.
-    proxy.cut();
-    proxy.restore();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    unblock_commits(&mut holder).await;
+    // Act
+    let response = send_with_its_commit_broken_on_the_wire(&app, &proxy, cancel).await;
 
     // Assert: answered as the success it was, and applied once.
-    let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["status"], "cancelled");
     assert_eq!(outbox_rows(&app.db).await, 2);
