@@ -93,20 +93,7 @@ mod tests {
     }
 
     fn event() -> Arc<CloudEvent> {
-        let time = Utc::now();
-        let data = rsvp_contract::RsvpData {
-            id: uuid::Uuid::now_v7(),
-            event_id: uuid::Uuid::now_v7(),
-            name: "Ada".into(),
-            email: "ada@example.com".into(),
-            status: rsvp_contract::RsvpStatus::Going,
-            guests: 0,
-            version: 1,
-            created_at: time,
-            updated_at: time,
-            previous_status: None,
-        };
-        Arc::new(CloudEvent::new(rsvp_contract::EventType::RsvpCreated, data, time))
+        Arc::new(crate::record::created_event())
     }
 
     #[test]

@@ -159,32 +159,28 @@ pub fn printable(bytes: &[u8]) -> String {
     }
 }
 
+/// A new rsvp's creation, for the crate's unit tests.
+#[cfg(test)]
+pub(crate) fn created_event() -> CloudEvent {
+    let now = chrono::Utc::now();
+    let data = rsvp_contract::RsvpData {
+        id: uuid::Uuid::now_v7(),
+        event_id: uuid::Uuid::now_v7(),
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+        status: rsvp_contract::RsvpStatus::Going,
+        guests: 1,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        previous_status: None,
+    };
+    CloudEvent::new(rsvp_contract::EventType::RsvpCreated, data, now)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use chrono::Utc;
-    use rsvp_contract::{EventType, RsvpData, RsvpStatus};
-    use uuid::Uuid;
-
-    fn event() -> CloudEvent {
-        let now = Utc::now();
-        CloudEvent::new(
-            EventType::RsvpCreated,
-            RsvpData {
-                id: Uuid::now_v7(),
-                event_id: Uuid::now_v7(),
-                name: "Ada".into(),
-                email: "ada@example.com".into(),
-                status: RsvpStatus::Going,
-                guests: 1,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                previous_status: None,
-            },
-            now,
-        )
-    }
+    use super::{created_event as event, *};
 
     fn raw(event: &CloudEvent, headers: Vec<(&str, String)>) -> RawRecord {
         RawRecord::from_bytes(
