@@ -81,14 +81,16 @@ impl Application {
             consumers.push(consumer);
         }
         let wakeups = Wakeups::new(&settings.kafka.topic);
-        // A group behind another reads what that one fetched; a window of a few
-        // fetches' worth per partition covers a group a fetch or two behind.
-        let recent = (consumers.len() > 1).then(|| {
+        // The groups of one instance share what they fetch and decode: a group behind
+        // another reads what that one fetched (a window of a few fetches' worth per
+        // partition covers a group a fetch or two behind) and takes what it decoded.
+        let several_groups = consumers.len() > 1;
+        let recent = several_groups.then(|| {
             let fetch_bytes = usize::try_from(settings.fetch_max_bytes).unwrap_or(usize::MAX);
             RecentRecords::new(fetch_bytes.saturating_mul(RECENT_FETCHES_KEPT))
         });
-        let decoded = (consumers.len() > 1).then(|| DecodedEvents::new(DECODED_EVENTS_KEPT));
-        if recent.is_some() {
+        let decoded = several_groups.then(|| DecodedEvents::new(DECODED_EVENTS_KEPT));
+        if several_groups {
             // From zero, so that a dashboard shows the sharing before the first share.
             for consumer in &consumers {
                 metrics::counter!(metric_names::SHARED_FETCHES, "group" => consumer.group().name()).increment(0);
