@@ -15,7 +15,7 @@ insert into rsvps (id, event_id, name, email, status, guests, token_hash)
   from bench_events where n = :e;
 update events set seats_taken = seats_taken + 1 where id = (select id from bench_events where n = :e);
 insert into outbox (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload)
-  select 'rsvp', gen_random_uuid(), id::text, 'RSVP_CREATED', gen_random_uuid(), 1, '{payload}'::jsonb
+  select 'rsvp', gen_random_uuid(), id::text, 'RSVP_CREATED', gen_random_uuid(), 1, '{payload}'::json
   from bench_events where n = :e;
 commit;
 "#;
@@ -31,7 +31,7 @@ with inserted as (
     from bench_events b, generate_series(1, 50) where b.n = :e
     returning id, event_id)
 insert into outbox (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload)
-  select 'rsvp', id, event_id::text, 'RSVP_CREATED', gen_random_uuid(), 1, '{payload}'::jsonb from inserted;
+  select 'rsvp', id, event_id::text, 'RSVP_CREATED', gen_random_uuid(), 1, '{payload}'::json from inserted;
 update events set seats_taken = seats_taken + 50 where id = (select id from bench_events where n = :e);
 commit;
 "#;

@@ -46,9 +46,9 @@ pub(crate) async fn preload(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
                   from generate_series($1::bigint, $2::bigint) i)
              insert into outbox (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload)
              select 'rsvp', rid, event_id::text, 'RSVP_CREATED', mid, 1,
-                    jsonb_build_object('specversion', '1.0', 'id', mid, 'source', '/rsvp-api', 'type', 'RSVP_CREATED',
+                    json_build_object('specversion', '1.0', 'id', mid, 'source', '/rsvp-api', 'type', 'RSVP_CREATED',
                         'subject', rid, 'time', now(), 'datacontenttype', 'application/json',
-                        'data', jsonb_build_object('id', rid, 'event_id', event_id, 'name', 'Ada Lovelace',
+                        'data', json_build_object('id', rid, 'event_id', event_id, 'name', 'Ada Lovelace',
                             'email', 'ada' || i || '@example.com', 'status', 'going', 'guests', 1, 'version', 1,
                             'created_at', now(), 'updated_at', now()))
                from g",

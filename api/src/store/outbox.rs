@@ -3,7 +3,13 @@
 use std::collections::HashMap;
 
 use rsvp_contract::{event::AGGREGATE_RSVP, CloudEvent};
-use sqlx::types::Json;
+use serde::Serialize;
+use sqlx::{
+    encode::IsNull,
+    error::BoxDynError,
+    postgres::{types::Oid, PgArgumentBuffer, PgHasArrayType, PgTypeInfo},
+    Encode, Postgres,
+};
 use uuid::Uuid;
 
 use super::Tx;
@@ -26,7 +32,7 @@ pub async fn append(
     let (seat_events, seats): (Vec<Uuid>, Vec<i32>) =
         seats_taken.iter().filter(|(_, seats)| **seats != 0).map(|(id, seats)| (*id, *seats)).unzip();
     // Each event is serialized once, straight into the statement's buffer.
-    let payloads: Vec<Json<&CloudEvent>> = events.iter().map(|(event, _)| Json(event)).collect();
+    let payloads: Vec<JsonText<&CloudEvent>> = events.iter().map(|(event, _)| JsonText(event)).collect();
     let aggregate_ids: Vec<Uuid> = events.iter().map(|(e, _)| e.data.id).collect();
     let keys: Vec<String> = events.iter().map(|(e, _)| e.kafka_key()).collect();
     let types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
@@ -42,7 +48,7 @@ pub async fn append(
              insert into outbox
                  (aggregate_type, aggregate_id, kafka_key, event_type, message_id, rsvp_version, payload, traceparent)
              select $1, a, k, t, m, v, p, tp
-             from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::jsonb[], $8::text[])
+             from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::json[], $8::text[])
                   with ordinality as rows(a, k, t, m, v, p, tp, n)
              order by n
              returning 1
@@ -54,11 +60,39 @@ pub async fn append(
         &types as &[&str],
         &message_ids,
         &versions,
-        &payloads as &[Json<&CloudEvent>],
+        &payloads as &[JsonText<&CloudEvent>],
         &traceparents as &[Option<&str>],
         &seat_events,
         &seats,
     )
     .fetch_optional(&mut **tx)
     .await
+}
+
+/// A value bound as `json`: its serialization, as is. (sqlx's `Json` writes jsonb's
+/// binary format, or for a `json` parameter the same with a leading space, which
+/// `json` would keep.)
+struct JsonText<T>(T);
+
+/// The `json` type and its array, fixed OIDs in every PostgreSQL.
+const JSON_OID: Oid = Oid(114);
+const JSON_ARRAY_OID: Oid = Oid(199);
+
+impl<T> sqlx::Type<Postgres> for JsonText<T> {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(JSON_OID)
+    }
+}
+
+impl<T> PgHasArrayType for JsonText<T> {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(JSON_ARRAY_OID)
+    }
+}
+
+impl<T: Serialize> Encode<'_, Postgres> for JsonText<T> {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        serde_json::to_writer(&mut **buf, &self.0)?;
+        Ok(IsNull::No)
+    }
 }

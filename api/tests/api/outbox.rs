@@ -85,6 +85,29 @@ async fn every_write_appends_one_valid_cloudevent_row_in_commit_order_per_rsvp()
     assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), ids.len());
 }
 
+/// The relay publishes a row's payload text as its record's value, so consumers get the
+/// CloudEvent exactly as the api serialized it: its attributes in their order, no
+/// whitespace added, for creates (appended in batches) and for the other writes alike.
+#[tokio::test]
+async fn each_outbox_row_keeps_its_cloudevent_byte_for_byte_as_the_api_serialized_it() {
+    let app = spawn_app().await;
+    let event_id = app.create_event(None).await;
+    let created = app.create_rsvp(event_id, "a@example.com", 1).await;
+    let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
+    app.patch_rsvp(rsvp_id, &token, &json!({"status": "maybe"})).await;
+    app.cancel_rsvp(&token).await;
+
+    let payloads: Vec<String> =
+        sqlx::query_scalar("select payload::text from outbox order by id").fetch_all(&app.db).await.unwrap();
+
+    assert_eq!(payloads.len(), 3);
+    for text in &payloads {
+        let event: CloudEvent = serde_json::from_str(text).expect("a valid CloudEvent");
+        assert_eq!(text, &serde_json::to_string(&event).unwrap(), "stored as serialized");
+        assert!(text.starts_with(r#"{"specversion":"1.0","#), "attributes in the api's order: {text}");
+    }
+}
+
 #[tokio::test]
 async fn outbox_rows_are_append_only() {
     let app = spawn_app().await;

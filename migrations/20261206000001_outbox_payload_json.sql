@@ -1,0 +1,12 @@
+-- The outbox payload is stored as json, the text the api serialized, instead of jsonb.
+-- Nothing queries inside it on the write path: the api writes it, the relay reads it
+-- back as text and publishes it as the record's value. jsonb parsed it into its binary
+-- form on every insert and printed it back on every relay read, and what reached
+-- Kafka was jsonb's rendering (attributes reordered, whitespace added), not the
+-- CloudEvent as serialized. json only checks the syntax on insert and keeps the text.
+-- `->` and `->>` work on json as on jsonb.
+--
+-- Rewrites the outbox under an ACCESS EXCLUSIVE lock: writes wait for it. The relay
+-- prunes published rows older than RELAY_RETENTION (7 days by default), so the outbox
+-- holds about a week of writes when this runs.
+alter table outbox alter column payload type json using payload::json;
