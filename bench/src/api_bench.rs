@@ -118,8 +118,8 @@ impl ApiBench {
                  unique emails, synchronous_commit on. pgbench runs the same rows: the rsvp insert, the \
                  event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n\n\
                  With an `Idempotency-Key` on every request (a new key each, as a client sends before \
-                 its first try; each write then also claims and fills in its sealed record in its \
-                 transaction), against the same load without keys:\n\n{keyed}"
+                 its first try; each write then also inserts its sealed record in its transaction), \
+                 against the same load without keys:\n\n{keyed}"
             ),
         );
         Ok(())

@@ -15,8 +15,9 @@ use crate::{
     error::{ApiError, Unavailable},
     idempotency::{records, Applied, StoredResponse},
     store::{
+        self,
         events::{self, Seats},
-        idempotency::KeyTaken,
+        idempotency::{KeyTaken, NewRecord},
         transactions::{self, Settled, TxTimeouts},
         Tx,
     },
@@ -191,63 +192,82 @@ async fn prepare(
             _ => None,
         })
         .collect();
+    // A recorded answer is rendered once: its request answers with it.
+    let mut rendered: Vec<Option<StoredResponse>> = batch.iter().map(|_| None).collect();
     let mut xid = None;
     if !requests.is_empty() {
-        let created = create_rsvps(&mut tx, &requests, &mut seats).await?;
+        // The creates' records go in the statement that appends their outbox rows.
+        let created = create_rsvps(&mut tx, &requests, &mut seats, |position, outcome| {
+            let index = creates[position].0;
+            record(&batch[index], outcome, &mut rendered[index])
+        })
+        .await?;
+        if !created.keys_taken.is_empty() {
+            return Ok(Prepared::KeysTaken(
+                created.keys_taken.into_iter().map(|(position, taken)| (creates[position].0, taken)).collect(),
+            ));
+        }
         xid = created.xid;
         for ((index, _), outcome) in creates.iter().zip(created.outcomes) {
-            answers[*index] = Some(outcome.map(|(written, token)| WriteOutcome { written, token: Some(token) }));
+            answers[*index] = Some(outcome);
         }
     }
-    for (index, pending) in others {
+    for (index, pending) in &others {
         match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
             Err(error) if !error.is_client_mistake() => return Err(error),
             answer => {
                 if let Ok(outcome) = &answer {
                     xid = xid.or_else(|| outcome.written.xid.clone());
                 }
-                answers[index] = Some(answer)
+                answers[*index] = Some(answer)
             }
         }
     }
     let outcomes: Vec<Outcome> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
-    // Each applied keyed write's record, with its answer.
-    let mut recorded = Vec::new();
-    let mut responses = Vec::new();
-    for (index, (pending, answer)) in batch.iter().zip(&outcomes).enumerate() {
-        let Some(claim) = pending.claim.as_ref().filter(|_| started[index]) else { continue };
-        if matches!(answer, Err(ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyInFlight)) {
-            continue;
-        }
-        if let Some(response) = claim.response(answer)? {
-            recorded.push(index);
-            responses.push((&claim.idempotency, response));
+    // The other writes' records, in a statement of their own.
+    let (mut recorded, mut records) = (Vec::new(), Vec::new());
+    for (index, _) in &others {
+        if let Some(new) = record(&batch[*index], &outcomes[*index], &mut rendered[*index])? {
+            recorded.push(*index);
+            records.push(new);
         }
     }
-    let inserted = records::insert(&mut tx, &responses).await?;
-    if !inserted.taken.is_empty() {
-        return Ok(Prepared::KeysTaken(
-            inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
-        ));
+    if let Some(inserted) = store::idempotency::insert(&mut tx, &records).await? {
+        if !inserted.taken.is_empty() {
+            return Ok(Prepared::KeysTaken(
+                inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
+            ));
+        }
+        xid = xid.or(Some(inserted.xid));
     }
-    // The outbox rows' statements or the records' statement returned the xid when
-    // they ran: one round trip fewer, while the transaction holds back the relay's
-    // reads. Only a batch that wrote nothing asks for it (and learns it has none).
-    let xid = match inserted.xid.or(xid) {
+    // The statements that appended outbox rows or records returned the xid when they
+    // ran: one round trip fewer, while the transaction holds back the relay's reads.
+    // Only a batch that wrote neither asks for it (and may learn it has none).
+    let xid = match xid {
         Some(xid) => Some(xid),
         None => transactions::current_xid(&mut tx).await?,
     };
-    // A recorded answer is rendered once: its request answers with it.
-    let mut rendered: Vec<Option<StoredResponse>> = batch.iter().map(|_| None).collect();
-    for (index, (_, response)) in recorded.into_iter().zip(responses) {
-        rendered[index] = Some(response);
-    }
     let answers = outcomes
         .into_iter()
         .zip(rendered)
         .map(|(outcome, recorded)| outcome.map(|outcome| Applied { outcome, recorded }))
         .collect();
     Ok(Prepared::Ready { tx, answers, xid })
+}
+
+/// The idempotency record of a started write with an `Idempotency-Key`, sealed with
+/// the answer its `outcome` renders, which goes into `rendered`; `None` for a write
+/// without a key, or whose answer is not kept (see [`StoredResponse::of_error`]).
+fn record<'b>(
+    pending: &'b Pending,
+    outcome: &Outcome,
+    rendered: &mut Option<StoredResponse>,
+) -> Result<Option<NewRecord<'b>>, ApiError> {
+    let Some(claim) = &pending.claim else { return Ok(None) };
+    let Some(response) = claim.response(outcome)? else { return Ok(None) };
+    let new = records::seal(&claim.idempotency, &response)?;
+    *rendered = Some(response);
+    Ok(Some(new))
 }
 
 /// Locks every event the batch writes to before any write: first their advisory

@@ -1,6 +1,6 @@
-//! A request's record in the writing transaction: inserted after the write with its
-//! sealed answer, before the commit (the SQL is in [`crate::store::idempotency`],
-//! which sees only what is derived from the key).
+//! A request's record in the writing transaction: sealed with its answer after the
+//! write, and inserted before the commit (the SQL is in [`crate::store::idempotency`]
+//! and [`crate::store::outbox`], which see only what is derived from the key).
 
 use metrics::counter;
 use sqlx::PgPool;
@@ -10,27 +10,20 @@ use crate::{
     error::{ApiError, Unavailable},
     metric_names,
     store::{
-        idempotency::{self as store, Inserted, NewRecord},
+        idempotency::{self as store, NewRecord},
         transactions::TxTimeouts,
-        Tx,
     },
 };
 
-/// Inserts the records of `responses` (their keys distinct), sealed; says the
-/// position in `responses` of each whose key was taken, which was not recorded, with
-/// what holds it (see [`store::insert`]).
-pub async fn insert(tx: &mut Tx<'_>, responses: &[(&Idempotency, StoredResponse)]) -> anyhow::Result<Inserted> {
-    let mut records = Vec::with_capacity(responses.len());
-    for (idempotency, response) in responses {
-        records.push(NewRecord {
-            lookup_id: &idempotency.lookup_id,
-            fingerprint: &idempotency.fingerprint,
-            ttl: idempotency.ttl,
-            status: response.status as i16,
-            sealed: idempotency.seal(response)?,
-        });
-    }
-    Ok(store::insert(tx, &records).await?)
+/// The record of a keyed write whose answer is `response`, sealed for its key.
+pub fn seal<'a>(idempotency: &'a Idempotency, response: &StoredResponse) -> anyhow::Result<NewRecord<'a>> {
+    Ok(NewRecord {
+        lookup_id: &idempotency.lookup_id,
+        fingerprint: &idempotency.fingerprint,
+        ttl: idempotency.ttl,
+        status: response.status as i16,
+        sealed: idempotency.seal(response)?,
+    })
 }
 
 /// Waits until the request in flight with `idempotency`'s key has finished, up to the

@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
     state::AppState,
-    store::{events, idempotency::KeyTaken, rsvps, transactions},
+    store::{self, events, idempotency::KeyTaken, rsvps, transactions},
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -72,7 +72,9 @@ pub async fn create_event(
             tx.commit().await?;
             return Ok(response.into_response());
         };
-        match records::insert(&mut tx, &[(idempotency, response.clone())]).await?.taken.first() {
+        let record = records::seal(idempotency, &response)?;
+        let inserted = store::idempotency::insert(&mut tx, &[record]).await?;
+        match inserted.and_then(|inserted| inserted.taken.first().copied()) {
             None => {
                 tx.commit().await?;
                 return Ok(response.into_response());

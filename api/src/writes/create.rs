@@ -1,18 +1,25 @@
 //! Creating rsvps, many in a handful of statements: one insert for all rows, then one
-//! statement that takes their seats and appends their outbox rows. A single request
-//! is a batch of one.
+//! statement that takes their seats and appends their outbox rows and idempotency
+//! records. A single request is a batch of one.
 
 use std::collections::HashMap;
 
 use rsvp_contract::{CloudEvent, EventType};
 use uuid::Uuid;
 
-use super::{not_enough_seats, Written};
+use super::{not_enough_seats, WriteOutcome, Written};
 use crate::{
     auth::new_rsvp_token,
     domain::NewRsvp,
     error::ApiError,
-    store::{events::Seats, outbox, rsvps, rsvps::NewRow, Tx},
+    store::{
+        events::Seats,
+        idempotency::{KeyTaken, NewRecord},
+        outbox::{self, Appended},
+        rsvps,
+        rsvps::NewRow,
+        Tx,
+    },
 };
 
 pub struct CreateRequest<'a> {
@@ -25,21 +32,29 @@ pub struct CreateRequest<'a> {
 pub struct Created {
     /// The outcome of each request, in request order: the rsvp with its token (the
     /// only time the token is seen), or why it was refused.
-    pub outcomes: Vec<Result<(Written, String), ApiError>>,
-    /// The transaction's xid, once it wrote an outbox row.
+    pub outcomes: Vec<Result<WriteOutcome, ApiError>>,
+    /// The transaction's xid, once it wrote an outbox row or a record.
     pub xid: Option<String>,
+    /// The requests whose idempotency records could not be inserted, with what holds
+    /// their keys: the caller must roll back.
+    pub keys_taken: Vec<(usize, KeyTaken)>,
 }
 
 /// Creates the requested rsvps with their outbox rows. Refused requests write nothing.
 /// `seats` holds the requests' events as this transaction locked them
 /// ([`crate::store::events::lock`]), kept up to date here; a request whose event is absent is
 /// answered 404.
-pub async fn create_rsvps(
+///
+/// `record` gives the idempotency record of a request (by its position) and its
+/// outcome, if it keeps one: the records go in the statement that appends the
+/// outbox rows, one round trip for both.
+pub async fn create_rsvps<'r>(
     tx: &mut Tx<'_>,
     requests: &[CreateRequest<'_>],
     seats: &mut HashMap<Uuid, Seats>,
-) -> Result<Created, sqlx::Error> {
-    let mut outcomes: Vec<Option<Result<(Written, String), ApiError>>> = requests.iter().map(|_| None).collect();
+    mut record: impl FnMut(usize, &Result<WriteOutcome, ApiError>) -> Result<Option<NewRecord<'r>>, ApiError>,
+) -> Result<Created, ApiError> {
+    let mut outcomes: Vec<Option<Result<WriteOutcome, ApiError>>> = requests.iter().map(|_| None).collect();
     let mut rows = Vec::with_capacity(requests.len());
     let mut tokens = Vec::with_capacity(requests.len());
     for (index, request) in requests.iter().enumerate() {
@@ -55,7 +70,7 @@ pub async fn create_rsvps(
         rsvps::insert_many(tx, &rows).await?.into_iter().map(|row| (row.id, row)).collect();
 
     // Capacity in request order, against the locked seat counts.
-    let (mut refused, mut taken, mut accepted) = (Vec::new(), HashMap::new(), Vec::new());
+    let (mut refused, mut taken, mut events) = (Vec::new(), HashMap::new(), Vec::new());
     for (row, (index, token)) in rows.iter().zip(tokens) {
         let Some(written) = inserted.remove(&row.id) else {
             outcomes[index] = Some(Err(ApiError::Conflict("this email has already answered this event".into())));
@@ -70,23 +85,28 @@ pub async fn create_rsvps(
         }
         event.taken += needed;
         *taken.entry(row.event_id).or_insert(0) += needed;
-        accepted.push((index, written, token));
+        let cloud_event = CloudEvent::new(EventType::RsvpCreated, written.event_data(None), written.updated_at);
+        events.push((cloud_event, requests[index].traceparent));
+        let written = Written { rsvp: written, event_type: Some(EventType::RsvpCreated), xid: None };
+        outcomes[index] = Some(Ok(WriteOutcome { written, token: Some(token) }));
     }
     if !refused.is_empty() {
         rsvps::discard(tx, &refused).await?;
     }
-    let events: Vec<(CloudEvent, Option<&str>)> = accepted
-        .iter()
-        .map(|(index, row, _)| {
-            let event = CloudEvent::new(EventType::RsvpCreated, row.event_data(None), row.updated_at);
-            (event, requests[*index].traceparent)
-        })
-        .collect();
-    let xid = outbox::append(tx, &events, &taken).await?;
-
-    for (index, row, token) in accepted {
-        outcomes[index] = Some(Ok((Written { rsvp: row, event_type: Some(EventType::RsvpCreated), xid: None }, token)));
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect();
+    let (mut recorded, mut records) = (Vec::new(), Vec::new());
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if let Some(new) = record(index, outcome)? {
+            recorded.push(index);
+            records.push(new);
+        }
     }
-    let outcomes = outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect();
-    Ok(Created { outcomes, xid })
+    let appended = outbox::append(tx, &events, &taken, &records).await?;
+    let (xid, keys_taken) = match appended {
+        Some(Appended { xid, taken }) => {
+            (Some(xid), taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect())
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Created { outcomes, xid, keys_taken })
 }

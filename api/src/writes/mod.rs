@@ -52,8 +52,8 @@ async fn append(
 ) -> Result<Written, ApiError> {
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
     // Its seats were adjusted (and checked) before the change.
-    let xid = outbox::append(tx, &[(event, traceparent)], &HashMap::new()).await?;
-    Ok(Written { rsvp, event_type: Some(event_type), xid })
+    let appended = outbox::append(tx, &[(event, traceparent)], &HashMap::new(), &[]).await?;
+    Ok(Written { rsvp, event_type: Some(event_type), xid: appended.map(|appended| appended.xid) })
 }
 
 /// Applies `changes` for the holder of the rsvp's `token`.
@@ -123,17 +123,16 @@ pub struct WriteOutcome {
 /// Applies `op` inside `tx`; the caller commits. Creates are cheaper together: see
 /// [`create_rsvps`].
 pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
-    let (written, token) = match op {
+    let written = match op {
         WriteOp::Create { event_id, rsvp } => {
             let request = CreateRequest { event_id: *event_id, rsvp, traceparent };
             let mut seats = events::lock(tx, &[*event_id]).await?;
-            let created = create_rsvps(tx, &[request], &mut seats).await?.outcomes.pop();
-            let (written, token) = created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))??;
-            (written, Some(token))
+            let created = create_rsvps(tx, &[request], &mut seats, |_, _| Ok(None)).await?.outcomes.pop();
+            return created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))?;
         }
-        WriteOp::Update { id, token, changes } => (update_rsvp(tx, *id, token, changes, traceparent).await?, None),
-        WriteOp::Cancel { token } => (cancel_rsvp(tx, token, traceparent).await?, None),
-        WriteOp::Delete { id } => (delete_rsvp(tx, *id, traceparent).await?, None),
+        WriteOp::Update { id, token, changes } => update_rsvp(tx, *id, token, changes, traceparent).await?,
+        WriteOp::Cancel { token } => cancel_rsvp(tx, token, traceparent).await?,
+        WriteOp::Delete { id } => delete_rsvp(tx, *id, traceparent).await?,
     };
-    Ok(WriteOutcome { written, token })
+    Ok(WriteOutcome { written, token: None })
 }

@@ -69,7 +69,7 @@ async fn write_largest_rows(pool: &PgPool, keys: usize, per_key: usize) -> Vec<W
         for event_id in &events {
             let event = largest_event(*event_id);
             let mut tx = pool.begin().await.unwrap();
-            rsvp_api::store::outbox::append(&mut tx, &[(event.clone(), Some(TRACEPARENT))], &Default::default())
+            rsvp_api::store::outbox::append(&mut tx, &[(event.clone(), Some(TRACEPARENT))], &Default::default(), &[])
                 .await
                 .unwrap();
             let id: i64 = sqlx::query_scalar("select max(id) from outbox").fetch_one(&mut *tx).await.unwrap();
