@@ -6,7 +6,12 @@ use std::{sync::Arc, time::Duration};
 use rsvp_contract::{CloudEvent, EventType, RsvpData, RsvpStatus};
 use uuid::Uuid;
 
-use crate::{load, pgbench, report::Report, system};
+use crate::{
+    load::{self, LoadResult},
+    pgbench,
+    report::Report,
+    system,
+};
 
 /// Events the load spreads over: the api locks an event's row per write, like any
 /// capacity check must.
@@ -15,6 +20,8 @@ const EVENTS: usize = 1000;
 pub(crate) struct ApiBench {
     pub(crate) duration: Duration,
     pub(crate) concurrency: Vec<usize>,
+    /// Rounds of the keyed comparison at the largest client count (see [`ApiBench::keyed_rounds`]).
+    pub(crate) keyed_rounds: usize,
 }
 
 /// An outbox payload as the api writes it, for pgbench.
@@ -44,26 +51,43 @@ async fn fresh_database() -> anyhow::Result<String> {
 }
 
 impl ApiBench {
+    /// Durable creates through the api on a fresh database, right after a checkpoint.
+    async fn api_rate(&self, coalescing: bool, concurrency: usize, keys: bool) -> anyhow::Result<LoadResult> {
+        let url = fresh_database().await?;
+        let api = system::start_api(&url, &[("WRITE_COALESCING", coalescing.to_string())]).await?;
+        let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
+        eprintln!("api, {}, {concurrency} clients, {:?}", run_label(coalescing, keys), self.duration);
+        system::checkpoint().await?;
+        let result = load::create_rsvps(&api.base, events, concurrency, self.duration, keys).await;
+        drop(api);
+        system::drop_database("bench_api").await?;
+        Ok(result)
+    }
+
+    /// pgbench's rsvps per second for `shape` on a fresh database, right after a checkpoint.
+    async fn pgbench_rate(&self, label: &str, shape: pgbench::Shape, payload: &str) -> anyhow::Result<f64> {
+        let db = sqlx::PgPool::connect(&fresh_database().await?).await?;
+        pgbench::prepare(&db, EVENTS).await?;
+        db.close().await;
+        eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
+        system::checkpoint().await?;
+        let rate = pgbench::rsvps_per_second("bench_api", shape, 32, self.duration, EVENTS, payload).await?;
+        system::drop_database("bench_api").await?;
+        Ok(rate)
+    }
+
     pub(crate) async fn run(&self, report: &mut Report) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         // Coalescing on at every client count, without and with an Idempotency-Key on
         // every request; then coalescing off.
-        let runs = self.concurrency.iter().flat_map(|c| [("on", *c, false), ("on", *c, true)]).chain([(
-            "off",
+        let runs = self.concurrency.iter().flat_map(|c| [(true, *c, false), (true, *c, true)]).chain([(
+            false,
             self.concurrency[0],
             false,
         )]);
         for (coalescing, concurrency, keys) in runs {
-            let url = fresh_database().await?;
-            let api = system::start_api(&url, &[("WRITE_COALESCING", (coalescing == "on").to_string())]).await?;
-            let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
-            let label = format!("coalescing {coalescing}{}", if keys { ", Idempotency-Key" } else { "" });
-            eprintln!("api, {label}, {concurrency} clients, {:?}", self.duration);
-            system::checkpoint().await?;
-            let result = load::create_rsvps(&api.base, events, concurrency, self.duration, keys).await;
-            rows.push((label, concurrency, result));
-            drop(api);
-            system::drop_database("bench_api").await?;
+            let result = self.api_rate(coalescing, concurrency, keys).await?;
+            rows.push((run_label(coalescing, keys), concurrency, result));
         }
         let payload = api_payload()?;
         let mut baselines = Vec::new();
@@ -71,14 +95,7 @@ impl ApiBench {
             ("1 rsvp + outbox row per transaction", pgbench::Shape::OnePerTransaction),
             ("50 rsvps + outbox rows per transaction", pgbench::Shape::FiftyPerTransaction),
         ] {
-            let db = sqlx::PgPool::connect(&fresh_database().await?).await?;
-            pgbench::prepare(&db, EVENTS).await?;
-            db.close().await;
-            eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
-            system::checkpoint().await?;
-            let rate = pgbench::rsvps_per_second("bench_api", shape, 32, self.duration, EVENTS, &payload).await?;
-            baselines.push((label, rate));
-            system::drop_database("bench_api").await?;
+            baselines.push((label, self.pgbench_rate(label, shape, &payload).await?));
         }
         let single = baselines[0].1;
         let mut table = String::from(
@@ -109,6 +126,7 @@ impl ApiBench {
                 ));
             }
         }
+        let rounds = self.keyed_rounds(&rows, single, &payload).await?;
         report.section(
             "API: durable rsvp creates through HTTP vs pgbench",
             &format!(
@@ -119,9 +137,77 @@ impl ApiBench {
                  event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n\n\
                  With an `Idempotency-Key` on every request (a new key each, as a client sends before \
                  its first try; each write then also inserts its sealed record in its transaction), \
-                 against the same load without keys:\n\n{keyed}"
+                 against the same load without keys:\n\n{keyed}\n{rounds}"
             ),
         );
         Ok(())
     }
+
+    /// The keyed comparison at the largest client count, in `self.keyed_rounds`
+    /// rounds: the first is the runs above; each further one runs the api without
+    /// and with keys (in turn first) and pgbench's one rsvp per transaction again.
+    /// One pair of 10-second runs on these machines moves by several percent either
+    /// way, so the report gives every round and the medians.
+    async fn keyed_rounds(
+        &self,
+        rows: &[(String, usize, LoadResult)],
+        single: f64,
+        payload: &str,
+    ) -> anyhow::Result<String> {
+        let largest = self.concurrency.iter().copied().max().unwrap_or(0);
+        let rate_of = |keys: bool| {
+            rows.iter()
+                .find(|(label, concurrency, _)| {
+                    *concurrency == largest
+                        && label.starts_with("coalescing on")
+                        && label.ends_with("Idempotency-Key") == keys
+                })
+                .map(|(_, _, result)| result.rate())
+        };
+        let (Some(without), Some(with)) = (rate_of(false), rate_of(true)) else { return Ok(String::new()) };
+        let mut rounds = vec![(without, with, single)];
+        for round in 2..=self.keyed_rounds {
+            eprintln!("keyed comparison, round {round} of {}", self.keyed_rounds);
+            let keyed_first = round % 2 == 0;
+            let first = self.api_rate(true, largest, keyed_first).await?.rate();
+            let second = self.api_rate(true, largest, !keyed_first).await?.rate();
+            let (without, with) = if keyed_first { (second, first) } else { (first, second) };
+            let label = "1 rsvp + outbox row per transaction";
+            let single = self.pgbench_rate(label, pgbench::Shape::OnePerTransaction, payload).await?;
+            rounds.push((without, with, single));
+        }
+        let mut table = format!(
+            "The keyed comparison at {largest} clients, round by round (round 1 is the runs above; each further \
+             round runs both again, the keyed run first in even rounds, and pgbench's one rsvp per \
+             transaction):\n\n\
+             | round | creates/s, no key | with an Idempotency-Key | keyed ÷ unkeyed | pgbench 1/tx | keyed ÷ pgbench |\n\
+             |---:|---:|---:|---:|---:|---:|\n"
+        );
+        for (round, (without, with, single)) in rounds.iter().enumerate() {
+            table.push_str(&format!(
+                "| {} | {without:.0} | {with:.0} | {:.2}x | {single:.0} | {:.2}x |\n",
+                round + 1,
+                with / without,
+                with / single
+            ));
+        }
+        let median = |ratio: fn(&(f64, f64, f64)) -> f64| {
+            let mut ratios: Vec<f64> = rounds.iter().map(ratio).collect();
+            ratios.sort_by(f64::total_cmp);
+            load::percentile(&ratios, 50.0).unwrap_or(0.0)
+        };
+        let keyed_to_unkeyed = median(|(without, with, _)| with / without);
+        let keyed_to_pgbench = median(|(_, with, single)| with / single);
+        table.push_str(&format!(
+            "\nMedians over {} rounds (for an even count, the upper of the middle two): keyed ÷ unkeyed {keyed_to_unkeyed:.2}x, keyed ÷ pgbench {keyed_to_pgbench:.2}x \
+             (issue 14 asks at least 0.85x and 7x).\n",
+            rounds.len()
+        ));
+        Ok(table)
+    }
+}
+
+/// How the report names an api run.
+fn run_label(coalescing: bool, keys: bool) -> String {
+    format!("coalescing {}{}", if coalescing { "on" } else { "off" }, if keys { ", Idempotency-Key" } else { "" })
 }

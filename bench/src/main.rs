@@ -27,6 +27,10 @@ struct Cli {
     /// Client counts of the api measurement.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256,512")]
     concurrency: Vec<usize>,
+    /// Rounds of the api's keyed comparison (with and without an Idempotency-Key, and
+    /// pgbench) at the largest client count: the report gives each and the medians.
+    #[arg(long, default_value_t = 3)]
+    keyed_rounds: usize,
     /// Outbox backlogs the relay drains.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     backlogs: Vec<i64>,
@@ -64,7 +68,13 @@ async fn main() -> anyhow::Result<()> {
     let mut report = report::Report::new(&command);
     let wants = |part: &str| cli.only.iter().any(|p| p == part);
     if wants("api") {
-        api_bench::ApiBench { duration: cli.duration, concurrency: cli.concurrency.clone() }.run(&mut report).await?;
+        api_bench::ApiBench {
+            duration: cli.duration,
+            concurrency: cli.concurrency.clone(),
+            keyed_rounds: cli.keyed_rounds,
+        }
+        .run(&mut report)
+        .await?;
     }
     if wants("relay") {
         relay_bench::RelayBench { backlogs: cli.backlogs.clone() }.run(&mut report).await?;
