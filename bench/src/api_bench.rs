@@ -66,12 +66,13 @@ impl ApiBench {
 
     /// pgbench's rsvps per second for `shape` on a fresh database, right after a checkpoint.
     async fn pgbench_rate(&self, label: &str, shape: pgbench::Shape, payload: &str) -> anyhow::Result<f64> {
-        let db = sqlx::PgPool::connect(&fresh_database().await?).await?;
+        let url = fresh_database().await?;
+        let db = sqlx::PgPool::connect(&url).await?;
         pgbench::prepare(&db, EVENTS).await?;
         db.close().await;
         eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
         system::checkpoint().await?;
-        let rate = pgbench::rsvps_per_second("bench_api", shape, 32, self.duration, EVENTS, payload).await?;
+        let rate = pgbench::rsvps_per_second(&url, shape, 32, self.duration, EVENTS, payload).await?;
         system::drop_database("bench_api").await?;
         Ok(rate)
     }

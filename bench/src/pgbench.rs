@@ -70,9 +70,11 @@ pub(crate) async fn prepare(db: &sqlx::PgPool, events: usize) -> anyhow::Result<
     Ok(())
 }
 
-/// Rsvps per second pgbench commits with `clients` clients for `duration`.
+/// Rsvps per second pgbench commits with `clients` clients for `duration`, on the
+/// database at `database_url` (libpq takes the URL as pgbench's database name, so
+/// that the baseline runs on the server the api's runs use, `BENCH_DATABASE_URL`'s).
 pub(crate) async fn rsvps_per_second(
-    database: &str,
+    database_url: &str,
     shape: Shape,
     clients: usize,
     duration: Duration,
@@ -88,12 +90,12 @@ pub(crate) async fn rsvps_per_second(
     let file = std::env::temp_dir().join(format!("rsvp-bench-{}.sql", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, script)?;
     let output = tokio::process::Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-U", "root", "-n", "-j", "2", "-P", "1"])
+        .args(["-n", "-j", "2", "-P", "1"])
         .args(["-c", &clients.to_string(), "-T", &duration.as_secs().max(1).to_string()])
         .args(["-D", &format!("events={events}")])
         .arg("-f")
         .arg(&file)
-        .arg(database)
+        .arg(database_url)
         .stderr(Stdio::inherit()) // pgbench -P prints progress there
         .output()
         .await

@@ -32,8 +32,8 @@ pub struct Appended {
     pub taken: Vec<(usize, KeyTaken)>,
 }
 
-/// The last statement of a write's transaction, all three parts of it in one round
-/// trip:
+/// What a write's transaction appends after its writes, in one statement (one round
+/// trip):
 /// - appends the outbox rows of `events`, in order. Their `xid` defaults to the
 ///   writing transaction; the insert trigger notifies the relay when it commits;
 /// - adds `seats_taken` (by event id) to the events' seat counts: the seats a batch
