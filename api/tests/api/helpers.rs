@@ -169,6 +169,11 @@ pub fn id_of(body: &Value) -> Uuid {
     body["id"].as_str().and_then(|id| id.parse().ok()).expect("a uuid id")
 }
 
+/// The id and token of a created rsvp, as its 201 answer gives them.
+pub fn id_and_token_of(created: &Value) -> (Uuid, String) {
+    (id_of(created), created["token"].as_str().expect("a token").to_owned())
+}
+
 /// Asserts the standard error body and returns its `fields`.
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status);

@@ -12,9 +12,8 @@ use rsvp_api::{
 };
 use serde_json::json;
 use sqlx::Connection;
-use uuid::Uuid;
 
-use crate::helpers::{lock_waiters, spawn_app_with, wait_for};
+use crate::helpers::{id_and_token_of, lock_waiters, spawn_app_with, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change_of_an_rsvp_before_a_later_commit() {
@@ -47,8 +46,7 @@ async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change
     events.sort();
     let (e1, e2, e3) = (events[0], events[1], events[2]);
     let created = app.create_rsvp(e3, "r@example.com", 1).await;
-    let (r, token): (Uuid, String) =
-        (created["id"].as_str().unwrap().parse().unwrap(), created["token"].as_str().unwrap().to_owned());
+    let (r, token) = id_and_token_of(&created);
     let mut holder = sqlx::PgConnection::connect_with(&app.db.connect_options()).await.unwrap();
     let mut held = holder.begin().await.unwrap();
     sqlx::query("select id from events where id = $1 for update").bind(e2).execute(&mut *held).await.unwrap();

@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use rsvp_contract::CloudEvent;
 use serde_json::{json, Value};
 
-use crate::helpers::{id_of, spawn_app, ADMIN_TOKEN};
+use crate::helpers::{id_and_token_of, spawn_app, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn a_failure_after_the_rsvp_write_leaves_neither_the_rsvp_nor_an_outbox_row() {
@@ -48,7 +48,7 @@ async fn every_write_appends_one_valid_cloudevent_row_in_commit_order_per_rsvp()
         .json()
         .await
         .unwrap();
-    let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
+    let (rsvp_id, token) = id_and_token_of(&created);
     app.patch_rsvp(rsvp_id, &token, &json!({"status": "maybe"})).await;
     app.patch_rsvp(rsvp_id, &token, &json!({"name": "Ada L."})).await;
     app.cancel_rsvp(&token).await;
@@ -93,7 +93,7 @@ async fn each_outbox_row_keeps_its_cloudevent_byte_for_byte_as_the_api_serialize
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
     let created = app.create_rsvp(event_id, "a@example.com", 1).await;
-    let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
+    let (rsvp_id, token) = id_and_token_of(&created);
     app.patch_rsvp(rsvp_id, &token, &json!({"status": "maybe"})).await;
     app.cancel_rsvp(&token).await;
 

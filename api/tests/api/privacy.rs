@@ -12,7 +12,7 @@ use tracing::{
 };
 use tracing_subscriber::{layer::Context, prelude::*, Layer};
 
-use crate::helpers::{assert_error, id_of, spawn_app, TestApp, ADMIN_TOKEN};
+use crate::helpers::{assert_error, id_and_token_of, id_of, spawn_app, TestApp, ADMIN_TOKEN};
 
 async fn get_as(app: &TestApp, path: &str, authorization: Option<&str>) -> reqwest::Response {
     let mut request = app.client.get(app.url(path));
@@ -149,7 +149,7 @@ async fn spans_never_record_names_emails_or_tokens() {
         .await;
     assert_eq!(created.status(), StatusCode::CREATED);
     let created: Value = created.json().await.unwrap();
-    let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
+    let (rsvp_id, token) = id_and_token_of(&created);
     let duplicate = app
         .create_rsvp_with(
             event_id,

@@ -2,7 +2,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, id_of, spawn_app, ADMIN_TOKEN};
+use crate::helpers::{assert_error, id_and_token_of, id_of, spawn_app, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn an_rsvp_returns_201_with_a_token_that_no_read_ever_shows() {
@@ -108,7 +108,7 @@ async fn patching_with_the_rsvps_token_updates_it_and_writes_rsvp_updated_with_t
     let app = spawn_app().await;
     let event_id = app.create_event(None).await;
     let created = app.create_rsvp(event_id, "ada@example.com", 0).await;
-    let (rsvp_id, token) = (id_of(&created), created["token"].as_str().unwrap().to_owned());
+    let (rsvp_id, token) = id_and_token_of(&created);
 
     let response = app.patch_rsvp(rsvp_id, &token, &json!({"status": "maybe", "guests": 3})).await;
 
