@@ -18,6 +18,7 @@ use crate::{
         self,
         events::{self, Seats},
         idempotency::{KeyTaken, NewRecord},
+        outbox::Appended,
         transactions::{self, Settled, TxTimeouts},
         Tx,
     },
@@ -135,7 +136,7 @@ async fn run(
 enum Prepared {
     /// The transaction, each write's answer, and its xid (to settle a failed `COMMIT` by).
     Ready { tx: Tx<'static>, answers: Vec<Answer>, xid: Option<String> },
-    /// Other requests hold the keys of these writes: the transaction is dropped.
+    /// Other requests hold the keys of these writes: the transaction rolled back.
     KeysTaken(Vec<(usize, KeyTaken)>),
 }
 
@@ -202,10 +203,8 @@ async fn prepare(
             record(&batch[index], outcome, &mut rendered[index])
         })
         .await?;
-        if !created.keys_taken.is_empty() {
-            return Ok(Prepared::KeysTaken(
-                created.keys_taken.into_iter().map(|(position, taken)| (creates[position].0, taken)).collect(),
-            ));
+        if created.key_taken {
+            return keys_taken(db, tx, batch, &rendered).await;
         }
         xid = created.xid;
         for ((index, _), outcome) in creates.iter().zip(created.outcomes) {
@@ -225,20 +224,17 @@ async fn prepare(
     }
     let outcomes: Vec<Outcome> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
     // The other writes' records, in a statement of their own.
-    let (mut recorded, mut records) = (Vec::new(), Vec::new());
+    let mut records = Vec::new();
     for (index, _) in &others {
-        if let Some(new) = record(&batch[*index], &outcomes[*index], &mut rendered[*index])? {
-            recorded.push(*index);
-            records.push(new);
-        }
+        records.extend(record(&batch[*index], &outcomes[*index], &mut rendered[*index])?);
     }
-    if let Some(inserted) = store::idempotency::insert(&mut tx, &records).await? {
-        if !inserted.taken.is_empty() {
-            return Ok(Prepared::KeysTaken(
-                inserted.taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect(),
-            ));
+    match store::idempotency::insert(&mut tx, &records).await? {
+        Some(Appended::KeyTaken) => {
+            drop(records);
+            return keys_taken(db, tx, batch, &rendered).await;
         }
-        xid = xid.or(Some(inserted.xid));
+        Some(Appended::Written { xid: written }) => xid = xid.or(Some(written)),
+        None => {}
     }
     // The statements that appended outbox rows or records returned the xid when they
     // ran: one round trip fewer, while the transaction holds back the relay's reads.
@@ -253,6 +249,31 @@ async fn prepare(
         .map(|(outcome, recorded)| outcome.map(|outcome| Applied { outcome, recorded }))
         .collect();
     Ok(Prepared::Ready { tx, answers, xid })
+}
+
+/// What a run whose statement found a record's key taken ([`Appended::KeyTaken`])
+/// learns: rolls `tx` back, which lets its keys' locks go, then asks what holds the
+/// keys of the writes whose records it tried to insert (those with a `rendered`
+/// answer).
+async fn keys_taken(
+    db: &sqlx::PgPool,
+    tx: Tx<'static>,
+    batch: &[Pending],
+    rendered: &[Option<StoredResponse>],
+) -> Result<Prepared, ApiError> {
+    tx.rollback().await?;
+    let recorded: Vec<(usize, &[u8; 32])> = batch
+        .iter()
+        .zip(rendered)
+        .enumerate()
+        .filter(|(_, (_, rendered))| rendered.is_some())
+        .filter_map(|(index, (pending, _))| Some((index, &pending.claim.as_ref()?.idempotency.lookup_id)))
+        .collect();
+    let lookup_ids: Vec<&[u8; 32]> = recorded.iter().map(|(_, lookup_id)| *lookup_id).collect();
+    let held = store::idempotency::probe(db, &lookup_ids).await?;
+    Ok(Prepared::KeysTaken(
+        recorded.into_iter().zip(held).filter_map(|((index, _), taken)| Some((index, taken?))).collect(),
+    ))
 }
 
 /// The idempotency record of a started write with an `Idempotency-Key`, sealed with

@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     idempotency::{self, records, Claim, Idempotency, StoredResponse},
     state::AppState,
-    store::{self, events, idempotency::KeyTaken, rsvps, transactions},
+    store::{self, events, idempotency::KeyTaken, outbox::Appended, rsvps, transactions},
     writes::{WriteOp, WriteOutcome},
 };
 
@@ -73,20 +73,21 @@ pub async fn create_event(
             return Ok(response.into_response());
         };
         let record = records::seal(idempotency, &response)?;
-        let inserted = store::idempotency::insert(&mut tx, &[record]).await?;
-        match inserted.and_then(|inserted| inserted.taken.first().copied()) {
-            None => {
-                tx.commit().await?;
-                return Ok(response.into_response());
-            }
-            // Another request holds the key: this one's event is not kept.
-            Some((_, KeyTaken::ByCommittedRequest)) => return idempotency::replay(&state.db, idempotency).await,
+        if !matches!(store::idempotency::insert(&mut tx, &[record]).await?, Some(Appended::KeyTaken)) {
+            tx.commit().await?;
+            return Ok(response.into_response());
+        }
+        // Another request holds the key: this one's event is not kept.
+        tx.rollback().await?;
+        match store::idempotency::probe(&state.db, &[&idempotency.lookup_id]).await?.first() {
+            Some(Some(KeyTaken::ByCommittedRequest)) => return idempotency::replay(&state.db, idempotency).await,
             // Still running: once it has finished, its record answers (or, should it
             // have rolled back, this request runs again).
-            Some((_, KeyTaken::InFlight)) => {
-                drop(tx);
+            Some(Some(KeyTaken::InFlight)) => {
                 records::wait_for_key(&state.db, state.writer.timeouts(), idempotency).await?;
             }
+            // Free now (an expired record, taken over): this request runs again.
+            _ => {}
         }
     }
 }

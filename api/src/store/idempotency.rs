@@ -9,10 +9,11 @@
 //! another transaction holds is in flight: that request has not committed yet, and
 //! this transaction leaves it alone instead of waiting on the other's uncommitted
 //! row, which would hold up every write of its batch. A key whose lock was free but
-//! whose live record is there is held by a committed request. Either way the
-//! transaction rolls back and runs again without that write; its request waits for
-//! the key outside any batch ([`wait_until_key_free`]) or answers from the record.
-
+//! whose record is there was recorded by a committed request, and the insert fails.
+//! Either way the transaction rolls back, and [`probe`] then tells which keys are
+//! taken and how (taking over those whose record has expired); the writes run again
+//! without those, whose requests wait for the key outside any batch
+//! ([`wait_until_key_free`]) or answer from the record.
 use std::{collections::HashMap, time::Duration};
 
 use sqlx::PgPool;
@@ -60,10 +61,52 @@ pub(super) fn lock_key(lookup_id: &[u8; 32]) -> i64 {
 }
 
 /// Inserts `records` in `tx` (their keys distinct), when no statement that appends
-/// outbox rows carries them (see [`outbox::append`]). Never waits for another
-/// request's key.
+/// outbox rows carries them (see [`outbox::append`], also for what it answers).
+/// Never waits for another request's key.
 pub async fn insert(tx: &mut Tx<'_>, records: &[NewRecord<'_>]) -> Result<Option<Appended>, sqlx::Error> {
     outbox::append(tx, &[], &HashMap::new(), records).await
+}
+
+/// What holds each of the keys of `lookup_ids`, asked after a writing transaction
+/// that found one of them taken ([`Appended::KeyTaken`]) has rolled back: `None` for
+/// a key free now. In one statement, on a connection of its own, which lets each
+/// key's lock go when it ends:
+/// - a key whose lock another transaction holds is [`KeyTaken::InFlight`];
+/// - a free key with a live record is [`KeyTaken::ByCommittedRequest`];
+/// - a free key whose record has expired is taken over: the record is deleted here,
+///   under the key's lock, and the key is free for the write to run again.
+///
+/// A key's state can change right after this answers; the run that follows finds
+/// that out as the first one did.
+#[tracing::instrument(skip_all, fields(keys = lookup_ids.len()), err)]
+pub async fn probe(db: &PgPool, lookup_ids: &[&[u8; 32]]) -> Result<Vec<Option<KeyTaken>>, sqlx::Error> {
+    let ids: Vec<&[u8]> = lookup_ids.iter().map(|id| &id[..]).collect();
+    let locks: Vec<i64> = lookup_ids.iter().map(|id| lock_key(id)).collect();
+    let rows = sqlx::query!(
+        r#"with probed as materialized (
+             select id, n, pg_try_advisory_xact_lock(k) as free
+             from unnest($1::bytea[], $2::int8[]) with ordinality as x(id, k, n)
+         ), taken_over as (
+             delete from idempotency_keys using probed
+             where probed.free and idempotency_keys.lookup_id = probed.id and idempotency_keys.expires_at <= now()
+         )
+         select probed.free as "free!",
+                exists (select 1 from idempotency_keys
+                        where lookup_id = probed.id and expires_at > now()) as "live!"
+         from probed order by n"#,
+        &ids as &[&[u8]],
+        &locks,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| match (row.free, row.live) {
+            (false, _) => Some(KeyTaken::InFlight),
+            (true, true) => Some(KeyTaken::ByCommittedRequest),
+            (true, false) => None,
+        })
+        .collect())
 }
 
 /// Waits until no transaction holds the key of `lookup_id` (the request in flight

@@ -15,22 +15,37 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    idempotency::{lock_key, KeyTaken, NewRecord},
+    idempotency::{lock_key, NewRecord},
     Tx,
 };
 use crate::metric_names;
 
 /// What [`append`] did.
 #[derive(Debug)]
-pub struct Appended {
-    /// The writing transaction's xid, which settles a failed `COMMIT`: asked here, it
-    /// costs no round trip of its own while the transaction holds its xid, which
-    /// holds back the relay's reads.
-    pub xid: String,
-    /// The position in the records of each that could not be inserted, with what
-    /// holds its key (see [`super::idempotency`]).
-    pub taken: Vec<(usize, KeyTaken)>,
+pub enum Appended {
+    /// Everything was written, in the transaction with this xid, which settles a
+    /// failed `COMMIT`: asked here, it costs no round trip of its own while the
+    /// transaction holds its xid, which holds back the relay's reads.
+    Written { xid: String },
+    /// Another request holds the key of one of the records: nothing of the statement
+    /// was written and the caller must roll back. Which keys, and held how, the
+    /// caller learns after that from [`super::idempotency::probe`].
+    KeyTaken,
 }
+
+impl Appended {
+    /// The writing transaction's xid, when everything was written.
+    pub fn xid(self) -> Option<String> {
+        match self {
+            Self::Written { xid } => Some(xid),
+            Self::KeyTaken => None,
+        }
+    }
+}
+
+/// The primary key of the idempotency records: a record's insert that violates it
+/// found its key's record there, committed.
+const RECORD_KEY_CONSTRAINT: &str = "idempotency_keys_pkey";
 
 /// What a write's transaction appends after its writes, in one statement (one round
 /// trip):
@@ -40,8 +55,15 @@ pub struct Appended {
 ///   of creates took, whose capacity the caller checked against the rows it locked;
 /// - inserts the idempotency `records` of the writes (their keys distinct), each
 ///   under its key's advisory lock, taken without waiting (see
-///   [`super::idempotency`]). An expired record is taken over. When a key is taken,
-///   the caller rolls back: the outbox rows and seats go with the records.
+///   [`super::idempotency`]). A record whose key's lock another transaction holds
+///   is not inserted; one whose key has a record already fails the insert, and with
+///   it the statement. Either way the answer is [`Appended::KeyTaken`], and the
+///   caller rolls back: the outbox rows and seats go with the records.
+///
+/// The insert is a plain one, with neither `on conflict` nor a row per record in the
+/// answer: a key is taken so seldom (a retry, a key reused) that the rare case pays
+/// for finding out which, with a rollback and [`super::idempotency::probe`], and
+/// every keyed write pays less (see docs/BENCHMARKS.md).
 ///
 /// `None` when there is nothing to write (the transaction may then have no xid).
 #[tracing::instrument(skip_all, fields(rows = events.len(), records = records.len()), err)]
@@ -70,11 +92,9 @@ pub async fn append(
     let ttls: Vec<f64> = records.iter().map(|r| r.ttl.as_secs_f64()).collect();
     let statuses: Vec<i16> = records.iter().map(|r| r.status).collect();
     let sealed: Vec<&[u8]> = records.iter().map(|r| &r.sealed[..]).collect();
-    // `with ordinality` keeps the given order, so outbox ids follow it. `claimed` is
-    // materialized: each key's lock is tried once, and only the keys this
-    // transaction holds are inserted. The statement answers one row for nothing
-    // claimed, else one per record.
-    let rows = sqlx::query!(
+    // `with ordinality` keeps the given order, so outbox ids follow it. Each record's
+    // lock is tried once, in the filter of the rows its insert reads.
+    let appended = sqlx::query!(
         r#"with seats as (
              update events set seats_taken = seats_taken + d.seats
              from unnest($9::uuid[], $10::int4[]) as d(id, seats) where events.id = d.id
@@ -85,24 +105,15 @@ pub async fn append(
              from unnest($2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::int8[], $7::json[], $8::text[])
                   with ordinality as rows(a, k, t, m, v, p, tp, n)
              order by n
-         ), claimed as materialized (
-             select id, f, s, st, r, n, pg_try_advisory_xact_lock(k) as locked
-             from unnest($11::bytea[], $12::int8[], $13::bytea[], $14::float8[], $15::int2[], $16::bytea[])
-                  with ordinality as x(id, k, f, s, st, r, n)
          ), recorded as (
              insert into idempotency_keys (lookup_id, fingerprint, expires_at, status, response)
-             select id, f, now() + make_interval(secs => s), st, r from claimed where locked
-             on conflict (lookup_id) do update
-                set fingerprint = excluded.fingerprint, expires_at = excluded.expires_at,
-                    status = excluded.status, response = excluded.response, created_at = now()
-                where idempotency_keys.expires_at <= now()
-             returning lookup_id
+             select id, f, now() + make_interval(secs => s), st, r
+             from unnest($11::bytea[], $12::int8[], $13::bytea[], $14::float8[], $15::int2[], $16::bytea[])
+                  as x(id, k, f, s, st, r)
+             where pg_try_advisory_xact_lock(k)
+             returning 1
          )
-         select pg_current_xact_id()::text as "xid!", claimed.n as "position?", claimed.locked as "locked?",
-                recorded.lookup_id is not null as "recorded!"
-         from (values (true)) as statement(ran)
-              left join claimed on true
-              left join recorded on recorded.lookup_id = claimed.id"#,
+         select pg_current_xact_id()::text as "xid!", (select count(*) from recorded) as "recorded!""#,
         AGGREGATE_RSVP,
         &aggregate_ids,
         &keys,
@@ -120,24 +131,23 @@ pub async fn append(
         &statuses,
         &sealed as &[&[u8]],
     )
-    .fetch_all(&mut **tx)
-    .await?;
-    let xid = rows.first().map(|row| row.xid.clone()).unwrap_or_default();
-    let mut taken: Vec<(usize, KeyTaken)> = rows
-        .into_iter()
-        .filter(|row| !row.recorded)
-        .filter_map(|row| {
-            // `with ordinality` counts from 1.
-            let position = usize::try_from(row.position? - 1).unwrap_or(usize::MAX);
-            Some((position, if row.locked == Some(true) { KeyTaken::ByCommittedRequest } else { KeyTaken::InFlight }))
-        })
-        .collect();
-    taken.sort_unstable_by_key(|(position, _)| *position);
-    // A transaction that finds a key taken rolls back, its records with it.
-    if taken.is_empty() && !records.is_empty() {
+    .fetch_one(&mut **tx)
+    .await;
+    let appended = match appended {
+        Ok(appended) => appended,
+        Err(sqlx::Error::Database(error)) if error.constraint() == Some(RECORD_KEY_CONSTRAINT) => {
+            return Ok(Some(Appended::KeyTaken))
+        }
+        Err(error) => return Err(error),
+    };
+    // A record not inserted: another transaction holds its key's lock.
+    if appended.recorded < records.len() as i64 {
+        return Ok(Some(Appended::KeyTaken));
+    }
+    if !records.is_empty() {
         counter!(metric_names::IDEMPOTENT_REQUESTS, "outcome" => "recorded").increment(records.len() as u64);
     }
-    Ok(Some(Appended { xid, taken }))
+    Ok(Some(Appended::Written { xid: appended.xid }))
 }
 
 /// A value bound as `json`: its serialization, as is. (sqlx's `Json` writes jsonb's

@@ -14,7 +14,7 @@ use crate::{
     error::ApiError,
     store::{
         events::Seats,
-        idempotency::{KeyTaken, NewRecord},
+        idempotency::NewRecord,
         outbox::{self, Appended},
         rsvps,
         rsvps::NewRow,
@@ -35,9 +35,9 @@ pub struct Created {
     pub outcomes: Vec<Result<WriteOutcome, ApiError>>,
     /// The transaction's xid, once it wrote an outbox row or a record.
     pub xid: Option<String>,
-    /// The requests whose idempotency records could not be inserted, with what holds
-    /// their keys: the caller must roll back.
-    pub keys_taken: Vec<(usize, KeyTaken)>,
+    /// Another request holds the key of one of the records: nothing was written, and
+    /// the caller must roll back (see [`outbox::Appended::KeyTaken`]).
+    pub key_taken: bool,
 }
 
 /// Creates the requested rsvps with their outbox rows. Refused requests write nothing.
@@ -94,19 +94,11 @@ pub async fn create_rsvps<'r>(
         rsvps::discard(tx, &refused).await?;
     }
     let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every request has an outcome")).collect();
-    let (mut recorded, mut records) = (Vec::new(), Vec::new());
+    let mut records = Vec::new();
     for (index, outcome) in outcomes.iter().enumerate() {
-        if let Some(new) = record(index, outcome)? {
-            recorded.push(index);
-            records.push(new);
-        }
+        records.extend(record(index, outcome)?);
     }
     let appended = outbox::append(tx, &events, &taken, &records).await?;
-    let (xid, keys_taken) = match appended {
-        Some(Appended { xid, taken }) => {
-            (Some(xid), taken.into_iter().map(|(position, taken)| (recorded[position], taken)).collect())
-        }
-        None => (None, Vec::new()),
-    };
-    Ok(Created { outcomes, xid, keys_taken })
+    let key_taken = matches!(appended, Some(Appended::KeyTaken));
+    Ok(Created { outcomes, xid: appended.and_then(Appended::xid), key_taken })
 }

@@ -53,7 +53,7 @@ async fn append(
     let event = CloudEvent::new(event_type, rsvp.event_data(previous_status), rsvp.updated_at);
     // Its seats were adjusted (and checked) before the change.
     let appended = outbox::append(tx, &[(event, traceparent)], &HashMap::new(), &[]).await?;
-    Ok(Written { rsvp, event_type: Some(event_type), xid: appended.map(|appended| appended.xid) })
+    Ok(Written { rsvp, event_type: Some(event_type), xid: appended.and_then(outbox::Appended::xid) })
 }
 
 /// Applies `changes` for the holder of the rsvp's `token`.

@@ -238,6 +238,77 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
 }
 
 #[tokio::test]
+async fn a_batch_with_a_retry_and_the_reuse_of_an_expired_key_answers_each_and_writes_each_once() {
+    // One lane that waits long enough for the three requests below to join one batch.
+    let app = spawn_app_with(|settings| {
+        settings.write_workers = 1;
+        settings.write_batch_wait = Duration::from_millis(400);
+    })
+    .await;
+    let event_id = app.create_event(None).await;
+    let path = format!("/events/{event_id}/rsvps");
+    let old = send(&app, Method::POST, &path, "old-key", None, Some(&rsvp_body("ada@example.com"))).await;
+    assert_eq!(old.status(), StatusCode::CREATED);
+    expire(&app, 201).await;
+    let done = send(&app, Method::POST, &path, "done-key", None, Some(&rsvp_body("bob@example.com"))).await;
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let done: Value = done.json().await.unwrap();
+
+    let post = |key: Option<&str>, email: &str| {
+        let mut request = app.client.post(app.url(&path)).json(&rsvp_body(email));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), replayed(&response), response.json::<Value>().await.unwrap())
+        })
+    };
+    let (retry, reuse, neighbour) = (
+        post(Some("done-key"), "bob@example.com"),
+        post(Some("old-key"), "carol@example.com"),
+        post(None, "dan@example.com"),
+    );
+    let (retry, reuse, neighbour) = (retry.await.unwrap(), reuse.await.unwrap(), neighbour.await.unwrap());
+
+    assert_eq!((retry.0, retry.1), (StatusCode::CREATED, true), "{retry:?}");
+    assert_eq!(retry.2, done, "the retry gets the first answer");
+    assert_eq!((reuse.0, reuse.1), (StatusCode::CREATED, false), "{reuse:?}");
+    assert_eq!(reuse.2["email"], "carol@example.com", "the expired key's reuse is a new request");
+    assert_eq!(neighbour.0, StatusCode::CREATED, "{neighbour:?}");
+    assert_eq!(app.written_rows().await, (4, 4, 8), "ada, bob, carol and dan, once each");
+    let live: Vec<i16> = sqlx::query_scalar("select status from idempotency_keys where expires_at > now()")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(live, vec![201, 201], "bob's record, and carol's in place of ada's");
+    assert_eq!(records(&app).await, 2);
+}
+
+#[tokio::test]
+async fn after_its_key_expired_an_event_create_is_a_new_request() {
+    let app = spawn_app().await;
+    let body = |title: &str| json!({"title": title, "starts_at": in_a_year()});
+    let first = send(&app, Method::POST, "/events", "event-key", Some(ADMIN_TOKEN), Some(&body("First"))).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+
+    expire(&app, 201).await;
+    let again = send(&app, Method::POST, "/events", "event-key", Some(ADMIN_TOKEN), Some(&body("Second"))).await;
+
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert!(!replayed(&again));
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["title"], "Second");
+    let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.db).await.unwrap();
+    assert_eq!(events, 2);
+    let live: i64 = sqlx::query_scalar("select count(*) from idempotency_keys where expires_at > now()")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((live, records(&app).await), (1, 1), "the expired record was taken over");
+}
+
+#[tokio::test]
 async fn a_key_still_committing_on_another_instance_holds_up_neither_the_batch_nor_the_neighbours_of_its_reuse() {
     // Lock waits far longer than the test gives the neighbour: a batch waiting on the
     // key shows, and the first request's blocked commit outlasts it.
