@@ -29,7 +29,7 @@ struct Cli {
     concurrency: Vec<usize>,
     /// Rounds of the api's keyed comparison (with and without an Idempotency-Key, and
     /// pgbench) at the largest client count: the report gives each and the medians.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     keyed_rounds: usize,
     /// Outbox backlogs the relay drains.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]

@@ -229,10 +229,7 @@ async fn prepare(
         records.extend(record(&batch[*index], &outcomes[*index], &mut rendered[*index])?);
     }
     match store::idempotency::insert(&mut tx, &records).await? {
-        Some(Appended::KeyTaken) => {
-            drop(records);
-            return keys_taken(db, tx, batch, &rendered).await;
-        }
+        Some(Appended::KeyTaken) => return keys_taken(db, tx, batch, &rendered).await,
         Some(Appended::Written { xid: written }) => xid = xid.or(Some(written)),
         None => {}
     }
