@@ -1,20 +1,11 @@
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{block_commits_inserting, spawn_app_with, unblock_commits, until_advisory_lock_waiters, TestApp};
-
-/// One worker that waits long enough for every request of a test to join its batch.
-async fn spawn_app_with_one_wide_batch() -> TestApp {
-    spawn_app_with(|settings| {
-        settings.write_workers = 1;
-        settings.write_batch_max = 64;
-        settings.write_batch_wait = Duration::from_millis(400);
-    })
-    .await
-}
+use crate::helpers::{
+    block_commits_inserting, spawn_app_with, spawn_app_with_one_wide_batch, unblock_commits,
+    until_advisory_lock_waiters,
+};
 
 #[tokio::test]
 async fn writes_sharing_one_transaction_keep_their_own_outcomes() {

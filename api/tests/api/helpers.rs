@@ -38,6 +38,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(db, database_url, configure).await
 }
 
+/// One worker that waits long enough for every request of a test to join its batch.
+pub async fn spawn_app_with_one_wide_batch() -> TestApp {
+    spawn_app_with(|settings| {
+        settings.write_workers = 1;
+        settings.write_batch_max = 64;
+        settings.write_batch_wait = Duration::from_millis(400);
+    })
+    .await
+}
+
 /// The api on `database_url`, whose pool the test keeps as `db`.
 async fn spawn_app_on(db: PgPool, database_url: String, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings {

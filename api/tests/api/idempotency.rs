@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_error, block_commits_inserting, id_of, in_a_year, spawn_app, spawn_app_with, unblock_commits,
-    until_advisory_lock_waiters, TestApp, ADMIN_TOKEN,
+    assert_error, block_commits_inserting, id_of, in_a_year, spawn_app, spawn_app_with, spawn_app_with_one_wide_batch,
+    unblock_commits, until_advisory_lock_waiters, TestApp, ADMIN_TOKEN,
 };
 
 /// One request with an `Idempotency-Key` (and a bearer token, a JSON body if given).
@@ -178,12 +178,7 @@ async fn the_same_key_with_another_body_or_path_is_422_and_writes_nothing() {
 
 #[tokio::test]
 async fn requests_at_once_with_one_key_in_one_batch_write_once_and_all_get_the_first_answer() {
-    // One lane that waits long enough for every request to join one batch.
-    let app = spawn_app_with(|settings| {
-        settings.write_workers = 1;
-        settings.write_batch_wait = Duration::from_millis(400);
-    })
-    .await;
+    let app = spawn_app_with_one_wide_batch().await;
     let event_id = app.create_event(None).await;
 
     let mut pending = tokio::task::JoinSet::new();
@@ -239,12 +234,7 @@ async fn a_retry_sent_while_the_first_request_is_still_committing_waits_for_it_a
 
 #[tokio::test]
 async fn a_batch_with_a_retry_and_the_reuse_of_an_expired_key_answers_each_and_writes_each_once() {
-    // One lane that waits long enough for the three requests below to join one batch.
-    let app = spawn_app_with(|settings| {
-        settings.write_workers = 1;
-        settings.write_batch_wait = Duration::from_millis(400);
-    })
-    .await;
+    let app = spawn_app_with_one_wide_batch().await;
     let event_id = app.create_event(None).await;
     let path = format!("/events/{event_id}/rsvps");
     let old = send(&app, Method::POST, &path, "old-key", None, Some(&rsvp_body("ada@example.com"))).await;
