@@ -20,8 +20,10 @@ const EVENTS: usize = 1000;
 pub(crate) struct ApiBench {
     pub(crate) duration: Duration,
     pub(crate) concurrency: Vec<usize>,
-    /// Rounds of the keyed comparison at the largest client count (see [`ApiBench::keyed_rounds`]).
-    pub(crate) keyed_rounds: usize,
+    /// Cycles of the interleaved keyed comparison at the largest client count, and
+    /// how long each contender's turn lasts (see [`ApiBench::keyed_interleaved`]).
+    pub(crate) keyed_cycles: usize,
+    pub(crate) keyed_slice: Duration,
 }
 
 /// An outbox payload as the api writes it, for pgbench.
@@ -61,6 +63,16 @@ pub(crate) struct ApiRun {
 }
 
 impl ApiRun {
+    /// `clients` clients creating rsvps through the api at `base` for `duration`.
+    async fn measure(base: &str, events: Arc<Vec<Uuid>>, clients: usize, duration: Duration, keys: bool) -> Self {
+        let ticks = system::ticks_per_second();
+        let before = system::MachineCpu::now(ticks);
+        let load = load::create_rsvps(base, events, clients, duration, keys).await;
+        let busy = system::MachineCpu::now(ticks).zip(before).map(|(after, before)| after.since(before).busy);
+        let busy_per_create = busy.filter(|_| load.ok > 0).map(|busy| busy / load.ok as u32);
+        Self { load, busy_per_create }
+    }
+
     fn rate(&self) -> f64 {
         self.load.rate()
     }
@@ -74,14 +86,10 @@ impl ApiBench {
         let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
         eprintln!("api, {}, {concurrency} clients, {:?}", run_label(coalescing, keys), self.duration);
         system::checkpoint().await?;
-        let ticks = system::ticks_per_second();
-        let before = system::MachineCpu::now(ticks);
-        let load = load::create_rsvps(&api.base, events, concurrency, self.duration, keys).await;
-        let busy = system::MachineCpu::now(ticks).zip(before).map(|(after, before)| after.since(before).busy);
-        let busy_per_create = busy.filter(|_| load.ok > 0).map(|busy| busy / load.ok as u32);
+        let run = ApiRun::measure(&api.base, events, concurrency, self.duration, keys).await;
         drop(api);
         system::drop_database("bench_api").await?;
-        Ok(ApiRun { load, busy_per_create })
+        Ok(run)
     }
 
     /// pgbench's rsvps per second for `shape` on a fresh database, right after a checkpoint.
@@ -147,7 +155,11 @@ impl ApiBench {
                 ));
             }
         }
-        let rounds = self.keyed_rounds(&rows, single, &payload).await?;
+        let largest = self.concurrency.iter().copied().max().unwrap_or(0);
+        let interleaved = match self.keyed_cycles {
+            0 => String::new(),
+            _ => self.keyed_interleaved(largest, &payload).await?,
+        };
         report.section(
             "API: durable rsvp creates through HTTP vs pgbench",
             &format!(
@@ -158,90 +170,128 @@ impl ApiBench {
                  event's seat update and the outbox insert (whose trigger notifies), in one transaction.\n\n\
                  With an `Idempotency-Key` on every request (a new key each, as a client sends before \
                  its first try; each write then also inserts its sealed record in its transaction), \
-                 against the same load without keys:\n\n{keyed}\n{rounds}"
+                 against the same load without keys, one run after the other:\n\n{keyed}\n{interleaved}"
             ),
         );
         Ok(())
     }
 
-    /// The keyed comparison at the largest client count, in `self.keyed_rounds`
-    /// rounds: the first is the runs above; each further one runs the api without
-    /// and with keys (in turn first) and pgbench's one rsvp per transaction again.
-    /// One pair of 10-second runs on these machines moves by several percent either
-    /// way, so the report gives every round and the medians.
-    async fn keyed_rounds(
-        &self,
-        rows: &[(String, usize, ApiRun)],
-        single: f64,
-        payload: &str,
-    ) -> anyhow::Result<String> {
-        let largest = self.concurrency.iter().copied().max().unwrap_or(0);
-        let run_of = |keys: bool| {
-            rows.iter()
-                .find(|(label, concurrency, _)| {
-                    *concurrency == largest
-                        && label.starts_with("coalescing on")
-                        && label.ends_with("Idempotency-Key") == keys
-                })
-                .map(|(_, _, run)| run)
-        };
-        let (Some(without), Some(with)) = (run_of(false), run_of(true)) else { return Ok(String::new()) };
-        let mut rounds = vec![Compared::of(without, with, single)];
-        for round in 2..=self.keyed_rounds {
-            eprintln!("keyed comparison, round {round} of {}", self.keyed_rounds);
-            let keyed_first = round % 2 == 0;
-            let first = self.api_rate(true, largest, keyed_first).await?;
-            let second = self.api_rate(true, largest, !keyed_first).await?;
-            let (without, with) = if keyed_first { (second, first) } else { (first, second) };
-            let label = "1 rsvp + outbox row per transaction";
-            let single = self.pgbench_rate(label, pgbench::Shape::OnePerTransaction, payload).await?;
-            rounds.push(Compared::of(&without, &with, single));
+    /// The keyed comparison at the largest client count, interleaved: the api
+    /// without keys, the api with a key on every request (each its own process and
+    /// fresh database) and pgbench's one rsvp per transaction (a database of its own)
+    /// take turns, `self.keyed_cycles` times, each for `self.keyed_slice`, the first
+    /// of a cycle in rotation. These machines' speed drifts by a third within the
+    /// hour, so a pair of 10-second runs taken one after the other compares two
+    /// machines; with turns of a few seconds, a slow stretch weighs on all three. One
+    /// turn still catches bursts (a checkpoint's writes, the kernel's writeback), so
+    /// the report's figures are each contender's totals over every cycle.
+    async fn keyed_interleaved(&self, clients: usize, payload: &str) -> anyhow::Result<String> {
+        let mut apis = Vec::new();
+        for (database, keys) in [(UNKEYED_DATABASE, false), (KEYED_DATABASE, true)] {
+            let url = system::fresh_database(database).await?;
+            system::migrate(&url).await?;
+            let api = system::start_api(&url, &[("WRITE_COALESCING", "true".into())]).await?;
+            let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
+            apis.push((api, events, keys));
         }
-        let mut table = format!(
-            "The keyed comparison at {largest} clients, round by round (round 1 is the runs above; each further \
-             round runs both again, the keyed run first in even rounds, and pgbench's one rsvp per \
-             transaction). CPU is the machine's busy time per create while the load ran, every process on \
-             both cores:\n\n\
-             | round | creates/s, no key | with an Idempotency-Key | keyed ÷ unkeyed | pgbench 1/tx | keyed ÷ pgbench \
-             | CPU µs per create, no key | keyed | keyed ÷ unkeyed CPU |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        );
-        let micros =
-            |cpu: Option<Duration>| cpu.map_or("n/a".to_owned(), |cpu| format!("{:.1}", cpu.as_secs_f64() * 1e6));
-        for (round, compared) in rounds.iter().enumerate() {
-            table.push_str(&format!(
-                "| {} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.2}x | {} | {} | {} |\n",
-                round + 1,
-                compared.without,
-                compared.with,
-                compared.with / compared.without,
-                compared.single,
-                compared.with / compared.single,
-                micros(compared.cpu_without),
-                micros(compared.cpu_with),
-                compared.cpu_ratio().map_or("n/a".to_owned(), |ratio| format!("{ratio:.2}x")),
-            ));
+        let pgbench_url = system::fresh_database(PGBENCH_DATABASE).await?;
+        system::migrate(&pgbench_url).await?;
+        let db = sqlx::PgPool::connect(&pgbench_url).await?;
+        pgbench::prepare(&db, EVENTS).await?;
+        db.close().await;
+        system::checkpoint().await?;
+
+        let mut cycles = Vec::with_capacity(self.keyed_cycles);
+        for cycle in 0..self.keyed_cycles {
+            eprintln!("keyed comparison, cycle {} of {}, {:?} turns", cycle + 1, self.keyed_cycles, self.keyed_slice);
+            // Unkeyed, keyed, pgbench: each turn's rate and busy CPU per create.
+            let mut turns = [(0.0, None); 3];
+            for turn in 0..3 {
+                let contender = (cycle + turn) % 3;
+                turns[contender] = match apis.get(contender) {
+                    Some((api, events, keys)) => {
+                        let run = ApiRun::measure(&api.base, events.clone(), clients, self.keyed_slice, *keys).await;
+                        (run.rate(), run.busy_per_create)
+                    }
+                    None => {
+                        let shape = pgbench::Shape::OnePerTransaction;
+                        let rate =
+                            pgbench::rsvps_per_second(&pgbench_url, shape, 32, self.keyed_slice, EVENTS, payload)
+                                .await?;
+                        (rate, None)
+                    }
+                };
+            }
+            let [(without, cpu_without), (with, cpu_with), (single, _)] = turns;
+            cycles.push(Compared { without, with, single, cpu_without, cpu_with });
         }
-        let median = |ratios: Vec<f64>| {
-            let mut ratios = ratios;
-            ratios.sort_by(f64::total_cmp);
-            load::percentile(&ratios, 50.0).unwrap_or(0.0)
-        };
-        let keyed_to_unkeyed = median(rounds.iter().map(|c| c.with / c.without).collect());
-        let keyed_to_pgbench = median(rounds.iter().map(|c| c.with / c.single).collect());
-        let cpu = median(rounds.iter().filter_map(Compared::cpu_ratio).collect());
-        table.push_str(&format!(
-            "\nMedians over {} rounds (for an even count, the upper of the middle two): keyed ÷ unkeyed \
-             {keyed_to_unkeyed:.2}x, keyed ÷ pgbench {keyed_to_pgbench:.2}x (issue 14 asks at least 0.85x and 7x); \
-             a keyed create's CPU ÷ an unkeyed one's {cpu:.2}x.\n",
-            rounds.len()
-        ));
-        Ok(table)
+        drop(apis);
+        for database in [UNKEYED_DATABASE, KEYED_DATABASE, PGBENCH_DATABASE] {
+            system::drop_database(database).await?;
+        }
+        Ok(interleaved_report(clients, self.keyed_slice, &cycles))
     }
 }
 
-/// One round of the keyed comparison: the rates without and with keys, pgbench's,
-/// and the CPU per create of the api's two runs.
+/// The databases of the interleaved keyed comparison, one per contender.
+const UNKEYED_DATABASE: &str = "bench_api_unkeyed";
+const KEYED_DATABASE: &str = "bench_api_keyed";
+const PGBENCH_DATABASE: &str = "bench_api_pgbench";
+
+/// The interleaved keyed comparison's cycles, and what they come to.
+fn interleaved_report(clients: usize, slice: Duration, cycles: &[Compared]) -> String {
+    let mut table = format!(
+        "The keyed comparison at {clients} clients, interleaved: the api without keys, the api with a key on \
+         every request (each its own process and fresh database) and pgbench's one rsvp per transaction (on a \
+         database of its own) take turns of {slice:?} each, {} cycles, the first of a cycle in rotation, after \
+         one checkpoint. The machine's speed drifts by a third within the hour; with turns this short a slow \
+         stretch weighs on all three, while a burst (a checkpoint's writes) lands in one turn, so read the \
+         totals under the table. CPU is the machine's busy time per create during the turn, every process on \
+         both cores:\n\n\
+         | cycle | creates/s, no key | with an Idempotency-Key | keyed ÷ unkeyed | pgbench 1/tx | keyed ÷ pgbench \
+         | CPU µs per create, no key | keyed | keyed ÷ unkeyed CPU |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        cycles.len()
+    );
+    let micros = |cpu: Option<Duration>| cpu.map_or("n/a".to_owned(), |cpu| format!("{:.1}", cpu.as_secs_f64() * 1e6));
+    for (cycle, compared) in cycles.iter().enumerate() {
+        table.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.2}x | {} | {} | {} |\n",
+            cycle + 1,
+            compared.without,
+            compared.with,
+            compared.with / compared.without,
+            compared.single,
+            compared.with / compared.single,
+            micros(compared.cpu_without),
+            micros(compared.cpu_with),
+            compared.cpu_ratio().map_or("n/a".to_owned(), |ratio| format!("{ratio:.2}x")),
+        ));
+    }
+    let median = |ratios: Vec<f64>| {
+        let mut ratios = ratios;
+        ratios.sort_by(f64::total_cmp);
+        load::percentile(&ratios, 50.0).unwrap_or(0.0)
+    };
+    // Every turn lasts as long: the mean rate is each contender's creates over its time.
+    let mean = |rate: fn(&Compared) -> f64| cycles.iter().map(rate).sum::<f64>() / cycles.len().max(1) as f64;
+    let (without, with, single) = (mean(|c| c.without), mean(|c| c.with), mean(|c| c.single));
+    table.push_str(&format!(
+        "\nOver all {} cycles: {with:.0} keyed creates/s, {without:.0} unkeyed, pgbench {single:.0}/s: keyed ÷ \
+         unkeyed {:.2}x, keyed ÷ pgbench {:.2}x (issue 14 asks at least 0.85x and 7x). Medians of the cycles: \
+         {:.2}x and {:.2}x; a keyed create's CPU ÷ an unkeyed one's {:.2}x.\n",
+        cycles.len(),
+        with / without,
+        with / single,
+        median(cycles.iter().map(|c| c.with / c.without).collect()),
+        median(cycles.iter().map(|c| c.with / c.single).collect()),
+        median(cycles.iter().filter_map(Compared::cpu_ratio).collect()),
+    ));
+    table
+}
+
+/// One cycle of the keyed comparison: the rates without and with keys, pgbench's,
+/// and the CPU per create of the api's two turns.
 struct Compared {
     without: f64,
     with: f64,
@@ -251,16 +301,6 @@ struct Compared {
 }
 
 impl Compared {
-    fn of(without: &ApiRun, with: &ApiRun, single: f64) -> Self {
-        Self {
-            without: without.rate(),
-            with: with.rate(),
-            single,
-            cpu_without: without.busy_per_create,
-            cpu_with: with.busy_per_create,
-        }
-    }
-
     /// How much more CPU a keyed create took than an unkeyed one.
     fn cpu_ratio(&self) -> Option<f64> {
         Some(self.cpu_with?.as_secs_f64() / self.cpu_without?.as_secs_f64())

@@ -27,10 +27,13 @@ struct Cli {
     /// Client counts of the api measurement.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256,512")]
     concurrency: Vec<usize>,
-    /// Rounds of the api's keyed comparison (with and without an Idempotency-Key, and
-    /// pgbench) at the largest client count: the report gives each and the medians.
-    #[arg(long, default_value_t = 5)]
-    keyed_rounds: usize,
+    /// Cycles of the api's interleaved keyed comparison at the largest client count:
+    /// the api without and with an Idempotency-Key and pgbench take turns (0: none).
+    #[arg(long, default_value_t = 15)]
+    keyed_cycles: usize,
+    /// How long each turn of the keyed comparison lasts (whole seconds: pgbench's `-T`).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    keyed_slice: Duration,
     /// Outbox backlogs the relay drains.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     backlogs: Vec<i64>,
@@ -71,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
         api_bench::ApiBench {
             duration: cli.duration,
             concurrency: cli.concurrency.clone(),
-            keyed_rounds: cli.keyed_rounds,
+            keyed_cycles: cli.keyed_cycles,
+            keyed_slice: cli.keyed_slice,
         }
         .run(&mut report)
         .await?;
