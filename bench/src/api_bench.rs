@@ -311,3 +311,38 @@ impl Compared {
 fn run_label(coalescing: bool, keys: bool) -> String {
     format!("coalescing {}{}", if coalescing { "on" } else { "off" }, if keys { ", Idempotency-Key" } else { "" })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycle(without: f64, with: f64, single: f64, cpu: Option<(u64, u64)>) -> Compared {
+        let micros = |m: u64| Duration::from_micros(m);
+        Compared {
+            without,
+            with,
+            single,
+            cpu_without: cpu.map(|(without, _)| micros(without)),
+            cpu_with: cpu.map(|(_, with)| micros(with)),
+        }
+    }
+
+    #[test]
+    fn the_interleaved_report_gives_each_contenders_totals_and_the_medians_of_the_cycles() {
+        let cycles = [
+            cycle(10_000.0, 9_000.0, 1_000.0, Some((100, 110))),
+            cycle(12_000.0, 9_000.0, 1_500.0, Some((100, 130))),
+            cycle(8_000.0, 9_000.0, 1_100.0, None),
+        ];
+        let report = interleaved_report(256, Duration::from_secs(2), &cycles);
+
+        assert!(report.contains("| 2 | 12000 | 9000 | 0.75x | 1500 | 6.00x | 100.0 | 130.0 | 1.30x |"), "{report}");
+        assert!(report.contains("| 3 | 8000 | 9000 | 1.12x | 1100 | 8.18x | n/a | n/a | n/a |"), "{report}");
+        // Totals: 9000 keyed against 10000 unkeyed and 1200 pgbench.
+        assert!(report.contains("Over all 3 cycles: 9000 keyed creates/s, 10000 unkeyed, pgbench 1200/s"), "{report}");
+        assert!(report.contains("keyed ÷ unkeyed 0.90x, keyed ÷ pgbench 7.50x"), "{report}");
+        // Medians: of 0.90, 0.75, 1.125 and of 9.0, 6.0, 8.18; CPU of 1.10 and 1.30 (the upper).
+        assert!(report.contains("Medians of the cycles: 0.90x and 8.18x"), "{report}");
+        assert!(report.contains("an unkeyed one's 1.30x"), "{report}");
+    }
+}
