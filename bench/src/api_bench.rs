@@ -44,11 +44,30 @@ fn api_payload() -> anyhow::Result<String> {
     Ok(serde_json::to_string(&CloudEvent::new(EventType::RsvpCreated, data, now))?)
 }
 
-/// A fresh database for one measurement, migrated, with `EVENTS` events: every
-/// measurement starts from the same size, whatever ran before it.
-async fn fresh_database() -> anyhow::Result<String> {
-    let url = system::fresh_database("bench_api").await?;
+/// The database of the measurements that run one after the other.
+const DATABASE: &str = "bench_api";
+
+/// A fresh database `name` for one measurement, migrated: every measurement starts
+/// from the same size, whatever ran before it.
+async fn fresh_database(name: &str) -> anyhow::Result<String> {
+    let url = system::fresh_database(name).await?;
     system::migrate(&url).await?;
+    Ok(url)
+}
+
+/// The api on the database at `url`, with `EVENTS` events created through it.
+async fn api_with_events(url: &str, coalescing: bool) -> anyhow::Result<(system::Api, Arc<Vec<Uuid>>)> {
+    let api = system::start_api(url, &[("WRITE_COALESCING", coalescing.to_string())]).await?;
+    let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
+    Ok((api, events))
+}
+
+/// A fresh database `name` for pgbench: migrated, with `EVENTS` events it can pick from.
+async fn pgbench_database(name: &str) -> anyhow::Result<String> {
+    let url = fresh_database(name).await?;
+    let db = sqlx::PgPool::connect(&url).await?;
+    pgbench::prepare(&db, EVENTS).await?;
+    db.close().await;
     Ok(url)
 }
 
@@ -81,27 +100,22 @@ impl ApiRun {
 impl ApiBench {
     /// Durable creates through the api on a fresh database, right after a checkpoint.
     async fn api_rate(&self, coalescing: bool, concurrency: usize, keys: bool) -> anyhow::Result<ApiRun> {
-        let url = fresh_database().await?;
-        let api = system::start_api(&url, &[("WRITE_COALESCING", coalescing.to_string())]).await?;
-        let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
+        let (api, events) = api_with_events(&fresh_database(DATABASE).await?, coalescing).await?;
         eprintln!("api, {}, {concurrency} clients, {:?}", run_label(coalescing, keys), self.duration);
         system::checkpoint().await?;
         let run = ApiRun::measure(&api.base, events, concurrency, self.duration, keys).await;
         drop(api);
-        system::drop_database("bench_api").await?;
+        system::drop_database(DATABASE).await?;
         Ok(run)
     }
 
     /// pgbench's rsvps per second for `shape` on a fresh database, right after a checkpoint.
     async fn pgbench_rate(&self, label: &str, shape: pgbench::Shape, payload: &str) -> anyhow::Result<f64> {
-        let url = fresh_database().await?;
-        let db = sqlx::PgPool::connect(&url).await?;
-        pgbench::prepare(&db, EVENTS).await?;
-        db.close().await;
+        let url = pgbench_database(DATABASE).await?;
         eprintln!("pgbench, {label}, 32 clients, {:?}", self.duration);
         system::checkpoint().await?;
         let rate = pgbench::rsvps_per_second(&url, shape, 32, self.duration, EVENTS, payload).await?;
-        system::drop_database("bench_api").await?;
+        system::drop_database(DATABASE).await?;
         Ok(rate)
     }
 
@@ -188,17 +202,10 @@ impl ApiBench {
     async fn keyed_interleaved(&self, clients: usize, payload: &str) -> anyhow::Result<String> {
         let mut apis = Vec::new();
         for (database, keys) in [(UNKEYED_DATABASE, false), (KEYED_DATABASE, true)] {
-            let url = system::fresh_database(database).await?;
-            system::migrate(&url).await?;
-            let api = system::start_api(&url, &[("WRITE_COALESCING", "true".into())]).await?;
-            let events = Arc::new(system::create_events(&api.base, EVENTS, "Bench").await?);
+            let (api, events) = api_with_events(&fresh_database(database).await?, true).await?;
             apis.push((api, events, keys));
         }
-        let pgbench_url = system::fresh_database(PGBENCH_DATABASE).await?;
-        system::migrate(&pgbench_url).await?;
-        let db = sqlx::PgPool::connect(&pgbench_url).await?;
-        pgbench::prepare(&db, EVENTS).await?;
-        db.close().await;
+        let pgbench_url = pgbench_database(PGBENCH_DATABASE).await?;
         system::checkpoint().await?;
 
         let mut cycles = Vec::with_capacity(self.keyed_cycles);
