@@ -50,7 +50,7 @@ use crate::{
     error::{ApiError, Unavailable},
     idempotency::{records, Applied, Claim},
     store::transactions::TxTimeouts,
-    writes::{WriteOp, WriteOutcome},
+    writes::{Change, WriteOp, WriteOutcome},
 };
 
 mod attempt;
@@ -212,8 +212,8 @@ fn lane(op: &WriteOp, lanes: usize) -> usize {
     let mut hasher = DefaultHasher::new();
     match op {
         WriteOp::Create { event_id, .. } => event_id.hash(&mut hasher),
-        WriteOp::Update { id, .. } | WriteOp::Delete { id } => id.hash(&mut hasher),
-        WriteOp::Cancel { token } => token.hash(&mut hasher),
+        WriteOp::Change(Change::Update { id, .. } | Change::Delete { id }) => id.hash(&mut hasher),
+        WriteOp::Change(Change::Cancel { token }) => token.hash(&mut hasher),
     }
     (hasher.finish() % lanes as u64) as usize
 }
@@ -314,6 +314,6 @@ mod tests {
         assert_eq!(lanes.len(), 1);
         let lanes: HashSet<usize> = (0..60).map(|_| lane(&create(Uuid::now_v7(), "a@example.com"), 3)).collect();
         assert_eq!(lanes, HashSet::from([0, 1, 2]));
-        assert_eq!(lane(&WriteOp::Delete { id: Uuid::now_v7() }, 1), 0);
+        assert_eq!(lane(&WriteOp::Change(Change::Delete { id: Uuid::now_v7() }), 1), 0);
     }
 }

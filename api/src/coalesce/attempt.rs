@@ -179,27 +179,25 @@ async fn prepare(
             };
         }
     }
-    let (creates, others): (Vec<_>, Vec<_>) = batch
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| started[*index] && answers[*index].is_none())
-        .partition(|(_, p)| matches!(p.op, WriteOp::Create { .. }));
-    let requests: Vec<CreateRequest<'_>> = creates
-        .iter()
-        .filter_map(|(_, p)| match &p.op {
+    // The writes to run: the creates, in one statement, and the changes, one by one.
+    let (mut creates, mut requests, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, pending) in batch.iter().enumerate().filter(|(index, _)| started[*index] && answers[*index].is_none()) {
+        let traceparent = pending.traceparent.as_deref();
+        match &pending.op {
             WriteOp::Create { event_id, rsvp } => {
-                Some(CreateRequest { event_id: *event_id, rsvp, traceparent: p.traceparent.as_deref() })
+                creates.push(index);
+                requests.push(CreateRequest { event_id: *event_id, rsvp, traceparent });
             }
-            _ => None,
-        })
-        .collect();
+            WriteOp::Change(change) => changes.push((index, change, traceparent)),
+        }
+    }
     // A recorded answer is rendered once: its request answers with it.
     let mut rendered: Vec<Option<StoredResponse>> = batch.iter().map(|_| None).collect();
     let mut xid = None;
     if !requests.is_empty() {
         // The creates' records go in the statement that appends their outbox rows.
         let created = create_rsvps(&mut tx, &requests, &mut seats, |position, outcome| {
-            let index = creates[position].0;
+            let index = creates[position];
             record(&batch[index], outcome, &mut rendered[index])
         })
         .await?;
@@ -207,12 +205,12 @@ async fn prepare(
             return keys_taken(db, tx, batch, &rendered).await;
         }
         xid = created.xid;
-        for ((index, _), outcome) in creates.iter().zip(created.outcomes) {
-            answers[*index] = Some(outcome);
+        for (index, outcome) in creates.into_iter().zip(created.outcomes) {
+            answers[index] = Some(outcome);
         }
     }
-    for (index, pending) in &others {
-        match apply(&mut tx, &pending.op, pending.traceparent.as_deref()).await {
+    for (index, change, traceparent) in &changes {
+        match apply(&mut tx, change, *traceparent).await {
             Err(error) if !error.is_client_mistake() => return Err(error),
             answer => {
                 if let Ok(outcome) = &answer {
@@ -223,9 +221,9 @@ async fn prepare(
         }
     }
     let outcomes: Vec<Outcome> = answers.into_iter().map(|a| a.expect("every write has an answer")).collect();
-    // The other writes' records, in a statement of their own.
+    // The changes' records, in a statement of their own.
     let mut records = Vec::new();
-    for (index, _) in &others {
+    for (index, _, _) in &changes {
         records.extend(record(&batch[*index], &outcomes[*index], &mut rendered[*index])?);
     }
     match store::idempotency::insert(&mut tx, &records).await? {

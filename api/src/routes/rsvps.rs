@@ -23,7 +23,7 @@ use crate::{
     idempotency::{self, Claim, Idempotency, Render, StoredResponse},
     state::AppState,
     store::rsvps,
-    writes::{WriteOp, WriteOutcome},
+    writes::{Change, WriteOp, WriteOutcome},
 };
 
 pub fn router() -> Router<AppState> {
@@ -94,7 +94,7 @@ pub async fn update_rsvp(
 ) -> Result<Response, ApiError> {
     let token = bearer_token(&headers)?;
     let changes = RsvpChanges::parse(request)?;
-    let op = WriteOp::Update { id, token: token.to_owned(), changes };
+    let op = WriteOp::Change(Change::Update { id, token: token.to_owned(), changes });
     write(&state, &headers, op, idempotency, rsvp_as_it_is).await
 }
 
@@ -118,7 +118,7 @@ pub async fn cancel_rsvp(
     if request.token.trim().is_empty() {
         return Err(ApiError::field("token", "must not be empty"));
     }
-    let op = WriteOp::Cancel { token: request.token.trim().to_owned() };
+    let op = WriteOp::Change(Change::Cancel { token: request.token.trim().to_owned() });
     write(&state, &headers, op, idempotency, rsvp_as_it_is).await
 }
 
@@ -140,7 +140,7 @@ pub async fn delete_rsvp(
     idempotency: Option<Extension<Idempotency>>,
 ) -> Result<Response, ApiError> {
     state.admin.authorize(&headers)?;
-    write(&state, &headers, WriteOp::Delete { id }, idempotency, deleted).await
+    write(&state, &headers, WriteOp::Change(Change::Delete { id }), idempotency, deleted).await
 }
 
 /// Runs `op` (once per `Idempotency-Key`) and answers with `render` of its outcome.

@@ -106,7 +106,15 @@ pub async fn delete_rsvp(tx: &mut Tx<'_>, id: Uuid, traceparent: Option<&str>) -
 /// One write, as the coalescer queues it.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// A new rsvp: creates run together, in one statement per batch (see [`create_rsvps`]).
     Create { event_id: Uuid, rsvp: NewRsvp },
+    /// A change to an existing rsvp, applied one by one (see [`apply`]).
+    Change(Change),
+}
+
+/// A write to an rsvp that exists: its event is known only once its row is read.
+#[derive(Debug, Clone)]
+pub enum Change {
     Update { id: Uuid, token: String, changes: RsvpChanges },
     Cancel { token: String },
     Delete { id: Uuid },
@@ -120,19 +128,12 @@ pub struct WriteOutcome {
     pub token: Option<String>,
 }
 
-/// Applies `op` inside `tx`; the caller commits. Creates are cheaper together: see
-/// [`create_rsvps`].
-pub async fn apply(tx: &mut Tx<'_>, op: &WriteOp, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
-    let written = match op {
-        WriteOp::Create { event_id, rsvp } => {
-            let request = CreateRequest { event_id: *event_id, rsvp, traceparent };
-            let mut seats = events::lock(tx, &[*event_id]).await?;
-            let created = create_rsvps(tx, &[request], &mut seats, |_, _| Ok(None)).await?.outcomes.pop();
-            return created.ok_or_else(|| anyhow::anyhow!("a create returned no outcome"))?;
-        }
-        WriteOp::Update { id, token, changes } => update_rsvp(tx, *id, token, changes, traceparent).await?,
-        WriteOp::Cancel { token } => cancel_rsvp(tx, token, traceparent).await?,
-        WriteOp::Delete { id } => delete_rsvp(tx, *id, traceparent).await?,
+/// Applies `change` inside `tx`; the caller commits.
+pub async fn apply(tx: &mut Tx<'_>, change: &Change, traceparent: Option<&str>) -> Result<WriteOutcome, ApiError> {
+    let written = match change {
+        Change::Update { id, token, changes } => update_rsvp(tx, *id, token, changes, traceparent).await?,
+        Change::Cancel { token } => cancel_rsvp(tx, token, traceparent).await?,
+        Change::Delete { id } => delete_rsvp(tx, *id, traceparent).await?,
     };
     Ok(WriteOutcome { written, token: None })
 }

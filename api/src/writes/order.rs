@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::WriteOp;
+use super::{Change, WriteOp};
 use crate::{
     auth::TokenHash,
     store::{key_locks, rsvps, Tx},
@@ -81,8 +81,8 @@ async fn events_of(tx: &mut Tx<'_>, ops: &[&WriteOp]) -> Result<Vec<Option<Uuid>
     for op in ops {
         match op {
             WriteOp::Create { .. } => {}
-            WriteOp::Update { id, .. } | WriteOp::Delete { id } => rsvp_ids.push(*id),
-            WriteOp::Cancel { token } => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
+            WriteOp::Change(Change::Update { id, .. } | Change::Delete { id }) => rsvp_ids.push(*id),
+            WriteOp::Change(Change::Cancel { token }) => token_hashes.push(TokenHash::of(token).as_bytes().to_vec()),
         }
     }
     let rsvps = rsvps::events_of(tx, &rsvp_ids, &token_hashes).await?;
@@ -92,8 +92,8 @@ async fn events_of(tx: &mut Tx<'_>, ops: &[&WriteOp]) -> Result<Vec<Option<Uuid>
         .iter()
         .map(|op| match op {
             WriteOp::Create { event_id, .. } => Some(*event_id),
-            WriteOp::Update { id, .. } | WriteOp::Delete { id } => by_id.get(id).copied(),
-            WriteOp::Cancel { token } => by_token.get(TokenHash::of(token).as_bytes()).copied(),
+            WriteOp::Change(Change::Update { id, .. } | Change::Delete { id }) => by_id.get(id).copied(),
+            WriteOp::Change(Change::Cancel { token }) => by_token.get(TokenHash::of(token).as_bytes()).copied(),
         })
         .collect())
 }

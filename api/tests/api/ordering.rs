@@ -8,7 +8,7 @@ use rsvp_api::{
     coalesce::{CoalescingSettings, Writer},
     domain::{RsvpChanges, UpdateRsvpRequest},
     store::transactions::TxTimeouts,
-    writes::WriteOp,
+    writes::{Change, WriteOp},
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -64,7 +64,8 @@ async fn a_shared_transaction_waiting_for_a_locked_event_does_not_put_its_change
     }
     wait_for("the shared transaction waits for E2", async || lock_waiters(&app.db).await >= 1).await;
     let changes: UpdateRsvpRequest = serde_json::from_value(json!({"name": "Renamed"})).unwrap();
-    let op = WriteOp::Update { id: r, token: token.clone(), changes: RsvpChanges::parse(changes).unwrap() };
+    let op =
+        WriteOp::Change(Change::Update { id: r, token: token.clone(), changes: RsvpChanges::parse(changes).unwrap() });
     let update = tokio::spawn(async move { alone.run(op, None, None).await.map(|o| o.outcome.written.rsvp.version) });
     // The update either commits now (nothing orders it after the waiting transaction)
     // or waits for r's event behind that transaction.
