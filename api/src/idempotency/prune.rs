@@ -8,7 +8,7 @@ use metrics::counter;
 use sqlx::PgPool;
 
 use crate::metric_names;
-use crate::store::idempotency::prune_expired;
+use crate::store::idempotency::{prune_expired, summarize_expiry_index};
 
 /// Most records one step deletes: one short transaction each.
 pub const BATCH: i64 = 10_000;
@@ -22,9 +22,18 @@ pub enum ExecutionOutcome {
     Empty,
 }
 
-/// Deletes one batch of expired records and counts them.
+/// Deletes one batch of expired records and counts them, after summarizing the
+/// expiry index over the ranges filled since the last step (see
+/// [`summarize_expiry_index`]). A summary that fails (a database role that does not
+/// own the table may not) is logged: the batch is deleted all the same, reading the
+/// ranges left unsummarized.
 pub async fn step(db: &PgPool) -> Result<ExecutionOutcome, sqlx::Error> {
-    let deleted = prune_expired(db, BATCH).await?;
+    if let Err(error) = summarize_expiry_index(db).await {
+        tracing::warn!(error = %error, "summarizing the idempotency keys' expiry index failed");
+    }
+    let mut tx = db.begin().await?;
+    let deleted = prune_expired(&mut tx, BATCH).await?;
+    tx.commit().await?;
     counter!(metric_names::IDEMPOTENCY_KEYS_PRUNED).increment(deleted);
     Ok(if deleted == 0 { ExecutionOutcome::Empty } else { ExecutionOutcome::Pruned(deleted) })
 }
