@@ -23,7 +23,7 @@ pub enum ExecutionOutcome {
 }
 
 /// Deletes one batch of expired records and counts them, after summarizing the
-/// expiry index over the ranges filled since the last step (see
+/// expiry index over the ranges added since the last step (see
 /// [`summarize_expiry_index`]). A summary that fails (a database role that does not
 /// own the table may not) is logged: the batch is deleted all the same, reading the
 /// ranges left unsummarized.
