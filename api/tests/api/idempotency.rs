@@ -530,8 +530,9 @@ async fn pruning_reads_only_the_ranges_that_can_hold_expired_records_on_a_table_
         sqlx::query_scalar("select pg_relation_size('idempotency_keys') / 8192").fetch_one(&app.db).await.unwrap();
     assert!(pages > 256, "the records fill {pages} pages, not more than two ranges");
 
-    let summarized = idempotency_store::summarize_expiry_index(&app.db).await.unwrap();
-    assert_eq!(summarized, 2, "the second range and the partly filled third are summarized");
+    // As the pass does (here it summarizes the second range and the partly filled
+    // third; where autovacuum runs, it may have summarized the second already).
+    idempotency_store::summarize_expiry_index(&app.db).await.unwrap();
     let mut tx = app.db.begin().await.unwrap();
     let deleted = idempotency_store::prune_expired(&mut tx, 10_000).await.unwrap();
     // What this transaction read of the table, from its own statistics.
