@@ -22,15 +22,8 @@ pub enum ExecutionOutcome {
     Empty,
 }
 
-/// Deletes one batch of expired records and counts them, after summarizing the
-/// expiry index over the ranges added since the last step (see
-/// [`summarize_expiry_index`]). A summary that fails (a database role that does not
-/// own the table may not) is logged: the batch is deleted all the same, reading the
-/// ranges left unsummarized.
+/// Deletes one batch of expired records and counts them.
 pub async fn step(db: &PgPool) -> Result<ExecutionOutcome, sqlx::Error> {
-    if let Err(error) = summarize_expiry_index(db).await {
-        tracing::warn!(error = %error, "summarizing the idempotency keys' expiry index failed");
-    }
     let mut tx = db.begin().await?;
     let deleted = prune_expired(&mut tx, BATCH).await?;
     tx.commit().await?;
@@ -39,7 +32,11 @@ pub async fn step(db: &PgPool) -> Result<ExecutionOutcome, sqlx::Error> {
 }
 
 /// Prunes every `interval` (batch after batch while full ones come back) until
-/// `shutdown` resolves. A failed step is logged and tried again next interval.
+/// `shutdown` resolves. Each pass first summarizes the expiry index over the ranges
+/// added since the last (see [`summarize_expiry_index`]), once, not per batch. A
+/// summary that fails (a database role that does not own the table may not) is
+/// logged and the pass prunes all the same, reading the ranges left unsummarized. A
+/// failed step is logged and tried again next interval.
 pub async fn run(db: PgPool, interval: Duration, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(interval);
@@ -48,6 +45,13 @@ pub async fn run(db: PgPool, interval: Duration, shutdown: impl Future<Output = 
         tokio::select! {
             () = &mut shutdown => return,
             _ = ticker.tick() => {}
+        }
+        let summarized = tokio::select! {
+            () = &mut shutdown => return,
+            summarized = summarize_expiry_index(&db) => summarized,
+        };
+        if let Err(error) = summarized {
+            tracing::warn!(error = %error, "summarizing the idempotency keys' expiry index failed");
         }
         loop {
             let outcome = tokio::select! {
