@@ -87,8 +87,7 @@ async fn a_queued_write_whose_request_timed_out_is_answered_request_timeout_and_
     assert_eq!(outbox_rows(&app.db).await, 1);
     let seats: i32 = sqlx::query_scalar("select seats_taken from events").fetch_one(&app.db).await.unwrap();
     assert_eq!(seats, 1);
-    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = app.scraped_metrics().await;
     assert!(metrics.contains(r#"api_write_deadlines_missed_total{outcome="not_applied"} 2"#), "{metrics}");
 }
 
@@ -145,8 +144,7 @@ async fn a_write_still_committing_at_the_deadline_answers_outcome_unknown_with_a
     unblock_commits(&mut holder).await;
     wait_for("the write committed", async || outbox_rows(&app.db).await == 1).await;
     assert_eq!(emails(&app.db).await, vec!["maybe@example.com"]);
-    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = app.scraped_metrics().await;
     assert!(metrics.contains(r#"api_write_deadlines_missed_total{outcome="unknown"} 1"#), "{metrics}");
 }
 

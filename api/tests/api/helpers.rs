@@ -100,6 +100,12 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request")
     }
 
+    /// What the admin port's `/metrics` serves now.
+    pub async fn scraped_metrics(&self) -> String {
+        let response = self.client.get(format!("{}/metrics", self.admin_address)).send().await.expect("scrape");
+        response.text().await.expect("metrics text")
+    }
+
     pub async fn create_event_with(&self, body: &Value) -> Response {
         self.client.post(self.url("/events")).bearer_auth(ADMIN_TOKEN).json(body).send().await.expect("request")
     }

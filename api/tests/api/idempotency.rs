@@ -401,7 +401,7 @@ async fn a_retried_event_create_sent_while_the_first_is_still_committing_waits_a
     assert_eq!(retry.2, first.2, "the same event");
     let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.db).await.unwrap();
     assert_eq!(events, 1);
-    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.scraped_metrics().await;
     assert!(metrics.contains(r#"api_idempotent_requests_total{outcome="waited"} 1"#), "{metrics}");
 }
 
@@ -492,7 +492,7 @@ async fn the_api_prunes_expired_keys_keeps_live_ones_and_counts_them() {
         .await
         .unwrap();
     assert_eq!(live, 1, "the live key is kept");
-    let metrics = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap().text().await.unwrap();
+    let metrics = app.scraped_metrics().await;
     assert!(metrics.contains("api_idempotency_keys_pruned_total 1\n"), "{metrics}");
     assert!(metrics.contains(r#"api_idempotent_requests_total{outcome="recorded"} 2"#), "{metrics}");
     let step = rsvp_api::idempotency::prune::step(&app.db).await.unwrap();
@@ -506,10 +506,8 @@ async fn pruning_reads_only_the_ranges_that_can_hold_expired_records_on_a_table_
     // api's own pruning makes its first pass at start, on the empty table, and the
     // next in an hour: this test runs the pass's parts itself.
     let app = spawn_app_with(|settings| settings.idempotency_prune_interval = Duration::from_secs(3600)).await;
-    let metrics = format!("{}/metrics", app.admin_address);
     wait_for("the api's first pruning pass is done", async || {
-        let scraped = app.client.get(&metrics).send().await.unwrap().text().await.unwrap();
-        scraped.contains("api_idempotency_keys_pruned_total 0\n")
+        app.scraped_metrics().await.contains("api_idempotency_keys_pruned_total 0\n")
     })
     .await;
     // About 310 pages of records: a few expired ones first, as the oldest are, then

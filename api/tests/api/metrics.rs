@@ -35,9 +35,7 @@ async fn every_metric_on_the_admin_port_has_help_text() {
     app.create_rsvp(event_id, "help@example.com", 0).await;
     app.get(&format!("/events/{event_id}")).await;
 
-    let response = app.client.get(format!("{}/metrics", app.admin_address)).send().await.unwrap();
-
-    let text = response.text().await.unwrap();
+    let text = app.scraped_metrics().await;
     assert!(text.contains("# HELP http_requests_total "), "{text}");
     assert_eq!(undescribed_metrics(&text), Vec::<String>::new(), "in\n{text}");
 }
