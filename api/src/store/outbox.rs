@@ -43,9 +43,10 @@ impl Appended {
     }
 }
 
-/// The primary key of the idempotency records: a record's insert that violates it
-/// found its key's record there, committed.
-const RECORD_KEY_CONSTRAINT: &str = "idempotency_keys_pkey";
+/// What keeps the records' lookup ids unique (an exclusion constraint on a hash
+/// index): a record's insert that violates it found its key's record there,
+/// committed.
+const RECORD_KEY_CONSTRAINT: &str = "idempotency_keys_lookup_id_unique";
 
 /// What a write's transaction appends after its writes, in one statement (one round
 /// trip):
