@@ -26,9 +26,12 @@ for migration in "$ROOT"/migrations/*.sql; do psql_db -f "$migration" >/dev/null
 
 log "staging $((rounds * per)) records"
 # One table per variant, each as the migrations leave idempotency_keys (the uuid one
-# with its key changed), so that no variant finds another's keys.
+# with its key changed, the one before with the primary key that its `on conflict`
+# names, as the table had then), so that no variant finds another's keys.
 psql_db <<SQL
-create table record_before (like idempotency_keys including all);
+create table record_before (like idempotency_keys including defaults including constraints);
+alter table record_before add primary key (lookup_id);
+create index on record_before using brin (expires_at);
 create table record_now (like idempotency_keys including all);
 create table record_uuid (like idempotency_keys including all);
 alter table record_uuid drop column lookup_id, add column lookup_id uuid primary key;
